@@ -1,0 +1,219 @@
+"""The run.yaml schema: one typed, validated source of truth for a run.
+
+Every section is a pydantic model with ``extra="forbid"`` so a typo fails loudly. Relations between
+fields (checkpoint interval against run length, heartbeat against hang timeout, ranks against the
+cluster) are checked after the types, and every problem is reported as ``field.path: reason``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FAULT_KINDS = ("nan", "loss_spike", "rank_crash", "node_failure", "hang", "straggler",
+               "ckpt_crash", "disk_full", "gpu_error", "collective_timeout")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SlurmConfig(Section):
+    """sbatch options; every value reaches Slurm as one argument, never through a shell."""
+
+    partition: str | None = None
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = None
+    time: str | None = Field(None, description="time limit, e.g. 00:30:00")
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: list[str] = Field(default_factory=list)
+    extra_sbatch: list[str] = Field(default_factory=list,
+                                    description="free-form sbatch options, e.g. --reservation=x")
+    signal_before_s: int = Field(60, ge=1, description="checkpoint this long before the time limit")
+    drain_bad_nodes: bool = False
+    poll_interval_s: float = Field(1.0, gt=0)
+
+    @field_validator("extra_sbatch", "exclude")
+    @classmethod
+    def _no_newlines(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if "\n" in v or "\r" in v or "\x00" in v:
+                raise ValueError(f"{v!r} contains a newline or NUL; give one option per list item")
+        return values
+
+    @field_validator("partition", "mem", "time", "account", "qos", "constraint")
+    @classmethod
+    def _single_line(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "\n\r\x00"):
+            raise ValueError("must be a single line")
+        return v
+
+
+class ClusterConfig(Section):
+    """Where the ranks run: the embedded local cluster or Slurm."""
+
+    backend: Literal["local", "slurm"] = "local"
+    nodes: int = Field(2, ge=1, le=4096)
+    ranks_per_node: int = Field(2, ge=1, le=64)
+    spare_nodes: int = Field(0, ge=0, le=64)
+    device: Literal["cpu", "cuda"] = "cpu"
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+
+class ModelConfig(Section):
+    """A small GPT-style causal language model."""
+
+    arch: Literal["gpt"] = "gpt"
+    vocab_size: int = Field(256, ge=2)
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int | None = Field(None, ge=8, description="MLP width; default 4 * d_model")
+    seq_len: int = Field(64, ge=4)
+
+    @property
+    def ffn(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+
+class DataConfig(Section):
+    """Real text; the default corpus is the Python standard library's own source files."""
+
+    source: Literal["stdlib", "files"] = "stdlib"
+    paths: list[Path] = Field(default_factory=list, description="text files when source=files")
+    max_bytes: int = Field(2_000_000, ge=10_000)
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
+    eval_batches: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class ScheduleConfig(Section):
+    """Warm-up then decay; decays to zero at the last step unless min_lr says otherwise."""
+
+    warmup_steps: int = Field(10, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1)
+    global_batch: int = Field(8, ge=1, description="samples per optimizer step, over all ranks")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_every: int = Field(0, ge=0, description="0: evaluate only at the end")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    step_sleep_s: float = Field(0.0, ge=0, description="pad each step (simulates a bigger model)")
+
+
+class CheckpointConfig(Section):
+    dir: str = Field("checkpoints", description="relative to the run directory, or absolute")
+    every_steps: int = Field(20, ge=1)
+    keep: int = Field(3, ge=1)
+    async_save: bool = False
+
+
+class StragglerConfig(Section):
+    window: int = Field(20, ge=4)
+    factor: float = Field(1.5, gt=1.0)
+    min_steps: int = Field(8, ge=2, description="consecutive slow steps before a rank is a straggler")
+
+
+class HealthConfig(Section):
+    heartbeat_interval_s: float = Field(0.5, gt=0)
+    hang_timeout_s: float = Field(10.0, gt=0)
+    preflight: bool = True
+    probes: list[Literal["node", "gpu", "collective"]] = Field(default_factory=lambda: ["node", "gpu"])
+    straggler: StragglerConfig = Field(default_factory=StragglerConfig)
+    startup_timeout_s: float = Field(120.0, gt=0, description="launch to first step")
+
+
+class SpikeRule(Section):
+    """Loss above the running median by k robust standard deviations (MAD * 1.4826)."""
+
+    window: int = Field(20, ge=4)
+    k: float = Field(6.0, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    min_rel_increase: float = Field(0.1, ge=0, description="and at least this fraction above median")
+
+
+class PolicyConfig(Section):
+    restart_budget: int = Field(5, ge=0)
+    backoff_initial_s: float = Field(0.2, ge=0)
+    backoff_max_s: float = Field(10.0, ge=0)
+    spike: SpikeRule = Field(default_factory=SpikeRule)
+    max_consecutive_bad: int = Field(3, ge=1, description="bad steps in a row before a rollback")
+    rollback_skip_batches: int = Field(0, ge=0, description="extra batches skipped after a rollback")
+    straggler_action: Literal["alert", "exclude"] = "alert"
+    exclude_on_crash: bool = Field(False, description="exclude a node whose rank crashed")
+    shrink_on_node_loss: bool = False
+
+
+class ChaosFault(Section):
+    """One injected fault; each fires once per run."""
+
+    fault: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    step: int = Field(ge=0)
+    rank: int | None = Field(None, ge=0)
+    node: int | None = Field(None, ge=0)
+    slowdown: float = Field(3.0, gt=1.0)
+    steps: int = Field(20, ge=1, description="duration of a straggler")
+
+
+class MetricsConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    allow_public_bind: bool = Field(False, description="needed to bind anything but loopback")
+    alertmanager_url: str | None = None
+
+
+class ParallelConfig(Section):
+    """Hybrid layout; dp=None means 'whatever is left of the world after tp and pp'."""
+
+    dp: int | None = Field(None, ge=1)
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    sp: bool = False
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
+    microbatches: int = Field(1, ge=1)
+    dp_mode: Literal["fsdp", "ddp", "replicate"] = "ddp"
+
+
+class RunConfig(Section):
+    name: str = "run"
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    chaos: list[ChaosFault] = Field(default_factory=list)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,196 @@
+"""Reading run.yaml: YAML → overrides → pydantic types → relations between fields.
+
+Every failure becomes a :class:`ConfigError` holding ``(field.path, reason)`` pairs, so the CLI can print
+one line per problem and exit 2 before anything is launched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config import RunConfig
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class ConfigError(Exception):
+    """A run.yaml that cannot be run; ``issues`` says which field and how to fix it."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "run.yaml") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__("\n".join(f"{source}: {i}" for i in issues))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], value parsed as YAML, so lists and numbers work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([ConfigIssue("--set", f"{text!r} is not of the form a.b=value")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(key, f"value {raw!r} is not valid YAML: {exc}")]) from None
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set a nested key, creating sections as needed; numeric keys index into lists."""
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError([ConfigIssue(".".join(keys[: i + 1]), "no such list item")])
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError([ConfigIssue(".".join(keys[:i]), "is not a section")])
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+
+
+def _from_validation(err: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for e in err.errors():
+        loc = _loc(tuple(e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against the run.yaml reference in README.md)"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        issues.append(ConfigIssue(loc, msg))
+    return issues
+
+
+def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
+    """Checks that involve more than one field; each issue says what to change."""
+    out: list[ConfigIssue] = []
+    world = cfg.cluster.world_size
+    if cfg.checkpoint.every_steps > cfg.train.steps:
+        out.append(ConfigIssue("checkpoint.every_steps", f"{cfg.checkpoint.every_steps} is larger than "
+                               f"train.steps={cfg.train.steps}; lower it so at least one checkpoint is taken"))
+    if cfg.health.heartbeat_interval_s >= cfg.health.hang_timeout_s:
+        out.append(ConfigIssue("health.heartbeat_interval_s", f"{cfg.health.heartbeat_interval_s} must be below "
+                               f"health.hang_timeout_s={cfg.health.hang_timeout_s}"))
+    if cfg.policy.backoff_initial_s > cfg.policy.backoff_max_s:
+        out.append(ConfigIssue("policy.backoff_initial_s", "must not exceed policy.backoff_max_s"))
+    if cfg.train.schedule.warmup_steps >= cfg.train.steps:
+        out.append(ConfigIssue("train.schedule.warmup_steps",
+                               f"must be below train.steps={cfg.train.steps}"))
+    if cfg.train.schedule.min_lr > cfg.train.lr:
+        out.append(ConfigIssue("train.schedule.min_lr", f"must not exceed train.lr={cfg.train.lr}"))
+    out += _check_layout(cfg, world)
+    out += _check_chaos(cfg, world)
+    out += _check_metrics(cfg)
+    if cfg.data.source == "files" and not cfg.data.paths:
+        out.append(ConfigIssue("data.paths", "give at least one text file when data.source is 'files'"))
+    for i, p in enumerate(cfg.data.paths):
+        if not Path(p).is_file():
+            out.append(ConfigIssue(f"data.paths.{i}", f"{p} is not a readable file"))
+    return out
+
+
+def _check_layout(cfg: RunConfig, world: int) -> list[ConfigIssue]:
+    out: list[ConfigIssue] = []
+    par, m = cfg.parallel, cfg.model
+    if m.d_model % m.n_heads:
+        out.append(ConfigIssue("model.n_heads", f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}"))
+    if world % (par.tp * par.pp):
+        out.append(ConfigIssue("parallel", f"tp*pp={par.tp * par.pp} does not divide the world size {world} "
+                               f"(cluster.nodes*cluster.ranks_per_node)"))
+        return out
+    dp = par.dp if par.dp is not None else world // (par.tp * par.pp)
+    if dp * par.tp * par.pp != world:
+        out.append(ConfigIssue("parallel.dp", f"dp*tp*pp={dp * par.tp * par.pp} must equal the world size {world} "
+                               f"(cluster.nodes={cfg.cluster.nodes} x ranks_per_node={cfg.cluster.ranks_per_node})"))
+    if cfg.train.global_batch % (dp * par.microbatches):
+        out.append(ConfigIssue("train.global_batch", f"{cfg.train.global_batch} is not divisible by "
+                               f"dp*microbatches={dp * par.microbatches}"))
+    return out
+
+
+def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:
+    out: list[ConfigIssue] = []
+    for i, f in enumerate(cfg.chaos):
+        if f.rank is not None and f.rank >= world:
+            out.append(ConfigIssue(f"chaos.{i}.rank", f"rank {f.rank} does not exist: the world has {world} ranks "
+                                   f"(0..{world - 1})"))
+        if f.node is not None and f.node >= cfg.cluster.nodes:
+            out.append(ConfigIssue(f"chaos.{i}.node", f"node {f.node} does not exist: the cluster has "
+                                   f"{cfg.cluster.nodes} nodes (0..{cfg.cluster.nodes - 1})"))
+        if f.step >= cfg.train.steps:
+            out.append(ConfigIssue(f"chaos.{i}.step", f"step {f.step} is never reached: train.steps={cfg.train.steps}"))
+        if f.fault == "node_failure" and f.node is None and f.rank is None:
+            out.append(ConfigIssue(f"chaos.{i}.node", "node_failure needs a node (or a rank on it)"))
+    return out
+
+
+def _check_metrics(cfg: RunConfig) -> list[ConfigIssue]:
+    host = cfg.metrics.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return [ConfigIssue("metrics.host", f"{host!r} is not an IP address or 'localhost'")]
+    if not loopback and not cfg.metrics.allow_public_bind:
+        return [ConfigIssue("metrics.host", f"{host} is not loopback; set metrics.allow_public_bind: true to "
+                            "expose the endpoint beyond this machine")]
+    return []
+
+
+def load_config_data(data: Any, overrides: list[str] | None = None, source: str = "run.yaml") -> RunConfig:
+    """Validate an already-parsed document (plus ``a.b=value`` overrides)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", f"the top level must be a mapping of sections, got {type(data).__name__}")],
+                          source)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_from_validation(err), source) from None
+    issues = check_relations(cfg)
+    if issues:
+        raise ConfigError(issues, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a run.yaml; raises ConfigError with every problem found."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue("", f"{p}: no such file")], str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue("", f"{p}: cannot be read ({exc})")], str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], str(p)) from None
+    return load_config_data(data, overrides, str(p))

@@ -1,0 +1,115 @@
+"""A plain snapshot of where a run stands: what status, metrics and alerts read.
+
+The supervisor owns and updates one :class:`RunSnapshot`; exporters (Prometheus metrics, /alerts,
+``status --json``) only read it. It is also written atomically to ``RUN_DIR/status.json`` so any
+command can answer from the run directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    step: int | None
+    rank: int | None
+    node: int | None
+    detected_after_s: float | None
+    action: str
+    lost_steps: int = 0
+    lost_s: float = 0.0
+    t: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class LostTime:
+    """Wall time that produced no kept training, by cause (seconds)."""
+
+    detection: float = 0.0
+    restart: float = 0.0
+    recomputation: float = 0.0
+    checkpoint: float = 0.0
+
+    def total(self) -> float:
+        return self.detection + self.restart + self.recomputation + self.checkpoint
+
+
+@dataclass
+class RunSnapshot:
+    name: str = ""
+    state: str = "PENDING"
+    reason: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    eval_loss: float | None = None
+    grad_norm: float | None = None
+    lr: float | None = None
+    tokens_per_s: float | None = None
+    step_time_median_s: float | None = None
+    step_time_max_s: float | None = None
+    slowest_rank: int | None = None
+    heartbeat_age_max_s: float | None = None
+    goodput: float | None = None
+    productive_s: float = 0.0
+    wall_s: float = 0.0
+    lost: LostTime = field(default_factory=LostTime)
+    restarts: int = 0
+    attempt: int = 0
+    excluded_nodes: list[str] = field(default_factory=list)
+    active_nodes: list[str] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    actions: dict[str, int] = field(default_factory=dict)
+    steps_lost_to_rollbacks: int = 0
+    batches_skipped: int = 0
+    last_checkpoint_step: int | None = None
+    last_checkpoint_t: float | None = None
+    checkpoint_save_s: float | None = None
+    checkpoint_load_s: float | None = None
+    straggler_score_max: float | None = None
+    telemetry_rejected: int = 0
+    started_t: float | None = None
+    updated_t: float | None = None
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def faults_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.faults:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return out
+
+
+def write_status(run_dir: str | Path, snap: RunSnapshot) -> None:
+    """Atomically replace RUN_DIR/status.json (write a temp file, fsync, rename)."""
+    run_dir = Path(run_dir)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".status.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(snap.to_dict(), f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, run_dir / STATUS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
