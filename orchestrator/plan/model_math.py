@@ -21,7 +21,8 @@ class ModelShape:
     """Everything the arithmetic needs about a decoder-only transformer.
 
     Defaults describe the project's GPT (``model.arch: gpt``): learned position embedding, LayerNorm with
-    bias, biased linear layers, a GELU MLP with two matrices, and an output head tied to the token embedding.
+    bias, biased linear layers, a GELU MLP with two matrices, and a separate bias-free output head
+    (as ``trainer/model.py`` builds it).
     """
 
     vocab: int
@@ -34,7 +35,7 @@ class ModelShape:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     bias: bool = True
-    tied_head: bool = True
+    tied_head: bool = False
     position: Literal["learned", "none"] = "learned"
 
     @property
@@ -119,11 +120,15 @@ def attention_flops_per_token(shape: ModelShape) -> float:
     return 12.0 * shape.n_layers * shape.d_model * shape.seq_len
 
 
+def six_nd(n_params: float, tokens: float) -> float:
+    """2 FLOPs per parameter per token forward, 4 backward (Kaplan et al. 2020; Hoffmann et al. 2022)."""
+    return 6.0 * n_params * tokens
+
+
 def training_flops(shape: ModelShape, tokens: float) -> dict[str, float]:
-    """Training FLOPs: the 6*N*D rule (Kaplan 2020, Hoffmann 2022) and 6*N*D plus attention (PaLM, App. B)."""
-    n = count_params(shape)
-    six_nd = 6.0 * n * tokens
-    return {"six_nd": six_nd, "with_attention": six_nd + attention_flops_per_token(shape) * tokens}
+    """Training FLOPs: the 6*N*D rule and 6*N*D plus attention (PaLM, App. B); no recompute counted."""
+    six = six_nd(count_params(shape), tokens)
+    return {"six_nd": six, "with_attention": six + attention_flops_per_token(shape) * tokens}
 
 
 def chinchilla_tokens(n_params: float) -> float:
