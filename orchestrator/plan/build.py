@@ -64,10 +64,14 @@ class Plan:
         return self.compute_s / gp if gp > 0 else math.inf
 
     @property
+    def expected_gpu_hours(self) -> float:
+        return self.expected_wall_s * self.gpus / 3600.0
+
+    @property
     def cost(self) -> float | None:
         if self.price_per_gpu_hour is None:
             return None
-        return self.expected_wall_s * self.gpus / 3600.0 * self.price_per_gpu_hour
+        return self.expected_gpu_hours * self.price_per_gpu_hour
 
 
 def tp_ceiling(gpu: GpuSpec, gpus_per_node: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -31,7 +32,8 @@ def parse_count(text: str) -> float:
     return value
 
 
-def _positive(kind: type) -> object:
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type that rejects zero and negatives with a usage error, not a traceback."""
     def conv(text: str) -> float:
         try:
             v = kind(text)

@@ -162,6 +162,10 @@ def explain(shape: ModelShape, space: SearchSpace, choice: LayoutChoice) -> list
     if s.pp > 1:
         out.append(f"microbatches={s.microbatches} (>= {MICROBATCHES_PER_STAGE}*pp where the batch allows): "
                    f"bubble (p-1)/(m+p-1) = {choice.bubble:.1%}")
+        if s.microbatches < MICROBATCHES_PER_STAGE * s.pp:
+            choice.warnings.append(f"global_batch={space.global_batch} gives only {s.microbatches} micro-batches "
+                                   f"per replica (< {MICROBATCHES_PER_STAGE}*pp): {choice.bubble:.0%} of each "
+                                   "step is pipeline bubble; raise train.global_batch")
     else:
         out.append(f"microbatches={s.microbatches}: " + ("no gradient accumulation needed" if s.microbatches == 1
                                                           else "gradient accumulation to fit activations"))

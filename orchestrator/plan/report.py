@@ -45,7 +45,7 @@ def _time_table(p: Plan) -> Table:
             ("step time", duration(p.step_s)),
             ("failure-free wall time", duration(p.compute_s)),
             ("expected wall time", f"{duration(p.expected_wall_s)} (at goodput {p.reliability.goodput:.1%})"),
-            ("GPU-hours", f"{p.gpu_hours:,.1f} failure-free")]
+            ("GPU-hours", f"{p.gpu_hours:,.1f} failure-free, {p.expected_gpu_hours:,.1f} expected")]
     if p.cost is not None:
         rows.append(("cost", f"{p.cost:,.0f} at {p.price_per_gpu_hour:g} per GPU-hour (expected wall time)"))
     return _kv("Time and cost", rows)
@@ -102,7 +102,7 @@ def format_plan(plan: Plan) -> Group:
     parts: list[Any] = [_model_table(plan), _time_table(plan), _memory_table(plan)]
     parts.append(Text("Layout: " + ("recommended" if plan.layout.fits else "CANNOT FIT"), style="bold"))
     parts += [Text(f"  - {r}") for r in plan.layout.reasons]
-    parts += [Text(f"  ! {w}", style="yellow") for w in plan.warnings]
+    parts += [Text(f"  ! {w}", style="yellow") for w in plan.layout.warnings + plan.warnings]
     parts.append(_reliability_table(plan))
     if plan.noise is not None:
         parts.append(Text(f"Critical batch hint (gradient noise scale): {plan.noise.message}"))
@@ -139,7 +139,7 @@ def plan_to_dict(p: Plan) -> dict[str, Any]:
         "non_embedding_params": p.non_embedding_params, "tokens": p.tokens, "tokens_source": p.tokens_source,
         "flops": p.flops, "chinchilla_tokens": p.chinchilla_tokens, "chinchilla_ratio": p.chinchilla_ratio,
         "mfu": p.mfu, "mfu_source": p.mfu_source, "step_s": p.step_s, "steps": p.steps, "compute_s": p.compute_s,
-        "expected_wall_s": p.expected_wall_s, "gpu_hours": p.gpu_hours, "price_per_gpu_hour": p.price_per_gpu_hour,
+        "expected_wall_s": p.expected_wall_s, "gpu_hours": p.gpu_hours, "expected_gpu_hours": p.expected_gpu_hours, "price_per_gpu_hour": p.price_per_gpu_hour,
         "cost": p.cost, "layout": _choice_dict(p.layout), "configured_layout": _choice_dict(p.configured),
         "warnings": p.warnings, "reliability": dataclasses.asdict(p.reliability),
         "noise_scale": dataclasses.asdict(p.noise) if p.noise else None,
