@@ -1,0 +1,55 @@
+"""One rank of :func:`health.probes.collective.run_collective_probe`, as its own process so that the
+parent can kill it at the deadline whatever state gloo/NCCL is in. Configured through the environment
+(the torch.distributed ``env://`` convention plus ``ORCH_PROBE_*``); records its phase in a file so the
+parent can tell which rank got least far when nothing finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+
+def main() -> int:
+    workdir = Path(os.environ["ORCH_PROBE_DIR"])
+    rank = int(os.environ["RANK"])
+    inject = os.environ.get("ORCH_PROBE_INJECT", "")
+
+    def note(phase: str) -> None:
+        tmp = workdir / f"rank{rank}.phase.tmp"
+        tmp.write_text(phase)
+        tmp.replace(workdir / f"rank{rank}.phase")  # atomic: the parent never reads half a phase
+
+    note("started")
+    if inject == "die":
+        print("injected: rank dies before joining", file=sys.stderr)
+        return 3
+    import torch.distributed as dist
+
+    from health.probes.collective import collective_check
+
+    timeout_s = float(os.environ["ORCH_PROBE_TIMEOUT"])
+    dist.init_process_group(os.environ.get("ORCH_PROBE_BACKEND", "gloo"),
+                            timeout=timedelta(seconds=timeout_s))
+    note("joined")
+    if inject == "hang":
+        while True:  # alive but never enters a collective: the parent must kill us
+            time.sleep(1)
+    try:
+        rep = collective_check(os.environ["ORCH_PROBE_NODE"], timeout_s,
+                               inject_delay_s=float(os.environ.get("ORCH_PROBE_DELAY", "0")),
+                               progress=note)
+        if rank == 0:
+            (workdir / "result.json").write_text(json.dumps(asdict(rep)))
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
