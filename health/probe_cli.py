@@ -1,0 +1,112 @@
+"""`orchestrator probe`: run the health probes on this node and print a table or JSON.
+
+Exit code 0 when nothing failed ('degraded' is a warning), 1 otherwise, so a pre-flight script or
+the Slurm prolog can gate a launch on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from health.probes.result import ProbeResult, any_failed
+
+if TYPE_CHECKING:
+    from orchestrator.config import RunConfig
+
+KNOWN_PROBES = ("node", "gpu", "collective")
+
+
+def node_name() -> str:
+    """Slurm's name for this node when under srun (what --exclude needs), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def checkpoint_dir_of(cfg: RunConfig | None) -> Path:
+    """Where this run's checkpoints go: ``checkpoint.dir``, relative to ``runs/<name>/``."""
+    if cfg is None:
+        return Path("runs")
+    d = Path(cfg.checkpoint.dir)
+    return d if d.is_absolute() else Path("runs") / cfg.name / d
+
+
+def _one(name: str, cfg: RunConfig | None, checkpoint_dir: Path, node: str) -> list[ProbeResult]:
+    if name == "node":
+        from health.probes.node import probe_node
+        return [probe_node(checkpoint_dir, node=node)]
+    if name == "gpu":
+        from health.probes.gpu import probe_gpu
+        expected = None
+        if cfg is not None and cfg.cluster.device == "cuda":
+            expected = cfg.cluster.slurm.gpus_per_node or cfg.cluster.ranks_per_node
+        return [probe_gpu(expected_count=expected, node=node)]
+    if name == "collective":
+        from health.probes.collective import run_collective_probe
+        world = min(cfg.cluster.ranks_per_node, 8) if cfg is not None else 2
+        backend = "nccl" if cfg is not None and cfg.cluster.device == "cuda" else "gloo"
+        return run_collective_probe(max(world, 2), {r: node for r in range(max(world, 2))}, 60.0,
+                                    backend=backend)
+    raise ValueError(f"unknown probe {name!r}; valid probes are: {', '.join(KNOWN_PROBES)}")
+
+
+def run_probes(cfg: RunConfig | None, probes: list[str], checkpoint_dir: str | Path | None = None
+               ) -> list[ProbeResult]:
+    """Run the named probes on this node, in order. A probe that raises is reported as failed with
+    the error as evidence: one broken probe must not hide the others' results."""
+    bad = [p for p in probes if p not in KNOWN_PROBES]
+    if bad:
+        raise ValueError(f"unknown probe(s) {bad}; valid probes are: {', '.join(KNOWN_PROBES)}")
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_of(cfg)
+    node, out = node_name(), []
+    for name in probes:
+        try:
+            out.extend(_one(name, cfg, ckpt, node))
+        except Exception as e:  # noqa: BLE001 - reported, not swallowed
+            out.append(ProbeResult(name, node, "failed", {"error": f"{type(e).__name__}: {e}"}))
+    return out
+
+
+def _summary(r: ProbeResult) -> str:
+    problems = r.evidence.get("problems") or r.evidence.get("slow_ranks") or r.evidence.get("failing_ranks")
+    if problems:
+        return "; ".join(map(str, problems)) if isinstance(problems, list) else str(problems)
+    return str(r.evidence.get("reason") or r.evidence.get("error") or "")
+
+
+def print_table(results: list[ProbeResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    colour = {"ok": "green", "degraded": "yellow", "failed": "red", "skipped": "dim"}
+    table = Table(title="health probes")
+    for col in ("probe", "node", "verdict", "fault", "details"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.probe, r.node, f"[{colour[r.verdict]}]{r.verdict}[/]", r.fault_kind or "",
+                      _summary(r))
+    Console().print(table)
+
+
+def results_json(results: list[ProbeResult]) -> list[dict[str, Any]]:
+    return [r.to_json() for r in results]
+
+
+def main(config_path: str | None, as_json: bool, probes: list[str] | None = None,
+         checkpoint_dir: str | None = None) -> int:
+    """Entry point for `orchestrator probe`: load the config if given, probe, print, exit code."""
+    cfg = None
+    if config_path is not None:
+        from orchestrator.config_load import load_config
+        cfg = load_config(config_path)
+    names = probes or (list(cfg.health.probes) if cfg is not None else ["node", "gpu"])
+    results = run_probes(cfg, names, checkpoint_dir)
+    if as_json:
+        json.dump(results_json(results), sys.stdout, indent=None)
+        sys.stdout.write("\n")
+    else:
+        print_table(results)
+    return 1 if any_failed(results) else 0

@@ -1,0 +1,82 @@
+"""What the supervisor knows about the attempt that is running now: liveness, progress, candidates.
+
+Kept apart from the supervisor loop so that the rules for "is this rank alive, progressing, done?" read
+as one small unit. Times are the supervisor's receive times (one clock), never the ranks' clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.launcher.base import LaunchSpec
+from orchestrator.step_stats import StepAggregator
+from orchestrator.triage import Candidate, is_peer_failure
+
+
+@dataclass
+class AttemptWatch:
+    spec: LaunchSpec
+    started_t: float
+    agg: StepAggregator = field(init=False)
+    rank_node: dict[int, str] = field(init=False)
+    last_hb: dict[int, float] = field(default_factory=dict)
+    last_progress: dict[int, float] = field(default_factory=dict)
+    pids: dict[int, int] = field(default_factory=dict)
+    exited_ok: set[int] = field(default_factory=set)
+    done: dict[str, Any] | None = None
+    ended: bool = False
+    candidates: list[Candidate] = field(default_factory=list)
+    first_candidate_t: float | None = None
+    first_step_t: float | None = None
+    node_last_seen: dict[str, float] = field(default_factory=dict)
+    skip_votes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.agg = StepAggregator(self.spec.world, self.spec.attempt)
+        self.rank_node = self.spec.rank_map()
+
+    def seen(self, msg: dict[str, Any], now: float) -> None:
+        rank = int(msg["rank"])
+        if rank >= 0:
+            self.last_hb[rank] = now
+            node = self.rank_node.get(rank)
+            if node:
+                self.node_last_seen[node] = now
+        if msg["type"] == "hb" and isinstance(msg.get("pid"), int):
+            self.pids[rank] = msg["pid"]
+
+    def add_candidate(self, c: Candidate, now: float) -> None:
+        self.candidates.append(c)
+        if self.first_candidate_t is None:
+            self.first_candidate_t = now
+
+    def on_rank_exit(self, msg: dict[str, Any], classify: Any, now: float) -> None:
+        rank, code = int(msg["rank"]), msg.get("code")
+        if code == 0:
+            self.exited_ok.add(rank)
+            return
+        if msg.get("stopping"):
+            return
+        tail = str(msg.get("stderr_tail", ""))
+        sig = msg.get("signal") if isinstance(msg.get("signal"), int) else None
+        node = self.rank_node.get(rank)
+        evidence = {"code": code, "signal": sig, "stderr_tail": tail[-600:]}
+        if is_peer_failure(tail, sig):
+            self.add_candidate(Candidate("peer_lost", float(msg["t"]), rank, node, evidence), now)
+            return
+        fc = classify(code, sig, tail)
+        evidence["classified"] = fc.evidence
+        self.add_candidate(Candidate(fc.kind, float(msg["t"]), rank, node, evidence, fc.action), now)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds since any rank last made progress (or since launch, before the first step)."""
+        last = max(self.last_progress.values(), default=self.started_t)
+        return now - last
+
+    def silent_ranks(self, now: float, timeout: float) -> list[int]:
+        return [r for r, t in self.last_hb.items() if now - t > timeout and r not in self.exited_ok]
+
+    def heartbeat_age_max(self, now: float) -> float | None:
+        ages = [now - t for r, t in self.last_hb.items() if r not in self.exited_ok]
+        return max(ages) if ages else None

@@ -1,0 +1,179 @@
+"""One function per CLI command; each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator import rundir
+from orchestrator.config import RunConfig
+from orchestrator.config_load import ConfigError, load_config
+from orchestrator.journal import Journal, read_journal
+from orchestrator.launcher.base import Launcher
+from orchestrator.progress import ProgressDisplay, summary_table
+from orchestrator.snapshot import read_status
+
+err = Console(stderr=True)
+
+
+def _config_or_exit(args: argparse.Namespace) -> RunConfig | None:
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
+    if cfg.cluster.backend == "slurm":
+        from slurm.launcher import SlurmLauncher
+        return SlurmLauncher(cfg, run_dir)
+    from orchestrator.launcher.local import LocalLauncher
+    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config_or_exit(args)
+    if cfg is None:
+        return 2
+    print(f"{args.config}: valid ({cfg.cluster.backend}, {cfg.cluster.nodes} nodes x "
+          f"{cfg.cluster.ranks_per_node} ranks, {cfg.train.steps} steps, {len(cfg.chaos)} chaos faults)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = _config_or_exit(args)
+    if cfg is None:
+        return 2
+    if args.plan:
+        cmd_plan(argparse.Namespace(config=args.config, overrides=args.overrides, json=False))
+    try:
+        run_dir = rundir.create(Path(args.run_dir) if args.run_dir else rundir.default_run_dir(cfg), cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    return supervise(cfg, run_dir, args.quiet, resume=False)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir).resolve()
+    try:
+        cfg = rundir.load(run_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    status = read_status(run_dir) or {}
+    if status.get("state") == "COMPLETED":
+        print(f"{run_dir}: already COMPLETED", file=sys.stderr)
+        return 0
+    return supervise(cfg, run_dir, args.quiet, resume=True)
+
+
+def supervise(cfg: RunConfig, run_dir: Path, quiet: bool, resume: bool) -> int:
+    from orchestrator.supervisor import Supervisor
+    try:
+        lock = rundir.lock(run_dir)
+    except rundir.RunDirLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        stack.callback(lock.close)
+        journal = stack.enter_context(Journal(run_dir))
+        display = stack.enter_context(ProgressDisplay(quiet=quiet))
+        sup = Supervisor(cfg, run_dir, make_launcher(cfg, run_dir), journal, on_update=display.update)
+        _start_metrics(cfg, sup, stack)
+        _attach_preflight(cfg, sup, run_dir)
+        if resume:
+            sup.restore(list(read_journal(run_dir)))
+        code = sup.run()
+    Console().print(summary_table(sup.snap))
+    if code != 0:
+        print(f"FAILED: {sup.snap.reason}", file=sys.stderr)
+    return code
+
+
+def _start_metrics(cfg: RunConfig, sup: Any, stack: ExitStack) -> None:
+    if not cfg.metrics.enabled:
+        return
+    from orchestrator.metrics.server import MetricsServer
+    server = MetricsServer(lambda: sup.snap, host=cfg.metrics.host, port=cfg.metrics.port,
+                           allow_public=cfg.metrics.allow_public_bind,
+                           alertmanager_url=cfg.metrics.alertmanager_url)
+    server.start()
+    stack.callback(server.stop)
+    sup.journal.append("metrics_endpoint", url=server.url)
+    (sup.run_dir / "metrics.url").write_text(server.url + "\n")
+    print(f"metrics: {server.url}/metrics  alerts: {server.url}/alerts", file=sys.stderr)
+
+
+def _attach_preflight(cfg: RunConfig, sup: Any, run_dir: Path) -> None:
+    if not cfg.health.preflight:
+        return
+    from orchestrator.preflight import make_preflight
+    sup.preflight = make_preflight(cfg, run_dir, sup.journal)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    st = read_status(run_dir)
+    if st is None:
+        print(f"error: {run_dir}: no status.json (not a run directory, or the run never started)",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status_json(st), indent=1))
+    else:
+        Console().print(summary_table(st))
+    return 0
+
+
+def status_json(st: dict[str, Any]) -> dict[str, Any]:
+    keys = ("state", "reason", "step", "total_steps", "loss", "eval_loss", "goodput", "restarts",
+            "excluded_nodes", "lost", "wall_s", "productive_s", "jobs", "active_nodes")
+    out = {k: st.get(k) for k in keys}
+    out["faults"] = [{k: f.get(k) for k in ("kind", "step", "rank", "node", "detected_after_s", "action",
+                                            "lost_steps")} for f in st.get("faults", [])]
+    return out
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.cancel import cancel_run
+    return cancel_run(Path(args.run_dir))
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from health.probe_cli import main as probe_main
+    return int(probe_main(args.config, args.json))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.plan.cli import main as plan_main
+    return int(plan_main(args))
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from orchestrator.metrics.alerts import rules_text
+    sys.stdout.write(rules_text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import report_main
+    return int(report_main(args.run_dir, args.out))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.report import compare_main
+    return int(compare_main(args.run, args.reference, args.tolerance, args.json))
+
+
+def cmd_export_trace(args: argparse.Namespace) -> int:
+    from orchestrator.report import export_main
+    return int(export_main(args.run_dir, args.out))

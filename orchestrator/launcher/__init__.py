@@ -1,0 +1,1 @@
+"""Launchers: one interface (``base.Launcher``), two implementations (local cluster, Slurm)."""

@@ -1,0 +1,68 @@
+"""The one interface the supervisor knows for starting, watching and stopping the ranks of a run."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One attempt: which nodes, how many ranks, where to report."""
+
+    attempt: int
+    nodes: list[str]
+    ranks_per_node: int
+    run_dir: Path
+    telemetry_addr: str
+    log_dir: Path
+
+    @property
+    def world(self) -> int:
+        return len(self.nodes) * self.ranks_per_node
+
+    def rank_map(self) -> dict[int, str]:
+        return {r: self.nodes[r // self.ranks_per_node] for r in range(self.world)}
+
+
+@dataclass(frozen=True)
+class LauncherEvent:
+    """Something the scheduler (not a rank) told us: a node vanished, the job ended or was requeued."""
+
+    kind: Literal["node_lost", "job_ended", "requeued", "job_started"]
+    node: str | None = None
+    state: str | None = None  # e.g. COMPLETED, FAILED, NODE_FAIL, TIMEOUT, PREEMPTED
+    detail: str = ""
+    t: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Launcher(ABC):
+    """Starts an attempt's ranks on named nodes, reports scheduler-level events, stops them."""
+
+    name: str = "launcher"
+
+    @abstractmethod
+    def pool(self) -> list[str]:
+        """Every node this launcher may use, spares included, in preference order."""
+
+    @abstractmethod
+    def launch(self, spec: LaunchSpec) -> dict[str, Any]:
+        """Start the attempt; returns what to journal (pids, job id) so ``attach`` can find it again."""
+
+    @abstractmethod
+    def poll(self) -> list[LauncherEvent]:
+        """Non-blocking: events since the last call."""
+
+    @abstractmethod
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Stop the attempt's ranks (if any still run) and wait until they are gone."""
+
+    def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
+        """Re-attach to an attempt started by an earlier supervisor; False if it is gone."""
+        return False
+
+    def close(self) -> None:
+        """Release what the launcher holds (the attempt must be stopped first)."""

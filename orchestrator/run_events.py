@@ -1,0 +1,225 @@
+"""Turning rank telemetry into run facts: journal events, per-step metrics, faults found in-step.
+
+Only the supervisor's thread calls this. Messages from an older attempt are ignored (their ranks are
+being stopped); events that every rank sends (skip, rollback, eval, done) are taken from one rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.step_stats import StepRow
+from orchestrator.triage import Candidate
+
+if TYPE_CHECKING:
+    from orchestrator.supervisor import Supervisor
+
+SKIP_RULE_KIND = {"nonfinite_loss": "nan", "nonfinite_grad": "nan", "spike": "loss_spike"}
+
+
+class RunEvents:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.metrics_path = sup.run_dir / "metrics.jsonl"
+        self._metrics = open(self.metrics_path, "a")
+        self.step_t: dict[int, float] = {}
+
+    # ---- dispatch --------------------------------------------------------------------------------
+    def on_message(self, msg: dict[str, Any], now: float) -> None:
+        w = self.sup.watch
+        if w is None or msg["attempt"] != w.spec.attempt:
+            return
+        w.seen(msg, now)
+        kind = msg["type"]
+        if kind == "step":
+            self.on_step(msg, now)
+        elif kind == "event":
+            handler = getattr(self, f"ev_{msg['kind']}", None)
+            if handler is not None and (msg["rank"] == 0 or msg["kind"] in ("skip_step", "local_bad")):
+                handler(msg, now)
+        elif kind == "rank_exit":
+            w.on_rank_exit(msg, self.sup.classify, now)
+
+    def on_step(self, msg: dict[str, Any], now: float) -> None:
+        sup, w = self.sup, self.sup.watch
+        assert w is not None
+        w.last_progress[int(msg["rank"])] = now
+        if msg["rank"] == 0:
+            self._lead_step(msg, now)
+        for row in w.agg.add(msg):
+            self._row(row, now)
+
+    def _lead_step(self, msg: dict[str, Any], now: float) -> None:
+        sup, w = self.sup, self.sup.watch
+        assert w is not None
+        secs = float(msg.get("step_time") or 0.0)
+        if w.first_step_t is None:
+            w.first_step_t = now
+            began = sup.recovery_started_t if sup.recovery_started_t is not None else sup.meter.t0
+            sup.meter.lost.restart += max(0.0, now - began - secs)
+            sup.recovery_started_t = None
+        sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")))
+        snap = sup.snap
+        if not msg.get("skipped"):
+            snap.step = int(msg["step"]) + 1
+            snap.loss, snap.grad_norm, snap.lr = msg.get("loss"), msg.get("grad_norm"), msg.get("lr")
+        if secs > 0 and isinstance(msg.get("tokens"), int):
+            snap.tokens_per_s = msg["tokens"] / secs
+        self.step_t[int(msg["step"])] = now
+
+    def _row(self, row: StepRow, now: float) -> None:
+        sup, w = self.sup, self.sup.watch
+        assert w is not None
+        med, mx, slow = row.summary()
+        sup.snap.step_time_median_s, sup.snap.step_time_max_s, sup.snap.slowest_rank = med, mx, slow
+        lead = row.lead
+        line = {"step": row.step, "attempt": row.attempt, "t": lead.get("t"), "loss": lead.get("loss"),
+                "grad_norm": lead.get("grad_norm"), "lr": lead.get("lr"),
+                "tokens_per_s": sup.snap.tokens_per_s, "step_time": lead.get("step_time"),
+                "skipped": bool(lead.get("skipped")), "node_step_time": row.node_times(w.rank_node)}
+        self._metrics.write(json.dumps(line, default=str) + "\n")
+        self._metrics.flush()
+        if not lead.get("skipped"):
+            for f in sup.straggler.observe(row.step, row.compute, w.rank_node):
+                self._straggler(f, now)
+
+    def _straggler(self, f: Any, now: float) -> None:
+        sup = self.sup
+        since_t = self.step_t.get(f.since_step, now)
+        c = Candidate("straggler", since_t, f.rank, f.node,
+                      {"detail": f"score {f.score:.2f}x median, confidence {f.confidence:.2f}",
+                       "score": f.score, "since_step": f.since_step})
+        if sup.cfg.policy.straggler_action == "alert":
+            sup.record_fault(c, now, "alert", step=f.since_step)
+        else:
+            sup.watch.add_candidate(c, now)  # type: ignore[union-attr]
+
+    # ---- events from rank 0 (or from every rank, for skip votes) ---------------------------------------
+    def ev_skip_step(self, msg: dict[str, Any], now: float) -> None:
+        w = self.sup.watch
+        assert w is not None
+        votes = w.skip_votes.setdefault(int(msg["step"]), [])
+        votes.append(msg)
+        if len(votes) < w.spec.world:
+            return
+        culprit = next((v for v in votes if v.get("local_bad")), votes[0])
+        kind = SKIP_RULE_KIND.get(str(msg.get("rule")), "nan")
+        t_fault = float(culprit.get("t_start", culprit["t"]))
+        c = Candidate(kind, t_fault, int(culprit["rank"]) if culprit.get("local_bad") else None,
+                      w.rank_node.get(int(culprit["rank"])) if culprit.get("local_bad") else None,
+                      {"detail": str(msg.get("detail", "")), "rule": msg.get("rule")})
+        self.sup.record_fault(c, now, "skip_step", step=int(msg["step"]))
+        self.sup.snap.batches_skipped += 1
+        del w.skip_votes[int(msg["step"])]
+
+    def ev_rollback(self, msg: dict[str, Any], now: float) -> None:
+        sup = self.sup
+        to = msg.get("to_step") or 0
+        lost = sup.meter.rewind(int(to))
+        sup.snap.steps_lost_to_rollbacks += lost
+        sup.snap.batches_skipped += int(msg.get("skipped", 0))
+        c = Candidate("divergence", now, None, None,
+                      {"detail": f"{sup.cfg.policy.max_consecutive_bad} bad steps in a row"})
+        sup.record_fault(c, now, "rollback", lost_steps=lost, step=int(msg.get("from_step", 0)))
+
+    def ev_checkpoint(self, msg: dict[str, Any], now: float) -> None:
+        snap = self.sup.snap
+        save_s = float(msg.get("save_s", 0.0))
+        snap.last_checkpoint_step, snap.last_checkpoint_t, snap.checkpoint_save_s = int(msg["step"]), now, save_s
+        self.sup.meter.lost.checkpoint += save_s
+        self.sup.journal.append("checkpoint", step=int(msg["step"]), path=msg.get("path"), save_s=save_s)
+
+    def ev_checkpoint_loaded(self, msg: dict[str, Any], now: float) -> None:
+        self.sup.snap.checkpoint_load_s = float(msg.get("load_s", 0.0))
+        self.sup.journal.append("checkpoint_loaded", step=msg.get("step"), load_s=msg.get("load_s"))
+
+    def ev_checkpoint_bad(self, msg: dict[str, Any], now: float) -> None:
+        self.sup.journal.append("checkpoint_bad", step=msg.get("step"), path=msg.get("path"),
+                                reason=msg.get("reason"))
+        c = Candidate("checkpoint_bad", now, 0, None, {"detail": str(msg.get("reason"))})
+        self.sup.record_fault(c, now, "fallback_checkpoint", step=msg.get("step"))
+
+    def ev_checkpoint_failed(self, msg: dict[str, Any], now: float) -> None:
+        kind = str(msg.get("fault") or "checkpoint_error")
+        c = Candidate(kind, now, 0, None, {"detail": str(msg.get("detail", ""))})
+        self.sup.record_fault(c, now, "alert", step=msg.get("step"))
+
+    def ev_eval(self, msg: dict[str, Any], now: float) -> None:
+        self.sup.snap.eval_loss = msg.get("eval_loss")
+        self.sup.journal.append("eval", step=msg.get("step"), eval_loss=msg.get("eval_loss"))
+
+    def ev_done(self, msg: dict[str, Any], now: float) -> None:
+        w = self.sup.watch
+        assert w is not None
+        w.done = msg
+        self.sup.snap.eval_loss = msg.get("eval_loss")
+        self.sup.snap.step = int(msg.get("step", self.sup.snap.step))
+
+    def ev_started(self, msg: dict[str, Any], now: float) -> None:
+        self.sup.journal.append("ranks_started", attempt=msg["attempt"], resume_step=msg.get("resume_step"))
+
+    # ---- hang attribution ----------------------------------------------------------------------------------
+    def attribute_hang(self, c: Candidate) -> Candidate:
+        """Ask every rank for its stack (faulthandler on SIGUSR1); the one not inside a collective hangs."""
+        w = self.sup.watch
+        assert w is not None
+        culprit = hang_culprit(w.pids, w.spec.log_dir, w.rank_node)
+        if culprit is None:
+            return c
+        c.rank, c.node = culprit, w.rank_node.get(culprit)
+        c.evidence["detail"] = str(c.evidence.get("detail", "")) + f"; rank {culprit} is not in a collective"
+        return c
+
+
+COLLECTIVE_MARKS = ("distributed", "all_reduce", "barrier", "backward", "broadcast", "wait")
+
+
+def hang_culprit(pids: dict[int, int], log_dir: Path, rank_node: dict[int, str]) -> int | None:
+    """Dump each local rank's stack into its log and find the single rank stuck outside a collective."""
+    import time as _t
+    sizes = {}
+    for rank, pid in pids.items():
+        log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"
+        sizes[rank] = log.stat().st_size if log.exists() else 0
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            return None
+    deadline = _t.time() + 1.5
+    outside: list[int] = []
+    pending = set(pids)
+    while pending and _t.time() < deadline:
+        for rank in list(pending):
+            log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"
+            text = _read_from(log, sizes[rank])
+            main = _main_thread_stack(text)
+            if main is None:
+                continue
+            pending.discard(rank)
+            if not any(m in main for m in COLLECTIVE_MARKS):
+                outside.append(rank)
+        _t.sleep(0.02)
+    return outside[0] if len(outside) == 1 else None
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _main_thread_stack(text: str) -> str | None:
+    """The 'most recent call first' block of the thread that runs the training loop, once complete."""
+    blocks = re.split(r"[Tt]hread 0x", text)
+    for b in blocks:
+        if "rank_main.py" in b and "line" in b:
+            return b
+    return None

@@ -1,0 +1,54 @@
+"""Per-step aggregation of rank telemetry: one row per step, summaries instead of per-rank series.
+
+Rows are emitted once every rank of the attempt reported the step (or the step fell two behind), so a
+metrics line and the straggler detector see a whole step at a time, whatever the number of ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any
+
+
+@dataclass
+class StepRow:
+    step: int
+    attempt: int
+    lead: dict[str, Any]  # rank 0's message: loss, grad_norm, lr, ...
+    compute: dict[int, float] = field(default_factory=dict)  # rank → local compute seconds
+
+    def node_times(self, rank_node: dict[int, str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r, s in self.compute.items():
+            n = rank_node.get(r, "?")
+            out[n] = max(out.get(n, 0.0), s)
+        return out
+
+    def summary(self) -> tuple[float | None, float | None, int | None]:
+        """(median, max, slowest rank) of compute time."""
+        if not self.compute:
+            return None, None, None
+        slow = max(self.compute, key=lambda r: self.compute[r])
+        return median(self.compute.values()), self.compute[slow], slow
+
+
+class StepAggregator:
+    def __init__(self, world: int, attempt: int) -> None:
+        self.world, self.attempt = world, attempt
+        self.pending: dict[int, StepRow] = {}
+
+    def add(self, msg: dict[str, Any]) -> list[StepRow]:
+        """Feed one ``step`` message; returns rows that are now complete, oldest first."""
+        step = int(msg["step"])
+        row = self.pending.get(step)
+        if row is None:
+            row = self.pending[step] = StepRow(step, self.attempt, {})
+        t = msg.get("compute_time", msg.get("step_time"))
+        if isinstance(t, int | float):
+            row.compute[int(msg["rank"])] = float(t)
+        if msg["rank"] == 0:
+            row.lead = msg
+        done = [s for s, r in self.pending.items()
+                if r.lead and (len(r.compute) >= self.world or s < step - 1)]
+        return [self.pending.pop(s) for s in sorted(done)]

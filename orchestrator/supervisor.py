@@ -1,0 +1,300 @@
+"""The supervisor: one loop, one state machine, every fault and action in the journal.
+
+It launches an attempt through a :class:`Launcher`, reads telemetry, notices dead ranks and nodes (from
+process exits, never from a collective timeout), hangs (no progress within the timeout) and stragglers,
+then stops the survivors, excludes bad nodes (a spare takes their place) and relaunches from the last
+committed checkpoint, with a restart budget and exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
+
+from health.detectors.hardware import classify_exit
+from health.detectors.straggler import StragglerDetector
+from orchestrator.attempt import AttemptWatch
+from orchestrator.config import RunConfig
+from orchestrator.goodput import GoodputMeter
+from orchestrator.journal import Journal
+from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
+from orchestrator.launcher.local import logs_dir
+from orchestrator.policy import Decision, Situation, decide
+from orchestrator.run_events import RunEvents
+from orchestrator.snapshot import FaultRecord, RunSnapshot, write_status
+from orchestrator.state import RunState, StateMachine
+from orchestrator.telemetry_server import TelemetryServer
+from orchestrator.triage import Candidate, root_cause
+
+SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
+
+
+class Relaunch(Exception):
+    """The attempt failed in a way a relaunch can cure."""
+
+
+class Abort(Exception):
+    """The run cannot continue; the message says why."""
+
+
+class Supervisor:
+    def __init__(self, cfg: RunConfig, run_dir: Path, launcher: Launcher, journal: Journal,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 on_update: Callable[[RunSnapshot], None] | None = None) -> None:
+        self.cfg, self.run_dir, self.launcher, self.journal = cfg, run_dir, launcher, journal
+        self.clock, self.sleep, self.on_update = clock, sleep, on_update
+        self.sm = StateMachine()
+        self.snap = RunSnapshot(name=cfg.name, total_steps=cfg.train.steps)
+        self.meter = GoodputMeter(clock())
+        self.telemetry = TelemetryServer("127.0.0.1", 0)
+        self.events = RunEvents(self)
+        s = cfg.health.straggler
+        self.straggler = StragglerDetector(s.window, s.factor, s.min_steps)
+        self.excluded: list[str] = []
+        self.crashes: Counter[str] = Counter()
+        self.attempt = -1
+        self.watch: AttemptWatch | None = None
+        self.recovery_started_t: float | None = None
+        self._last_status_t = 0.0
+        self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
+
+    # ---- state and bookkeeping ---------------------------------------------------------------
+    def transition(self, to: RunState, reason: str = "") -> None:
+        prev = self.sm.go(to)
+        self.snap.state, self.snap.reason = to.value, reason
+        self.journal.append("state", **{"from": prev.value, "to": to.value, "reason": reason})
+        self.publish(force=True)
+
+    def publish(self, force: bool = False) -> None:
+        now = self.clock()
+        snap = self.snap
+        snap.updated_t, snap.wall_s = now, now - self.meter.t0
+        snap.productive_s, snap.lost = self.meter.productive, self.meter.lost
+        snap.goodput = self.meter.goodput(now)
+        snap.restarts, snap.attempt, snap.excluded_nodes = max(0, self.attempt), self.attempt, list(self.excluded)
+        snap.telemetry_rejected = self.telemetry.rejected
+        if self.watch is not None:
+            snap.heartbeat_age_max_s = self.watch.heartbeat_age_max(now)
+        worst = self.straggler.worst_node()
+        snap.straggler_score_max = worst[1] if worst else None
+        if self.on_update is not None:
+            self.on_update(snap)
+        if force or now - self._last_status_t >= 1.0:
+            write_status(self.run_dir, snap)
+            self._last_status_t = now
+
+    def record_fault(self, c: Candidate, detected_t: float, action: str, lost_steps: int = 0,
+                     step: int | None = None) -> FaultRecord:
+        f = FaultRecord(kind=c.kind, step=self.snap.step if step is None else step, rank=c.rank,
+                        node=None if c.node is None else str(c.node),
+                        detected_after_s=round(max(0.0, detected_t - c.t_fault), 4), action=action,
+                        lost_steps=lost_steps, t=detected_t, detail=str(c.evidence.get("detail", ""))[:300])
+        self.journal.append("fault", kind=f.kind, step=f.step, rank=f.rank, node=f.node,
+                            detected_after_s=f.detected_after_s, evidence=c.evidence)
+        self.journal.append("action", action=action, kind=f.kind, step=f.step, rank=f.rank, node=f.node,
+                            lost_steps=lost_steps, lost_s=round(f.lost_s, 4))
+        self.snap.faults.append(f)
+        self.snap.actions[action] = self.snap.actions.get(action, 0) + 1
+        return f
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run to COMPLETED (exit 0) or FAILED (exit 1)."""
+        cfg = self.cfg
+        self.snap.started_t = self.meter.t0
+        self.journal.append("run_start", name=cfg.name, total_steps=cfg.train.steps,
+                            world_size=cfg.cluster.world_size, backend=cfg.cluster.backend)
+        retrying = Retrying(retry=retry_if_exception_type(Relaunch), stop=stop_never, reraise=True,
+                            wait=wait_exponential(multiplier=cfg.policy.backoff_initial_s,
+                                                  max=cfg.policy.backoff_max_s),
+                            sleep=self.sleep, before_sleep=self._before_backoff)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self.run_attempt()
+        except Abort as exc:
+            return self.finish_failed(str(exc))
+        except KeyboardInterrupt:
+            self.launcher.stop()
+            return self.finish_failed("interrupted by the user (Ctrl-C); `orchestrator resume` continues")
+        return self.finish_completed()
+
+    def _before_backoff(self, state: Any) -> None:
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.journal.append("backoff", seconds=round(wait, 3), attempt=self.attempt + 1)
+
+    def choose_nodes(self) -> list[str]:
+        healthy = [n for n in self.launcher.pool() if n not in self.excluded]
+        need = self.cfg.cluster.nodes
+        if len(healthy) < need:
+            raise Abort(f"only {len(healthy)} healthy nodes left ({', '.join(healthy) or 'none'}), "
+                        f"{need} needed; excluded: {', '.join(self.excluded)}")
+        return healthy[:need]
+
+    def run_attempt(self) -> None:
+        self.attempt += 1
+        nodes = self._preflight(self.choose_nodes())
+        spec = LaunchSpec(self.attempt, nodes, self.cfg.cluster.ranks_per_node, self.run_dir,
+                          self.telemetry.address, logs_dir(self.run_dir, self.attempt))
+        info = self.launcher.launch(spec)
+        self.snap.active_nodes = list(nodes)
+        self.snap.jobs.append({"attempt": self.attempt, "nodes": nodes, **info})
+        self.journal.append("launch", attempt=self.attempt, nodes=nodes,
+                            rank_map={str(k): v for k, v in spec.rank_map().items()},
+                            resume_step=self.snap.last_checkpoint_step, **info)
+        self.watch = AttemptWatch(spec, self.clock())
+        self.straggler.reset()
+        if self.sm.state is not RunState.RUNNING:
+            self.transition(RunState.RUNNING, f"attempt {self.attempt} launched on {', '.join(nodes)}")
+        self.watch_attempt()
+
+    def _preflight(self, nodes: list[str]) -> list[str]:
+        if self.preflight is None:
+            return nodes
+        for bad in self.preflight(nodes):
+            c = Candidate("probe_failed", self.clock(), None, bad, {"detail": "pre-flight probe failed"})
+            self.record_fault(c, self.clock(), "exclude_node")
+            self.exclude(bad, "pre-flight probe failed")
+        return self.choose_nodes()
+
+    def exclude(self, node: str, reason: str) -> None:
+        if node in self.excluded:
+            return
+        self.excluded.append(node)
+        self.journal.append("node_excluded", node=node, reason=reason)
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Resume: rebuild what the journal says, and stop whatever an earlier supervisor left running."""
+        last_launch: dict[str, Any] | None = None
+        for r in records:
+            ev = r["event"]
+            if ev == "launch":
+                last_launch, self.attempt = r, int(r["attempt"])
+            elif ev == "node_excluded" and r["node"] not in self.excluded:
+                self.excluded.append(r["node"])
+            elif ev == "checkpoint":
+                self.snap.last_checkpoint_step = int(r["step"])
+            elif ev == "action":
+                self.snap.faults.append(FaultRecord(r["kind"], r.get("step"), r.get("rank"), r.get("node"),
+                                                    None, r["action"], int(r.get("lost_steps") or 0)))
+                self.snap.actions[r["action"]] = self.snap.actions.get(r["action"], 0) + 1
+        if last_launch is not None:
+            spec = LaunchSpec(int(last_launch["attempt"]), list(last_launch["nodes"]),
+                              self.cfg.cluster.ranks_per_node, self.run_dir, "", self.run_dir)
+            if self.launcher.attach(last_launch, spec):
+                self.launcher.stop()
+        self.sm = StateMachine(RunState.RECOVERING)
+        self.snap.state = RunState.RECOVERING.value
+        self.recovery_started_t = self.clock()
+        self.journal.append("resume", attempt=self.attempt + 1, excluded=self.excluded,
+                            last_checkpoint_step=self.snap.last_checkpoint_step)
+
+    # ---- watching one attempt -------------------------------------------------------------------
+    def watch_attempt(self) -> None:
+        w = self.watch
+        assert w is not None
+        while True:
+            select.select([self.telemetry], [], [], 0.05)
+            now = self.clock()
+            for msg in self.telemetry.drain():
+                self.events.on_message(msg, now)
+            for ev in self.launcher.poll():
+                self.on_launcher_event(ev, now)
+            self.check_liveness(now)
+            if w.candidates and now - (w.first_candidate_t or now) >= SETTLE_S:
+                self.recover(root_cause(w.candidates), now)
+            if w.ended:
+                if w.done is not None and not w.candidates:
+                    return
+                if not w.candidates:
+                    w.add_candidate(Candidate("rank_crash", now, None, None,
+                                              {"detail": "ranks ended without completing"}), now)
+            self.publish()
+
+    def on_launcher_event(self, ev: LauncherEvent, now: float) -> None:
+        w = self.watch
+        assert w is not None
+        if ev.kind == "node_lost":
+            last = w.node_last_seen.get(ev.node or "", w.started_t)
+            w.add_candidate(Candidate("node_failure", last, None, ev.node,
+                                      {"detail": ev.detail, "state": ev.state}), now)
+        elif ev.kind == "job_ended":
+            w.ended = True
+
+    def check_liveness(self, now: float) -> None:
+        w = self.watch
+        assert w is not None
+        if w.candidates or w.done is not None:
+            return
+        h = self.cfg.health
+        limit = h.hang_timeout_s if w.first_step_t is not None else h.startup_timeout_s
+        stalled = w.stalled_for(now)
+        if stalled > limit:
+            last = now - stalled
+            alive = [r for r in w.last_hb if r not in w.silent_ranks(now, limit)]
+            kind = "hang" if alive else "silent"
+            w.add_candidate(Candidate(kind, last, None, None,
+                                      {"detail": f"no progress for {stalled:.1f}s (timeout {limit}s); "
+                                                 f"{len(alive)} ranks still heartbeating"}), now)
+
+    def classify(self, code: int | None, sig: int | None, tail: str) -> Any:
+        return classify_exit(code, sig, tail)
+
+    # ---- recovery ---------------------------------------------------------------------------------
+    def recover(self, c: Candidate, now: float) -> None:
+        """Stop the attempt, record the fault and the decision, then relaunch (raise) or abort."""
+        if c.kind == "hang" and self.watch is not None:
+            c = self.events.attribute_hang(c)
+        self.launcher.stop()
+        if c.node:
+            self.crashes[str(c.node)] += 1
+        healthy = [n for n in self.launcher.pool() if n not in self.excluded]
+        spares = len(healthy) - self.cfg.cluster.nodes
+        d = decide(c.kind, c.node, self.cfg.policy, Situation(
+            restarts_used=self.attempt, spares_left=max(0, spares), nodes_needed=self.cfg.cluster.nodes,
+            nodes_healthy=min(len(healthy), self.cfg.cluster.nodes), crashes_on_node=self.crashes[str(c.node)] - 1))
+        resume = self.snap.last_checkpoint_step or 0
+        lost = self.meter.rewind(resume)
+        self.meter.lost.detection += max(0.0, now - c.t_fault)
+        self.record_fault(c, now, d.action, lost_steps=lost)
+        self.snap.steps_lost_to_rollbacks += lost
+        self.snap.step = resume
+        self._apply(d, c, now)
+
+    def _apply(self, d: Decision, c: Candidate, now: float) -> None:
+        if d.exclude_node and c.node:
+            self.exclude(str(c.node), d.reason)
+        if not d.relaunch:
+            raise Abort(d.reason if d.action == "abort" else f"{c.kind}: {d.reason}")
+        self.recovery_started_t = now
+        if self.sm.state is not RunState.RECOVERING:
+            self.transition(RunState.RECOVERING, d.reason)
+        raise Relaunch(d.reason)
+
+    # ---- endings ----------------------------------------------------------------------------------
+    def finish_completed(self) -> int:
+        self.publish(force=True)
+        done = self.watch.done if self.watch else None
+        self.journal.append("complete", step=self.snap.step, eval_loss=self.snap.eval_loss,
+                            goodput=self.snap.goodput, wall_s=round(self.snap.wall_s, 3),
+                            final_eval_loss=(done or {}).get("eval_loss"))
+        self.transition(RunState.COMPLETED, "all steps applied")
+        self.close()
+        return 0
+
+    def finish_failed(self, reason: str) -> int:
+        self.launcher.stop()
+        self.journal.append("failed", reason=reason)
+        self.transition(RunState.FAILED, reason)
+        self.close()
+        return 1
+
+    def close(self) -> None:
+        self.telemetry.close()
+        self.launcher.close()

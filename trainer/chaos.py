@@ -1,0 +1,109 @@
+"""Fault injection from run.yaml's ``chaos`` list, consulted at named points of a rank's life.
+
+One module for every backend: the local cluster and Slurm run the same trainer, so the same run.yaml
+injects the same faults. Each fault fires once per run: the firing rank writes ``chaos/fired-<i>``
+before acting, and a relaunched rank never re-fires a fault whose marker exists.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from orchestrator.config import ChaosFault
+
+STEP_FAULTS = ("rank_crash", "node_failure", "hang", "gpu_error", "collective_timeout")
+
+
+class Chaos:
+    """What this rank must do to itself at each point, given the configured faults."""
+
+    def __init__(self, faults: list[ChaosFault], run_dir: Path, rank: int, node_index: int,
+                 ranks_per_node: int) -> None:
+        self.faults = list(enumerate(faults))
+        self.dir = run_dir / "chaos"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.node_index, self.rpn = rank, node_index, ranks_per_node
+        self._fired_here: set[int] = {i for i, _ in self.faults if self._marker(i).exists()}
+
+    def _marker(self, i: int) -> Path:
+        return self.dir / f"fired-{i}"
+
+    def _target_rank(self, f: ChaosFault) -> int:
+        if f.rank is not None:
+            return f.rank
+        if f.node is not None:
+            return f.node * self.rpn
+        return 0
+
+    def _mine(self, f: ChaosFault) -> bool:
+        if f.fault == "loss_spike":
+            return True
+        return self._target_rank(f) == self.rank
+
+    def _take(self, kind: tuple[str, ...], step: int, or_after: bool = False) -> ChaosFault | None:
+        """The fault of these kinds due now for this rank; marks it fired (durably) before acting."""
+        for i, f in self.faults:
+            due = f.step <= step if or_after else f.step == step
+            if f.fault in kind and due and i not in self._fired_here and self._mine(f):
+                self._fired_here.add(i)
+                if self.rank == self._target_rank(f) or f.fault != "loss_spike":
+                    self._write_marker(i)
+                return f
+        return None
+
+    def _write_marker(self, i: int) -> None:
+        fd = os.open(self._marker(i), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, f"rank={self.rank} t={time.time()}\n".encode())
+        os.fsync(fd)
+        os.close(fd)
+
+    def at_step_start(self, step: int) -> None:
+        """Crash, kill the node, or hang: faults that end or stall this process."""
+        f = self._take(STEP_FAULTS, step)
+        if f is None:
+            return
+        if f.fault == "rank_crash":
+            os._exit(13)
+        if f.fault == "gpu_error":
+            os.write(2, b"RuntimeError: CUDA error: an illegal memory access was encountered (Xid 79)\n")
+            os._exit(1)
+        if f.fault == "collective_timeout":
+            os.write(2, b"Watchdog caught collective operation timeout: WorkNCCL(OpType=ALLREDUCE)\n")
+            os._exit(6)
+        if f.fault == "node_failure":
+            os.kill(os.getppid(), signal.SIGKILL)  # the node agent; its ranks die with it
+            time.sleep(60)
+        if f.fault == "hang":
+            while True:  # stuck: alive (heartbeats go on) but no progress, peers block in collectives
+                time.sleep(3600)
+
+    def straggle_factor(self, step: int) -> float:
+        """> 1 while this rank is an injected straggler (its step takes this many times longer)."""
+        for i, f in self.faults:
+            if f.fault == "straggler" and self._target_rank(f) == self.rank and f.step <= step < f.step + f.steps:
+                if i not in self._fired_here:
+                    self._fired_here.add(i)
+                    self._write_marker(i)
+                return f.slowdown
+        return 1.0
+
+    def corrupt_batch(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loss_spike: replace the batch with random bytes (a corrupted shard of data)."""
+        if self._take(("loss_spike",), step) is None:
+            return x, y
+        g = torch.Generator().manual_seed(1234 + step)
+        return (torch.randint(0, 256, x.shape, generator=g), torch.randint(0, 256, y.shape, generator=g))
+
+    def poison_loss(self, step: int) -> bool:
+        """nan: this rank's loss becomes NaN at this step."""
+        return self._take(("nan",), step) is not None
+
+    def during_checkpoint(self, step: int) -> str | None:
+        """ckpt_crash: die between writing shards and the commit; disk_full: the write fails ENOSPC."""
+        f = self._take(("ckpt_crash", "disk_full"), step, or_after=True)
+        return f.fault if f else None

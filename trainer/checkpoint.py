@@ -1,0 +1,215 @@
+"""Checkpoints through torch.distributed.checkpoint, with a manifest of checksums and an atomic commit.
+
+A checkpoint directory counts only once ``COMMITTED`` exists, and that marker is written (by rename,
+then a directory fsync) after every rank's shards are on disk and ``manifest.json`` lists each file's
+size and sha256. At load, rank 0 verifies the manifest; a truncated, missing or corrupted file marks the
+checkpoint ``BAD`` and the next older good one is used. All ranks agree on the choice by a broadcast.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+COMMITTED = "COMMITTED"
+BAD = "BAD"
+MANIFEST = "manifest.json"
+EXTRA = "extra.json"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    step: int
+    path: Path
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(path: Path) -> dict[str, Any]:
+    files = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.name not in (MANIFEST, COMMITTED, BAD) and not p.name.startswith("."):
+            files[str(p.relative_to(path))] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest = {"files": files, "t": time.time()}
+    atomic_write(path / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def verify(path: Path) -> str | None:
+    """None when the checkpoint is intact, else the reason it cannot be trusted."""
+    if not (path / COMMITTED).exists():
+        return "not committed"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"manifest unreadable: {exc}"
+    for rel, meta in manifest["files"].items():
+        f = path / rel
+        if not f.is_file():
+            return f"missing file {rel}"
+        if f.stat().st_size != meta["size"]:
+            return f"{rel}: size {f.stat().st_size} != {meta['size']} (truncated?)"
+        if sha256_file(f) != meta["sha256"]:
+            return f"{rel}: checksum mismatch (corrupted)"
+    return None
+
+
+def committed(root: Path) -> list[CheckpointRef]:
+    """Committed, not known-bad checkpoints, oldest first."""
+    out = []
+    if not root.exists():
+        return out
+    for p in root.glob("step_*"):
+        if (p / COMMITTED).exists() and not (p / BAD).exists():
+            try:
+                out.append(CheckpointRef(int(p.name.split("_")[1]), p))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda r: r.step)
+
+
+def mark_bad(path: Path, reason: str) -> None:
+    atomic_write(path / BAD, reason.encode())
+
+
+def apply_retention(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` good checkpoints, and stale uncommitted ones.
+
+    The newest good checkpoint is never deleted, whatever is newer than it.
+    """
+    good = committed(root)
+    removed: list[Path] = []
+    keep_paths = {r.path for r in good[-keep:]}
+    newest = good[-1].step if good else -1
+    for p in root.glob("step_*"):
+        try:
+            step = int(p.name.split("_")[1])
+        except ValueError:
+            continue
+        if p in keep_paths:
+            continue
+        is_good = (p / COMMITTED).exists() and not (p / BAD).exists()
+        if (is_good and len(keep_paths) >= 1) or (not is_good and step < newest) or (p / BAD).exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+class CheckpointFailed(Exception):
+    """A save that did not complete on every rank; the previous checkpoint is untouched."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _agree(ok: bool) -> bool:
+    """True only if every rank says ok (one all-reduce)."""
+    if not dist.is_initialized():
+        return ok
+    t = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], rank: int,
+         fault: str | None = None) -> float:
+    """Collective save of ``state`` (a DCP state dict) plus rank 0's ``extra`` JSON; returns seconds.
+
+    ``fault`` injects a failure: "disk_full" raises ENOSPC at rank 0's write, "ckpt_crash" kills the
+    rank after its shards are written and before the commit.
+    """
+    t0 = time.perf_counter()
+    path = step_dir(root, step)
+    if (path / COMMITTED).exists():
+        return 0.0
+    if rank == 0 and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    err: BaseException | None = None
+    try:
+        dcp.save(state, checkpoint_id=str(path))
+        torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")
+        if fault == "ckpt_crash":
+            os._exit(17)
+        if rank == 0:
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / EXTRA))
+            atomic_write(path / EXTRA, json.dumps(extra).encode())
+    except OSError as exc:
+        err = exc
+    if not _agree(err is None):
+        kind = "disk_full" if isinstance(err, OSError) and err.errno == errno.ENOSPC else "checkpoint_error"
+        raise CheckpointFailed(kind, f"save at step {step} failed: {err or 'on another rank'}")
+    if rank == 0:
+        write_manifest(path)
+        atomic_write(path / COMMITTED, f"{step}\n".encode())
+    if dist.is_initialized():
+        dist.barrier()
+    return time.perf_counter() - t0
+
+
+def choose_for_load(root: Path, rank: int, on_bad: Any = None) -> CheckpointRef | None:
+    """Rank 0 picks the newest checkpoint that verifies (marking bad ones); everyone gets its choice."""
+    choice: list[Any] = [None]
+    if rank == 0:
+        for ref in reversed(committed(root)):
+            reason = verify(ref.path)
+            if reason is None:
+                choice[0] = (ref.step, str(ref.path))
+                break
+            mark_bad(ref.path, reason)
+            if on_bad is not None:
+                on_bad(ref, reason)
+    if dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return CheckpointRef(choice[0][0], Path(choice[0][1])) if choice[0] else None
+
+
+def load(ref: CheckpointRef, state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """Load shards into ``state`` in place (any layout: DCP reshards); return the extra JSON."""
+    dcp.load(state, checkpoint_id=str(ref.path))
+    rng = ref.path / f"rng-rank{rank}.pt"
+    if rng.exists():
+        torch.set_rng_state(torch.load(rng))
+    return json.loads((ref.path / EXTRA).read_text())

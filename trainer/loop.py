@@ -1,0 +1,181 @@
+"""The training loop of one rank: step, in-step guard, in-process rollback, checkpoints, evaluation.
+
+Recovery tiers 1 and 2 live here. A NaN/Inf or a spike makes every rank agree (one all-reduce), skip
+the update and put the batch on the skip list; ``max_consecutive_bad`` bad steps in a row roll every
+rank back to the last good checkpoint and skip the window that led there (the PaLM recipe). The step
+counter counts applied updates only, so a run always applies exactly ``train.steps`` of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from health.detectors.loss_rules import SpikeParams, judge_step
+from orchestrator.config import RunConfig
+from trainer import checkpoint as ckpt
+from trainer.chaos import Chaos
+from trainer.data import Corpus, Sampler, shard
+from trainer.engine import Engine, all_ranks_agree
+from trainer.schedule import lr_factor
+from trainer.telemetry import Telemetry
+
+
+@dataclass
+class LoopState:
+    """Everything besides model and optimizer that a checkpoint must restore."""
+
+    step: int = 0
+    sampler: Sampler = field(default_factory=Sampler)
+    good_losses: list[float] = field(default_factory=list)
+
+    def to_extra(self, precision: str, dtypes: dict[str, str]) -> dict[str, Any]:
+        return {"step": self.step, "sampler": self.sampler.state(), "good_losses": self.good_losses,
+                "precision": precision, "dtypes": dtypes}
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> LoopState:
+        return cls(step=int(extra["step"]), sampler=Sampler.from_state(extra["sampler"]),
+                   good_losses=list(extra["good_losses"]))
+
+
+class TrainLoop:
+    def __init__(self, cfg: RunConfig, engine: Engine, corpus: Corpus, tel: Telemetry, chaos: Chaos,
+                 ckpt_root: Path, rank: int) -> None:
+        self.cfg, self.engine, self.corpus, self.tel, self.chaos = cfg, engine, corpus, tel, chaos
+        self.root, self.rank = ckpt_root, rank
+        p = cfg.policy.spike
+        self.spike = SpikeParams(p.window, p.k, p.warmup_steps, p.min_rel_increase)
+        self.st = LoopState()
+        self.bad_run: list[list[int]] = []  # sample indices of consecutive bad steps
+        self.ema_step_s = 0.0
+
+    # ---- restore / checkpoint -------------------------------------------------------------
+    def restore(self) -> int | None:
+        """Load the newest good checkpoint, if any; returns its step."""
+        def on_bad(ref: ckpt.CheckpointRef, reason: str) -> None:
+            self.tel.event("checkpoint_bad", step=ref.step, path=str(ref.path), reason=reason)
+        ref = ckpt.choose_for_load(self.root, self.rank, on_bad)
+        if ref is None:
+            return None
+        t0 = time.perf_counter()
+        state = self.engine.state_dict()
+        extra = ckpt.load(ref, state, self.rank)
+        self.engine.load_state_dict(state)
+        skip = self.st.sampler.skip
+        self.st = LoopState.from_extra(extra)
+        self.st.sampler.skip |= skip
+        self.tel.event("checkpoint_loaded", step=ref.step, load_s=time.perf_counter() - t0)
+        return ref.step
+
+    def save_checkpoint(self) -> None:
+        extra = self.st.to_extra(self.cfg.train.precision, self.engine.tensor_dtypes())
+        fault = self.chaos.during_checkpoint(self.st.step)
+        try:
+            secs = ckpt.save(self.root, self.st.step, self.engine.state_dict(), extra, self.rank, fault)
+        except ckpt.CheckpointFailed as exc:
+            if self.rank == 0:
+                self.tel.event("checkpoint_failed", step=self.st.step, fault=exc.kind, detail=str(exc))
+            return
+        if self.rank == 0:
+            ckpt.apply_retention(self.root, self.cfg.checkpoint.keep)
+            self.tel.event("checkpoint", step=self.st.step, save_s=secs,
+                           path=str(ckpt.step_dir(self.root, self.st.step)))
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _lr(self) -> float:
+        t = self.cfg.train
+        return t.lr * lr_factor(self.st.step, t.steps, t.schedule, t.lr)
+
+    def _straggle(self, step: int) -> None:
+        factor = self.chaos.straggle_factor(step)
+        if factor > 1.0:
+            time.sleep((factor - 1.0) * max(self.ema_step_s, 0.01))
+
+    def train_step(self) -> bool:
+        """Run one batch; True if the update was applied."""
+        step = self.st.step
+        idx = self.st.sampler.next_global_batch(self.cfg.train.global_batch)
+        t0, t_wall = time.perf_counter(), time.time()
+        self.chaos.at_step_start(step)
+        x, y = self.corpus.batch(shard(idx, self.engine.dp_rank, self.engine.dp_size))
+        x, y = self.chaos.corrupt_batch(step, x, y)
+        self._straggle(step)
+        if self.cfg.train.step_sleep_s:
+            time.sleep(self.cfg.train.step_sleep_s)
+        loss = self.engine.forward_backward(x, y, poison=self.chaos.poison_loss(step))
+        grad_norm = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
+        compute_s = time.perf_counter() - t0
+        t_sync = time.perf_counter()
+        local_bad = not math.isfinite(loss)  # this rank's own loss (grads are already averaged)
+        g_loss, any_bad = all_ranks_agree(loss, self.engine.loss_weight,
+                                          local_bad or not math.isfinite(grad_norm))
+        sync_s = time.perf_counter() - t_sync
+        verdict = judge_step(float("nan") if any_bad else g_loss, grad_norm, self.st.good_losses, self.spike)
+        lr = self._lr()
+        if verdict.bad:
+            self.engine.discard()
+            self.st.sampler.skip.update(idx)
+            self.bad_run.append(idx)
+        else:
+            self.engine.apply(lr)
+            self.st.step += 1
+            self.st.good_losses = (self.st.good_losses + [g_loss])[-self.spike.window:]
+            self.bad_run = []
+        step_s = time.perf_counter() - t0
+        self.ema_step_s = step_s if not self.ema_step_s else 0.9 * self.ema_step_s + 0.1 * step_s
+        self.tel.step = self.st.step
+        self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
+                      compute_time=compute_s, sync_time=sync_s,
+                      tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule)
+        if verdict.bad:
+            self.tel.event("skip_step", step=step, rule=verdict.rule, detail=verdict.detail,
+                           samples=[idx[0], idx[-1]], local_bad=local_bad, t_start=t_wall)
+        return not verdict.bad
+
+    # ---- rollback, eval, run ------------------------------------------------------------------
+    def rollback(self) -> None:
+        """Tier 2: back to the last good checkpoint, skipping the window of batches that led here."""
+        bad_from = self.st.step
+        window = [i for batch in self.bad_run for i in batch]
+        extra_skip = self.cfg.policy.rollback_skip_batches * self.cfg.train.global_batch
+        first_bad = min(window) if window else self.st.sampler.cursor
+        self.st.sampler.skip.update(range(max(0, first_bad - extra_skip), first_bad))
+        self.st.sampler.skip.update(window)
+        restored = self.restore()
+        self.bad_run = []
+        self.tel.event("rollback", from_step=bad_from, to_step=restored, skipped=len(window) + extra_skip)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        n = self.cfg.data.eval_batches * self.cfg.train.global_batch
+        mine = shard(list(range(n)), self.engine.dp_rank, self.engine.dp_size)
+        x, y = self.corpus.batch(mine, held_out=True)
+        loss = self.engine.eval_loss(x, y)
+        mean, _ = all_ranks_agree(loss, self.engine.loss_weight, False)
+        self.tel.event("eval", step=self.st.step, eval_loss=mean)
+        return mean
+
+    def run(self) -> float:
+        total, every = self.cfg.train.steps, self.cfg.checkpoint.every_steps
+        eval_every = self.cfg.train.eval_every
+        if self.st.step == 0 and not ckpt.committed(self.root):
+            self.save_checkpoint()  # step 0: something to roll back to
+        while self.st.step < total:
+            applied = self.train_step()
+            if applied and (self.st.step % every == 0 or self.st.step == total):
+                self.save_checkpoint()
+            if applied and eval_every and self.st.step % eval_every == 0 and self.st.step < total:
+                self.evaluate()
+            if len(self.bad_run) >= self.cfg.policy.max_consecutive_bad:
+                self.rollback()
+        final = self.evaluate()
+        if dist.is_initialized():
+            dist.barrier()
+        return final

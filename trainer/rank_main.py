@@ -1,0 +1,101 @@
+"""Entry point of one training rank: ``python -m trainer.rank_main``.
+
+The rank learns who it is from the environment (``RANK``/``WORLD_SIZE``/``MASTER_*`` set by the local
+node agent, or Slurm's ``SLURM_*`` under srun), reads the resolved config from the run directory, and
+knows nothing about the scheduler or the metrics stack.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from orchestrator.config import RunConfig
+from trainer.chaos import Chaos
+from trainer.data import Corpus
+from trainer.engine import build_engine
+from trainer.loop import TrainLoop
+from trainer.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class RankContext:
+    rank: int
+    world: int
+    local_rank: int
+    node: str
+    node_index: int
+    run_dir: Path
+    attempt: int
+    telemetry_addr: str | None
+
+
+def _env(*names: str, default: str | None = None) -> str:
+    for n in names:
+        if n in os.environ:
+            return os.environ[n]
+    if default is None:
+        raise SystemExit(f"rank_main: none of {names} is set in the environment")
+    return default
+
+
+def context_from_env() -> RankContext:
+    """Local-cluster variables first, then Slurm's (srun sets SLURM_PROCID and friends)."""
+    return RankContext(
+        rank=int(_env("RANK", "SLURM_PROCID")),
+        world=int(_env("WORLD_SIZE", "SLURM_NTASKS")),
+        local_rank=int(_env("LOCAL_RANK", "SLURM_LOCALID")),
+        node=_env("ORCH_NODE", "SLURMD_NODENAME", default="node0"),
+        node_index=int(_env("ORCH_NODE_INDEX", "SLURM_NODEID", default="0")),
+        run_dir=Path(_env("ORCH_RUN_DIR")),
+        attempt=int(_env("ORCH_ATTEMPT", default="0")),
+        telemetry_addr=os.environ.get("ORCH_TELEMETRY_ADDR"),
+    )
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
+    p = Path(cfg.checkpoint.dir)
+    return p if p.is_absolute() else run_dir / p
+
+
+def main() -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the supervisor asks for stacks on a hang
+    ctx = context_from_env()
+    cfg = load_run_config(ctx.run_dir)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cuda = cfg.cluster.device == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda", ctx.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    tel = Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt)
+    tel.start_heartbeat(cfg.health.heartbeat_interval_s)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=ctx.rank, world_size=ctx.world,
+                            timeout=timedelta(minutes=30))
+    chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node)
+    engine = build_engine(cfg, ctx.rank, ctx.world, device)
+    corpus = Corpus.build(cfg.data, cfg.model.seq_len)
+    loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank)
+    resumed = loop.restore()
+    tel.event("started", resume_step=resumed, pid=os.getpid())
+    final = loop.run()
+    tel.event("done", step=loop.st.step, eval_loss=final)
+    dist.destroy_process_group()
+    tel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
