@@ -167,7 +167,10 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
     for r in range(world_size):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": str(world_size),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ORCH_PROBE_DIR": str(workdir),
-               "ORCH_PROBE_NODE": nodes[r], "ORCH_PROBE_TIMEOUT": str(timeout_s),
+               "ORCH_PROBE_NODE": nodes[r],
+               # ranks time out later than the parent's deadline, so the parent (which can see
+               # every rank) judges first, not a healthy rank that gave up on a hung peer
+               "ORCH_PROBE_TIMEOUT": str(timeout_s + 10.0),
                "ORCH_PROBE_BACKEND": backend, "ORCH_PROBE_INJECT": inject.get(r, ""),
                "ORCH_PROBE_DELAY": str(delay_s if r == slow_rank else 0.0),
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
@@ -178,23 +181,29 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
     return procs
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float, grace_s: float = 1.0) -> bool:
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float,
+              grace_s: float = 1.0) -> tuple[bool, dict[int, float]]:
     """Wait until all exit or the deadline; once one rank fails the rest are blocked on it, so give
-    them ``grace_s`` and stop. Kills whatever is left. True if every rank exited by itself."""
+    them ``grace_s`` and stop. Kills whatever is left. Returns (every rank exited by itself, the
+    time each rank was first seen to have exited with an error)."""
     deadline = time.monotonic() + timeout_s
+    failed_at: dict[int, float] = {}
     while time.monotonic() < deadline:
         codes = [p.poll() for p in procs]
+        for r, c in enumerate(codes):
+            if c not in (None, 0) and r not in failed_at:
+                failed_at[r] = time.monotonic()
         if all(c is not None for c in codes):
-            return True
-        if any(c not in (None, 0) for c in codes):
-            deadline = min(deadline, time.monotonic() + grace_s)
+            return True, failed_at
+        if failed_at:
+            deadline = min(deadline, min(failed_at.values()) + grace_s)
         time.sleep(0.02)
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     for p in procs:
         p.wait()
-    return False
+    return False, failed_at
 
 
 def _phase(workdir: Path, rank: int) -> int:
@@ -211,13 +220,15 @@ def _tail(path: Path, n: int = 800) -> str:
         return ""
 
 
-def _blame(procs: list[subprocess.Popen[bytes]], killed: set[int], workdir: Path, nodes: list[str],
-           timeout_s: float) -> list[ProbeResult]:
-    """No report: name the rank(s) that crashed, or else the ones that got least far."""
+def _blame(procs: list[subprocess.Popen[bytes]], failed_at: dict[int, float], workdir: Path,
+           nodes: list[str], timeout_s: float) -> list[ProbeResult]:
+    """No report: name the rank that crashed first (its peers fail after it, with 'connection closed'),
+    or else the ranks that got least far before the deadline."""
     phases = [_phase(workdir, r) for r in range(len(procs))]
-    crashed = [r for r, p in enumerate(procs) if r not in killed and p.returncode not in (0, None)]
-    if crashed:
-        culprits, kind = crashed, "rank_crash"
+    killed = {r for r, p in enumerate(procs) if r not in failed_at}
+    if failed_at:
+        first = min(failed_at.values())
+        culprits, kind = sorted(r for r, t in failed_at.items() if t - first < 0.05), "rank_crash"
     elif min(phases) < max(phases):
         culprits, kind = [r for r, ph in enumerate(phases) if ph == min(phases)], "collective_timeout"
     else:
@@ -256,12 +267,11 @@ def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, s
     with tempfile.TemporaryDirectory(prefix="orch-collective-") as tmp:
         workdir = Path(tmp)
         procs = _spawn(world_size, nodes, workdir, timeout_s, inject, delay, slow_rank, backend)
-        clean = _wait_all(procs, timeout_s)
-        killed = set() if clean else {r for r, p in enumerate(procs) if p.returncode == -signal.SIGKILL}
+        clean, failed_at = _wait_all(procs, timeout_s)
         result = workdir / "result.json"
         if clean and result.exists() and all(p.returncode == 0 for p in procs):
             data = json.loads(result.read_text())
             data["pair_s"] = {int(k): v for k, v in data["pair_s"].items()}
             data["scores"] = {int(k): v for k, v in data["scores"].items()}
             return report_to_results(CollectiveReport(**data))
-        return _blame(procs, killed, workdir, nodes, timeout_s)
+        return _blame(procs, failed_at, workdir, nodes, timeout_s)
