@@ -40,7 +40,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         return False
-    addrs = {info[4][0] for info in infos}
+    addrs = {str(info[4][0]) for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
@@ -170,6 +170,11 @@ class MetricsServer:
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self.port}"
+
+    @property
+    def push_failures(self) -> int:
+        """Failed Alertmanager pushes so far (0 without an alertmanager_url)."""
+        return self._pusher.failures if self._pusher is not None else 0
 
     def start(self) -> MetricsServer:
         """Bind and serve in daemon threads; returns self so ``MetricsServer(...).start()`` chains."""

@@ -109,7 +109,7 @@ def goodput_series(run: RunData) -> list[tuple[float, float]]:
     out, productive = [], 0.0
     for m in sorted(run.metrics, key=lambda m: m.get("t", 0.0)):
         st = m.get("step_time")
-        if not m.get("skipped") and _finite([st]):
+        if not m.get("skipped") and isinstance(st, int | float) and math.isfinite(st):
             productive += float(st)
         elapsed = float(m.get("t", start)) - start
         if elapsed > 0:
