@@ -20,11 +20,11 @@ from prometheus_client.registry import Collector
 
 from orchestrator.config import FAULT_KINDS
 from orchestrator.snapshot import RunSnapshot
+from orchestrator.state import RunState
 
 PREFIX = "orchestrator_"
 #: Run states always exported (value 0 or 1) so a `state="X"` selector has a series before X happens.
-STATES = ("PENDING", "PREFLIGHT", "LAUNCHING", "RUNNING", "RECOVERING", "CHECKPOINTING",
-          "COMPLETED", "FAILED", "CANCELLED")
+STATES = tuple(s.value for s in RunState)
 #: Actions from docs/RUNDIR.md, exported at 0 from the start so increase() sees the first one.
 ACTIONS = ("skip_step", "rollback", "relaunch", "exclude_node", "alert", "abort", "requeue")
 LOST_CAUSES = ("detection", "restart", "recomputation", "checkpoint")
