@@ -72,3 +72,13 @@ def test_invalid_parameters_rejected() -> None:
         StragglerDetector(window=4, min_steps=8)
     with pytest.raises(ValueError, match="factor"):
         StragglerDetector(factor=1.0)
+
+
+def test_array_api_agrees_with_mapping_api() -> None:
+    times = straggler_stream(32, 80, slow_rank=9, slow_from=30, seed=5)
+    a, b = StragglerDetector(), StragglerDetector()
+    for step in range(80):
+        fa = a.observe(step, dict(enumerate(times[step].tolist())), {})
+        fb = b.observe_array(step, times[step], {})
+        assert fa == fb
+    assert a.scores() == b.scores() and a.flagged() == b.flagged() == [9]

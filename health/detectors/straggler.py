@@ -97,16 +97,29 @@ class StragglerDetector:
                 nodes: Mapping[int, str]) -> list[StragglerFinding]:
         """Record one step's per-rank step times; return findings newly raised at this step."""
         self._ensure_ranks(list(times))
-        self._nodes = nodes
         t = np.fromiter(times.values(), dtype=float, count=len(times))
+        return self._observe(step, t, nodes)
+
+    def observe_array(self, step: int, times: np.ndarray, nodes: Mapping[int, str]) -> list[StragglerFinding]:
+        """:meth:`observe` for a supervisor that keeps one step's times as an array indexed by rank
+        (NaN for a rank that did not report): skips the dict-to-array conversion, about half the cost
+        at 16k ranks."""
+        t = np.asarray(times, dtype=float)
+        if len(self._ranks) != t.size:
+            self._ensure_ranks(list(range(t.size)))
+        return self._observe(step, t, nodes)
+
+    def _observe(self, step: int, t: np.ndarray, nodes: Mapping[int, str]) -> list[StragglerFinding]:
+        self._nodes = nodes
         if t.size < 2:
             return []
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = t / median_of_others(t)
-        slow = ratio >= self.slow_at  # NaN (missing time) compares False: not slow
         p = self._pos
-        self._count += slow.astype(np.int64) - self._slow[p]
-        self._ratio[p], self._slow[p], self._steps[p] = ratio, slow, step
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(t, median_of_others(t), out=self._ratio[p])  # written in place: no copies
+        self._count -= self._slow[p]  # the step falling out of the window
+        np.greater_equal(self._ratio[p], self.slow_at, out=self._slow[p])  # NaN (missing): not slow
+        self._count += self._slow[p]
+        self._steps[p] = step
         self._pos = (p + 1) % self.window
         self._seen += 1
         self._flagged &= self._count >= self.min_steps // 2
