@@ -1,0 +1,368 @@
+"""Typed views of what Slurm's commands print: sacct, squeue, sinfo, scontrol show node/job.
+
+The Slurm launcher polls these to learn how a job ended (NODE_FAIL vs TIMEOUT vs CANCELLED) and which
+nodes are DOWN, so the policy can exclude them. Parsing is pure (text in, dataclasses out) and is tested
+against outputs recorded from a real Slurm 22.05 cluster (tests/data/slurm/). The argv constants below
+are the only formats these parsers accept; build commands from them, never by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from slurm.hostlist import expand
+
+SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "NodeList", "Start", "End", "Elapsed")
+SACCT_ARGS = ["--parsable2", "--noheader", "--duplicates", f"--format={','.join(SACCT_FIELDS)}"]
+# Name last: it is the only free-text field, so a '|' in it cannot shift the others.
+SQUEUE_FORMAT = "%i|%T|%r|%D|%N|%M|%l|%j"
+SQUEUE_ARGS = ["--noheader", f"--format={SQUEUE_FORMAT}"]
+SINFO_ARGS = ["--noheader", "--Node", "--format=%N %T %E"]
+
+# Job states after which the job will not run again by itself (REQUEUED and PREEMPTED may; see
+# https://slurm.schedmd.com/job_state_codes.html).
+TERMINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+    "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
+})
+# Ends that say something about the machines rather than the program.
+NODE_FAULT_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL"})
+_NO_NODES = ("", "(null)", "None assigned", "None")
+
+
+class SlurmParseError(ValueError):
+    """Output that does not have the shape the requested format promises."""
+
+
+def parse_duration(text: str) -> int | None:
+    """Slurm durations to seconds: ``1-02:03:04``, ``02:03:04``, ``03:04``, ``5`` (minutes).
+
+    ``UNLIMITED``/``INFINITE``/``NOT_SET``/``N/A`` give None.
+    """
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE", "NOT_SET", "N/A", ""):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or len(parts) > 3 or (days and not days.isdigit()):
+        raise SlurmParseError(f"not a Slurm duration: {text!r}")
+    nums = [int(p) for p in parts]
+    if len(parts) == 1 and not days:  # bare number: minutes
+        seconds = nums[0] * 60
+    elif len(parts) == 1:  # "1-5": days-hours
+        seconds = nums[0] * 3600
+    else:
+        nums = [0] * (3 - len(nums)) + nums
+        seconds = nums[0] * 3600 + nums[1] * 60 + nums[2]
+    return seconds + int(days or 0) * 86400
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """``2026-11-29T07:37:38`` (cluster local time, naive); ``Unknown``/``None`` give None."""
+    text = text.strip()
+    if text in ("", "Unknown", "None", "N/A", "(null)"):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise SlurmParseError(f"not a Slurm timestamp: {text!r}") from exc
+
+
+def split_state(text: str) -> tuple[str, str]:
+    """``"CANCELLED by 0"`` -> ``("CANCELLED", "by 0")``; ``"NODE_FAIL"`` -> ``("NODE_FAIL", "")``."""
+    base, _, detail = text.strip().partition(" ")
+    return base.upper(), detail.strip()
+
+
+def parse_exit_code(text: str) -> tuple[int, int]:
+    """sacct/scontrol ``ExitCode=3:0`` -> (exit status 3, signal 0)."""
+    code, _, sig = text.strip().partition(":")
+    if not code.isdigit() or not (sig or "0").isdigit():
+        raise SlurmParseError(f"not an exit code: {text!r}")
+    return int(code), int(sig or 0)
+
+
+def nodes_of(text: str) -> tuple[str, ...]:
+    """A node list field, expanded; the placeholders Slurm prints for "no nodes" give ()."""
+    return () if text.strip() in _NO_NODES else tuple(expand(text))
+
+
+@dataclass(frozen=True)
+class SacctRecord:
+    """One sacct line: a job allocation (``123``) or one of its steps (``123.batch``, ``123.0``)."""
+
+    job_id: str
+    step: str | None
+    name: str
+    state: str
+    state_detail: str
+    exit_code: int
+    exit_signal: int
+    nodes: tuple[str, ...]
+    start: datetime | None
+    end: datetime | None
+    elapsed_s: int | None
+
+    @property
+    def full_id(self) -> str:
+        return self.job_id if self.step is None else f"{self.job_id}.{self.step}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def cancelled_by_uid(self) -> int | None:
+        """Who ran scancel: ``CANCELLED by 0`` -> 0 (a person or the supervisor, not a fault)."""
+        m = re.fullmatch(r"by (\d+)", self.state_detail)
+        return int(m.group(1)) if m else None
+
+
+def _sacct_record(line: str) -> SacctRecord:
+    cols = line.split("|")
+    if len(cols) < len(SACCT_FIELDS):
+        raise SlurmParseError(f"sacct line has {len(cols)} fields, want {len(SACCT_FIELDS)}: {line!r}")
+    tail = cols[-6:]  # State..Elapsed never contain '|'; JobName may
+    name = "|".join(cols[1:-6])
+    job_id, _, step = cols[0].partition(".")
+    state, detail = split_state(tail[0])
+    code, sig = parse_exit_code(tail[1])
+    return SacctRecord(job_id=job_id, step=step or None, name=name, state=state, state_detail=detail,
+                       exit_code=code, exit_signal=sig, nodes=nodes_of(tail[2]),
+                       start=parse_timestamp(tail[3]), end=parse_timestamp(tail[4]),
+                       elapsed_s=parse_duration(tail[5]))
+
+
+def parse_sacct(text: str) -> list[SacctRecord]:
+    """All records of ``sacct`` run with :data:`SACCT_ARGS`, in output order."""
+    return [_sacct_record(line) for line in text.splitlines() if line.strip()]
+
+
+def job_records(records: list[SacctRecord]) -> dict[str, SacctRecord]:
+    """The allocation record of each job; with ``--duplicates`` the last (newest) attempt wins."""
+    return {r.job_id: r for r in records if r.step is None}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as squeue sees it (pending, running, or just ended)."""
+
+    job_id: str
+    state: str
+    reason: str
+    num_nodes: int
+    nodes: tuple[str, ...]
+    elapsed_s: int | None
+    time_limit_s: int | None
+    name: str
+
+
+def parse_squeue(text: str) -> list[QueueEntry]:
+    """Output of ``squeue`` run with :data:`SQUEUE_ARGS`."""
+    out: list[QueueEntry] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cols = line.split("|", 7)
+        if len(cols) != 8 or not cols[3].isdigit():
+            raise SlurmParseError(f"not a squeue {SQUEUE_FORMAT!r} line: {line!r}")
+        out.append(QueueEntry(job_id=cols[0], state=cols[1].upper(), reason=cols[2],
+                              num_nodes=int(cols[3]), nodes=nodes_of(cols[4]),
+                              elapsed_s=parse_duration(cols[5]), time_limit_s=parse_duration(cols[6]),
+                              name=cols[7]))
+    return out
+
+
+def _json_number(value: Any) -> int | None:
+    """22.05 prints plain numbers; 23.02+ wraps them as ``{"set", "infinite", "number"}``."""
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite", False):
+            return None
+        value = value.get("number")
+    return None if value is None else int(value)
+
+
+def _json_state(value: Any) -> str:
+    """22.05 prints ``"RUNNING"``; 23.02+ prints ``["RUNNING", "COMPLETING"]`` (base first)."""
+    return str(value[0] if isinstance(value, list) and value else value).upper()
+
+
+def _json_entry(job: dict[str, Any]) -> QueueEntry:
+    limit_min = _json_number(job.get("time_limit"))
+    return QueueEntry(job_id=str(job["job_id"]), state=_json_state(job.get("job_state", "")),
+                      reason=str(job.get("state_reason", "")),
+                      num_nodes=_json_number(job.get("node_count")) or 0,
+                      nodes=nodes_of(str(job.get("nodes") or "")), elapsed_s=None,
+                      time_limit_s=None if limit_min is None else limit_min * 60,
+                      name=str(job.get("name", "")))
+
+
+def parse_squeue_json(text: str) -> list[QueueEntry]:
+    """Output of ``squeue --json``. ``elapsed_s`` is left None: the JSON has no run time field."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SlurmParseError(f"squeue --json output is not JSON: {exc}") from exc
+    if doc.get("errors"):
+        raise SlurmParseError(f"squeue reported errors: {doc['errors']}")
+    return [_json_entry(job) for job in doc.get("jobs", [])]
+
+
+# sinfo appends one of these to a state: '*' not responding, '~' powered off, '#' powering up, ...
+_STATE_SUFFIXES = "*~#!%$@^-"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node from ``sinfo -N``: ``node4 down* Not responding``."""
+
+    name: str
+    state: str
+    responding: bool
+    reason: str
+
+    @property
+    def usable(self) -> bool:
+        """Can take (or is running) work: idle/mixed/allocated and answering."""
+        return self.responding and self.state in ("idle", "mixed", "allocated", "completing")
+
+
+def parse_sinfo_nodes(text: str) -> list[NodeStatus]:
+    """Output of ``sinfo`` run with :data:`SINFO_ARGS`; a node in several partitions comes once."""
+    seen: dict[str, NodeStatus] = {}
+    for line in text.splitlines():
+        cols = line.split(None, 2)
+        if not cols:
+            continue
+        if len(cols) < 2:
+            raise SlurmParseError(f"not a sinfo '%N %T %E' line: {line!r}")
+        raw_state = cols[1]
+        state = raw_state.rstrip(_STATE_SUFFIXES).lower()
+        reason = cols[2].strip() if len(cols) > 2 else ""
+        seen.setdefault(cols[0], NodeStatus(name=cols[0], state=state, responding="*" not in raw_state,
+                                            reason="" if reason == "none" else reason))
+    return list(seen.values())
+
+
+# A key starts a token, begins with a letter and may hold '/', ':' or '.' (``CPUs/Task``,
+# ``NtasksPerN:B:S:C``). Anything else up to the next key is the value, spaces included
+# (``OS=Linux 6.1 #1 SMP``, ``Reason=Not responding [root@...]``).
+_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_/:.]*)=")
+
+
+def parse_scontrol_record(text: str) -> dict[str, str]:
+    """One ``scontrol show`` record (multi-line or ``-o`` one-liner) as key -> raw value.
+
+    Limitation: a value that itself contains `` Word=`` (possible only in free text such as a
+    Reason or Comment) is split there, as scontrol's own format is ambiguous.
+    """
+    flat = " ".join(text.split("\n"))
+    keys = list(_KEY.finditer(flat))
+    out: dict[str, str] = {}
+    for i, m in enumerate(keys):
+        end = keys[i + 1].start() if i + 1 < len(keys) else len(flat)
+        out[m.group(1)] = flat[m.end():end].strip()
+    return out
+
+
+def split_scontrol_records(text: str) -> list[str]:
+    """Records of ``scontrol show node|job`` (blank-line separated) or ``scontrol -o`` (a line each)."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace() or not records:
+            records.append([])
+        records[-1].append(line)
+    return ["\n".join(r) for r in records]
+
+
+def _flags(state: str) -> tuple[str, tuple[str, ...]]:
+    """``DOWN+NOT_RESPONDING`` -> ("DOWN", ("NOT_RESPONDING",)); sinfo suffixes are stripped too."""
+    base, *flags = state.strip().rstrip(_STATE_SUFFIXES).upper().split("+")
+    return base, tuple(flags)
+
+
+def _int(raw: dict[str, str], key: str) -> int | None:
+    value = raw.get(key, "")
+    return int(value) if value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """``scontrol show node``: the controller's full view of one node."""
+
+    name: str
+    state: str
+    flags: tuple[str, ...]
+    reason: str
+    cpus_total: int | None
+    cpus_alloc: int | None
+    addr: str
+    port: int | None
+    raw: dict[str, str] = field(repr=False, compare=False)
+
+    @property
+    def down(self) -> bool:
+        """DOWN, or not answering the controller (it goes DOWN after SlurmdTimeout)."""
+        return self.state in ("DOWN", "FAIL") or "NOT_RESPONDING" in self.flags
+
+    @property
+    def drained(self) -> bool:
+        return self.state in ("DRAIN", "DRAINED", "DRAINING") or "DRAIN" in self.flags
+
+
+def parse_scontrol_nodes(text: str) -> list[NodeInfo]:
+    """Every node record in ``scontrol show node [NAME]`` output."""
+    nodes: list[NodeInfo] = []
+    for record in split_scontrol_records(text):
+        raw = parse_scontrol_record(record)
+        if "NodeName" not in raw:
+            raise SlurmParseError(f"not a node record: {record[:80]!r}")
+        state, flags = _flags(raw.get("State", ""))
+        nodes.append(NodeInfo(name=raw["NodeName"], state=state, flags=flags,
+                              reason=raw.get("Reason", ""), cpus_total=_int(raw, "CPUTot"),
+                              cpus_alloc=_int(raw, "CPUAlloc"), addr=raw.get("NodeAddr", ""),
+                              port=_int(raw, "Port"), raw=raw))
+    return nodes
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """``scontrol show job``: state, reason and placement of a job the controller still knows."""
+
+    job_id: str
+    name: str
+    state: str
+    reason: str
+    nodes: tuple[str, ...]
+    excluded_nodes: tuple[str, ...]
+    batch_host: str
+    exit_code: int
+    exit_signal: int
+    requeue: bool
+    restarts: int
+    time_limit_s: int | None
+    raw: dict[str, str] = field(repr=False, compare=False)
+
+
+def _job_info(raw: dict[str, str], record: str) -> JobInfo:
+    if "JobId" not in raw:
+        raise SlurmParseError(f"not a job record: {record[:80]!r}")
+    code, sig = parse_exit_code(raw.get("ExitCode", "0:0"))
+    state, _ = _flags(raw.get("JobState", ""))
+    return JobInfo(job_id=raw["JobId"], name=raw.get("JobName", ""), state=state,
+                   reason=raw.get("Reason", ""), nodes=nodes_of(raw.get("NodeList", "")),
+                   excluded_nodes=nodes_of(raw.get("ExcNodeList", "")),
+                   batch_host=raw.get("BatchHost", ""), exit_code=code, exit_signal=sig,
+                   requeue=raw.get("Requeue") == "1", restarts=_int(raw, "Restarts") or 0,
+                   time_limit_s=parse_duration(raw.get("TimeLimit", "UNLIMITED")), raw=raw)
+
+
+def parse_scontrol_jobs(text: str) -> list[JobInfo]:
+    """Every job record in ``scontrol show job [ID]`` output."""
+    return [_job_info(parse_scontrol_record(r), r) for r in split_scontrol_records(text)]
