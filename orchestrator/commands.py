@@ -105,7 +105,8 @@ def _start_metrics(cfg: RunConfig, sup: Any, stack: ExitStack) -> None:
     from orchestrator.metrics.server import MetricsServer
     server = MetricsServer(lambda: sup.snap, host=cfg.metrics.host, port=cfg.metrics.port,
                            allow_public=cfg.metrics.allow_public_bind,
-                           alertmanager_url=cfg.metrics.alertmanager_url)
+                           alertmanager_url=cfg.metrics.alertmanager_url,
+                           restart_budget=cfg.policy.restart_budget)
     server.start()
     stack.callback(server.stop)
     sup.journal.append("metrics_endpoint", url=server.url)

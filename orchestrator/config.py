@@ -131,7 +131,7 @@ class CheckpointConfig(Section):
 class StragglerConfig(Section):
     window: int = Field(20, ge=4)
     factor: float = Field(1.5, gt=1.0)
-    min_steps: int = Field(8, ge=2, description="consecutive slow steps before a rank is a straggler")
+    min_steps: int = Field(8, ge=2, description="slow steps within the window before a rank is a straggler")
 
 
 class HealthConfig(Section):

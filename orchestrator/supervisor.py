@@ -182,7 +182,8 @@ class Supervisor:
                 self.snap.last_checkpoint_step = int(r["step"])
             elif ev == "action":
                 self.snap.faults.append(FaultRecord(r["kind"], r.get("step"), r.get("rank"), r.get("node"),
-                                                    None, r["action"], int(r.get("lost_steps") or 0)))
+                                                    None, r["action"], int(r.get("lost_steps") or 0),
+                                                    t=float(r["t"])))
                 self.snap.actions[r["action"]] = self.snap.actions.get(r["action"], 0) + 1
         if last_launch is not None:
             spec = LaunchSpec(int(last_launch["attempt"]), list(last_launch["nodes"]),

@@ -45,6 +45,18 @@ def load_corpus(cfg: DataConfig) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).copy()
 
 
+_CACHE: dict[str, np.ndarray] = {}
+
+
+def _cache_key(cfg: DataConfig) -> str:
+    return f"{cfg.source}|{[str(p) for p in cfg.paths]}|{cfg.max_bytes}"
+
+
+def preload_corpus(cfg: DataConfig, seq_len: int) -> None:
+    """Read the corpus once in a warm parent (the node agent); forked ranks share it."""
+    _CACHE[_cache_key(cfg)] = load_corpus(cfg)
+
+
 @dataclass
 class Corpus:
     """Train and held-out splits of one byte stream; sample i is a window at a seeded offset."""
@@ -56,7 +68,8 @@ class Corpus:
 
     @classmethod
     def build(cls, cfg: DataConfig, seq_len: int) -> Corpus:
-        data = load_corpus(cfg)
+        key = _cache_key(cfg)
+        data = _CACHE[key] if key in _CACHE else load_corpus(cfg)
         cut = int(len(data) * (1 - cfg.eval_fraction))
         return cls(train=data[:cut], held_out=data[cut:], seq_len=seq_len, seed=cfg.seed)
 

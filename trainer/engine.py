@@ -8,6 +8,7 @@ not change with the layout.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ class Engine:
     dp_size: int
     dp_group: Any = None  # process group over which batches differ (None: the world)
     loss_weight: float = 1.0  # 0 on ranks that compute no loss (early pipeline stages)
+    local_s: float = 0.0  # seconds of local work in the last forward_backward, before any collective
 
     def __init__(self, cfg: RunConfig, rank: int, world: int, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -48,12 +50,18 @@ class Engine:
         return torch.autocast(device_type=self.device.type, dtype=DTYPES[prec])
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, poison: bool = False) -> float:
-        """One micro-step; returns this rank's mean loss (gradients are averaged over data ranks)."""
+        """One micro-step; returns this rank's mean loss (gradients are averaged over data ranks).
+
+        Sets ``local_s``: the seconds of purely local work (the forward pass), before the first
+        collective, so a straggler shows up as itself and not as everyone waiting for it.
+        """
+        t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss = lm_loss(self.model(x.to(self.device)), y.to(self.device))
         if poison:
             loss = loss * float("nan")
+        self.local_s = time.perf_counter() - t0
         loss.backward()
         return float(loss.detach())
 

@@ -93,10 +93,14 @@ class TrainLoop:
         t = self.cfg.train
         return t.lr * lr_factor(self.st.step, t.steps, t.schedule, t.lr)
 
-    def _straggle(self, step: int) -> None:
+    def _straggle(self, step: int) -> float:
+        """Injected slowness: sleep so this rank's own step takes ``slowdown`` times as long."""
         factor = self.chaos.straggle_factor(step)
-        if factor > 1.0:
-            time.sleep((factor - 1.0) * max(self.ema_step_s, 0.01))
+        if factor <= 1.0:
+            return 0.0
+        extra = (factor - 1.0) * max(self.ema_step_s, 0.01)
+        time.sleep(extra)
+        return extra
 
     def train_step(self) -> bool:
         """Run one batch; True if the update was applied."""
@@ -106,12 +110,13 @@ class TrainLoop:
         self.chaos.at_step_start(step)
         x, y = self.corpus.batch(shard(idx, self.engine.dp_rank, self.engine.dp_size))
         x, y = self.chaos.corrupt_batch(step, x, y)
-        self._straggle(step)
+        slept = self._straggle(step)
         if self.cfg.train.step_sleep_s:
             time.sleep(self.cfg.train.step_sleep_s)
+        pre_s = time.perf_counter() - t0  # data, injected slowness
         loss = self.engine.forward_backward(x, y, poison=self.chaos.poison_loss(step))
+        compute_s = pre_s + self.engine.local_s
         grad_norm = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
-        compute_s = time.perf_counter() - t0
         t_sync = time.perf_counter()
         local_bad = not math.isfinite(loss)  # this rank's own loss (grads are already averaged)
         g_loss, any_bad = all_ranks_agree(loss, self.engine.loss_weight,
@@ -129,7 +134,8 @@ class TrainLoop:
             self.st.good_losses = (self.st.good_losses + [g_loss])[-self.spike.window:]
             self.bad_run = []
         step_s = time.perf_counter() - t0
-        self.ema_step_s = step_s if not self.ema_step_s else 0.9 * self.ema_step_s + 0.1 * step_s
+        own = step_s - slept  # the EMA excludes injected slowness, or the straggler would snowball
+        self.ema_step_s = own if not self.ema_step_s else 0.9 * self.ema_step_s + 0.1 * own
         self.tel.step = self.st.step
         self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
                       compute_time=compute_s, sync_time=sync_s,

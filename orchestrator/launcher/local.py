@@ -1,22 +1,23 @@
-"""The local multi-process cluster: each simulated node is a node-agent process, its ranks its children.
+"""The local multi-process cluster: each simulated node is a warm node-agent process, its ranks its
+forked children.
 
-Agents run in their own session so that a supervisor crash does not take the training with it
-(``resume`` re-attaches by pid); killing an agent kills its ranks (a node failure).
+Agents (spares included) start once and stay for the whole run, as real nodes do; each attempt is a
+``launch`` command to the agents of the chosen nodes. An agent that dies is a lost node. Agents exit by
+themselves, taking their ranks along, when the supervisor's end of their command pipe closes, so a
+supervisor crash never leaves orphaned training behind (``resume`` relaunches from the checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 
@@ -27,105 +28,136 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def logs_dir(run_dir: Path, attempt: int) -> Path:
+    return run_dir / "logs" / f"attempt-{attempt}"
+
+
+@dataclass
+class Agent:
+    node: str
+    proc: subprocess.Popen[bytes]
+    buf: bytes = b""
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    dead_reported: bool = False
+
+    def send(self, **cmd: Any) -> bool:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def read(self) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return []
+        self.buf += chunk
+        out = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, nodes: int, spare_nodes: int, grace_s: float = 3.0) -> None:
+    def __init__(self, nodes: int, spare_nodes: int, run_dir: Path | None = None, grace_s: float = 3.0) -> None:
         self._pool = [f"node{i}" for i in range(nodes + spare_nodes)]
-        self.grace_s = grace_s
-        self.agents: dict[str, subprocess.Popen[bytes] | psutil.Process] = {}
-        self._done: set[str] = set()
-        self._stopping = False
+        self.run_dir, self.grace_s = run_dir, grace_s
+        self.agents: dict[str, Agent] = {}
+        self.current: list[str] = []
+        self.finished: set[str] = set()
 
     def pool(self) -> list[str]:
         return list(self._pool)
 
+    def _start_agent(self, node: str, run_dir: Path) -> Agent:
+        log_dir = run_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / f"{node}-agent.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        log.close()
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        return Agent(node, proc)
+
+    def _ensure_agents(self, run_dir: Path) -> None:
+        """Start every pool node's agent once (spares too: a spare is only useful when warm)."""
+        for node in self._pool:
+            a = self.agents.get(node)
+            if a is None or a.proc.poll() is not None:
+                self.agents[node] = self._start_agent(node, run_dir)
+
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
-        self._stopping = False
-        self._done = set()
+        self._ensure_agents(spec.run_dir)
         port = free_port()
-        spec.log_dir.mkdir(parents=True, exist_ok=True)
+        self.current, self.finished = list(spec.nodes), set()
         for i, node in enumerate(spec.nodes):
             agent_spec = {"node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world,
                           "ranks": list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node)),
                           "master_addr": "127.0.0.1", "master_port": port, "run_dir": str(spec.run_dir),
-                          "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
-                          "grace_s": self.grace_s}
-            log = open(spec.log_dir / f"{node}-agent.log", "ab")
-            self.agents[node] = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.launcher.node_agent", json.dumps(agent_spec)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
-        return {"pids": {n: p.pid for n, p in self.agents.items()}, "master_port": port}
-
-    def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
-        procs = {}
-        for node, pid in info.get("pids", {}).items():
-            try:
-                p = psutil.Process(int(pid))
-                if "node_agent" in " ".join(p.cmdline()):
-                    procs[node] = p
-            except (psutil.Error, ValueError):
-                continue
-        if not procs:
-            return False
-        self.agents = procs  # type: ignore[assignment]
-        return True
-
-    @staticmethod
-    def _exit_code(p: subprocess.Popen[bytes] | psutil.Process) -> int | None:
-        if isinstance(p, psutil.Process):
-            try:
-                return None if p.is_running() and p.status() != psutil.STATUS_ZOMBIE else 0
-            except psutil.Error:
-                return 0
-        return p.poll()
+                          "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir)}
+            self.agents[node].send(cmd="launch", spec=agent_spec)
+        return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port}
 
     def poll(self) -> list[LauncherEvent]:
         events = []
-        for node, p in self.agents.items():
-            if node in self._done:
-                continue
-            code = self._exit_code(p)
-            if code is None:
-                continue
-            self._done.add(node)
-            if code != 0 and not self._stopping:
-                events.append(LauncherEvent("node_lost", node=node, state="NODE_FAIL",
-                                            detail=f"node agent exited with {code}", t=time.time()))
-        if self.agents and len(self._done) == len(self.agents):
+        for node, a in self.agents.items():
+            for r in a.read():
+                if r.get("ev") in ("ranks_done", "stopped") and node in self.current:
+                    self.finished.add(node)
+            if a.proc.poll() is not None and not a.dead_reported:
+                a.dead_reported = True
+                if node in self.current:
+                    self.finished.add(node)
+                    events.append(LauncherEvent("node_lost", node=node, state="NODE_FAIL", t=time.time(),
+                                                detail=f"node agent exited with {a.proc.returncode}"))
+        if self.current and self.finished >= set(self.current):
             events.append(LauncherEvent("job_ended", state="ENDED", t=time.time()))
-            self.agents = {}
+            self.current = []
         return events
 
     def stop(self, grace_s: float | None = None) -> None:
-        self._stopping = True
+        """Stop the current attempt's ranks; the agents stay warm for the next one."""
         grace = self.grace_s if grace_s is None else grace_s
-        for p in self.agents.values():
-            _signal_group(p.pid, signal.SIGTERM)
-        deadline = time.time() + grace + 2.0
-        for p in self.agents.values():
-            _wait_gone(p, deadline)
-            _signal_group(p.pid, signal.SIGKILL)
+        waiting = set()
+        for node in self.current:
+            a = self.agents[node]
+            if a.proc.poll() is None and a.send(cmd="stop", grace_s=grace):
+                waiting.add(node)
+        deadline = time.monotonic() + grace + 3.0
+        while waiting and time.monotonic() < deadline:
+            for node in list(waiting):
+                a = self.agents[node]
+                if any(r.get("ev") in ("stopped", "ranks_done") for r in a.read()) or a.proc.poll() is not None:
+                    waiting.discard(node)
+            time.sleep(0.01)
+        for node in waiting:  # an agent that cannot stop its ranks is killed with them
+            self.agents[node].proc.kill()
+        self.current = []
+
+    def close(self) -> None:
+        for a in self.agents.values():
+            if a.proc.poll() is None:
+                a.send(cmd="exit", grace_s=1.0)
+                try:
+                    assert a.proc.stdin is not None
+                    a.proc.stdin.close()
+                except OSError:
+                    pass
+        for a in self.agents.values():
+            try:
+                a.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+                a.proc.wait()
         self.agents = {}
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _wait_gone(p: subprocess.Popen[bytes] | psutil.Process, deadline: float) -> None:
-    while time.time() < deadline:
-        if isinstance(p, subprocess.Popen):
-            if p.poll() is not None:
-                return
-        elif not p.is_running() or p.status() == psutil.STATUS_ZOMBIE:
-            return
-        time.sleep(0.02)
-
-
-def logs_dir(run_dir: Path, attempt: int) -> Path:
-    return run_dir / "logs" / f"attempt-{attempt}"
