@@ -143,7 +143,12 @@ def parse_sacct(text: str) -> list[SacctRecord]:
 
 
 def job_records(records: list[SacctRecord]) -> dict[str, SacctRecord]:
-    """The allocation record of each job; with ``--duplicates`` the last (newest) attempt wins."""
+    """The allocation record of each job; with ``--duplicates`` the last (newest) attempt wins.
+
+    Caveat seen on 22.05: a job that ends within a second of starting can briefly be reported as a
+    terminal record named ``allocation`` listing only its batch host; the full record replaces it a
+    second or two later. Callers that need the node list should re-poll until it is complete.
+    """
     return {r.job_id: r for r in records if r.step is None}
 
 

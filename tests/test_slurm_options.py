@@ -138,5 +138,7 @@ def test_auto_executor_accepts_them(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     executor.update_parameters(**auto_executor_parameters(demo_cfg(), ["node2"]))
-    script = executor._executor._make_submission_file_text("true", uid="x")
+    inner = executor._executor
+    assert isinstance(inner, SlurmExecutor)
+    script = inner._make_submission_file_text("true", uid="x")
     assert "#SBATCH --exclude='node[2,7-8]'" in script and "#SBATCH --ntasks-per-node=2" in script
