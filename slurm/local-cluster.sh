@@ -51,9 +51,11 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 }
 
+CONF_CHANGED=0
+
 write_slurm_conf() {
-  local last_port=$((PORT_BASE + ${#NODES[@]} - 1))
-  cat >"$CONF_DIR/slurm.conf" <<EOF
+  local last_port=$((PORT_BASE + ${#NODES[@]} - 1)) new="$CONF_DIR/slurm.conf.new"
+  cat >"$new" <<EOF
 # Written by slurm/local-cluster.sh; regenerated on every start.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$HOST(127.0.0.1)
@@ -85,6 +87,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
+MailProg=/bin/true
 # Fast failure detection: a silent slurmd is DOWN after SlurmdTimeout, its jobs end NODE_FAIL.
 SlurmdTimeout=10
 SlurmctldTimeout=30
@@ -100,7 +103,10 @@ SchedulerParameters=bf_interval=5
 NodeName=node[1-${#NODES[@]}] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$PORT_BASE-$last_port CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  chmod 644 "$CONF_DIR/slurm.conf"
+  chmod 644 "$new"
+  if cmp -s "$new" "$CONF_DIR/slurm.conf"; then rm -f "$new"; return 0; fi
+  mv "$new" "$CONF_DIR/slurm.conf"
+  CONF_CHANGED=1
 }
 
 write_dbd_conf() {
@@ -189,6 +195,10 @@ start_slurmctld() {
   if ! pid_alive "$RUN_DIR/slurmctld.pid"; then
     log "starting slurmctld"
     slurmctld
+  elif ((CONF_CHANGED)); then
+    # Node or port changes need `restart`; everything else is picked up here.
+    log "slurm.conf changed: scontrol reconfigure"
+    scontrol reconfigure
   fi
   wait_for 30 scontrol ping || die "slurmctld does not answer (see $LOG_DIR/slurmctld.log)"
 }
