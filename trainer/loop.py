@@ -22,6 +22,7 @@ from orchestrator.config import RunConfig
 from trainer import checkpoint as ckpt
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
+from trainer import preempt
 from trainer.engine import Engine, all_ranks_agree
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
@@ -168,12 +169,17 @@ class TrainLoop:
         self.tel.event("eval", step=self.st.step, eval_loss=mean)
         return mean
 
-    def run(self) -> float:
+    def run(self) -> float | None:
+        """Train to the end and return the final eval loss; None when preempted (checkpoint saved)."""
         total, every = self.cfg.train.steps, self.cfg.checkpoint.every_steps
         eval_every = self.cfg.train.eval_every
         if self.st.step == 0 and not ckpt.committed(self.root):
             self.save_checkpoint()  # step 0: something to roll back to
         while self.st.step < total:
+            if preempt.requested():
+                self.save_checkpoint()  # time limit or preemption: save, then let the scheduler requeue
+                self.tel.event("preempted", step=self.st.step)
+                return None
             applied = self.train_step()
             if applied and (self.st.step % every == 0 or self.st.step == total):
                 self.save_checkpoint()

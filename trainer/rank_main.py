@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from orchestrator.config import RunConfig
+from trainer import preempt
 from trainer.chaos import Chaos
 from trainer.data import Corpus
 from trainer.engine import build_engine
@@ -71,7 +72,11 @@ def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
     return p if p.is_absolute() else run_dir / p
 
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit signal, requeue me
+
+
 def main() -> int:
+    preempt.install()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the supervisor asks for stacks on a hang
     ctx = context_from_env()
     cfg = load_run_config(ctx.run_dir)
@@ -91,6 +96,9 @@ def main() -> int:
     resumed = loop.restore()
     tel.event("started", resume_step=resumed, pid=os.getpid())
     final = loop.run()
+    if final is None:
+        tel.close()
+        return PREEMPTED_EXIT
     tel.event("done", step=loop.st.step, eval_loss=final)
     dist.destroy_process_group()
     tel.close()

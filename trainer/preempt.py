@@ -1,0 +1,26 @@
+"""Preemption and time-limit warnings: a signal sets a flag, the loop checkpoints at the next step.
+
+Slurm sends the warning signal (``--signal``) before the time limit and SIGTERM on preemption; the
+handler only sets a flag, because saving from inside a signal handler while a collective is in flight
+would deadlock. Every rank gets the signal, so every rank stops at the same step boundary.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_FLAG = threading.Event()
+
+
+def install(signals: tuple[int, ...] = (signal.SIGUSR2,)) -> None:
+    for sig in signals:
+        signal.signal(sig, lambda *_: _FLAG.set())
+
+
+def requested() -> bool:
+    return _FLAG.is_set()
+
+
+def request() -> None:
+    _FLAG.set()
