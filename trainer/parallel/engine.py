@@ -69,7 +69,6 @@ class HybridEngine(Engine):
         self.optimizer = self.optimizers[0]
         self.scaler = make_scaler(cfg.train.precision, device)
         self._unscaled, self.last_overflow = False, False
-        self._mb_losses: list[torch.Tensor] = []
         self.schedule = None
         if cfg.parallel.pp > 1:
             self.schedule = pipeline.build_schedule(
@@ -80,9 +79,8 @@ class HybridEngine(Engine):
 
     # ---- forward/backward -----------------------------------------------------------------------
     def _pp_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-micro-batch loss on the last stage; records it unscaled, returns what to differentiate."""
+        """Per-micro-batch loss on the last stage, scaled for fp16 (what gets differentiated)."""
         loss = lm_loss(out, target)
-        self._mb_losses.append(loss.detach())
         return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def _params(self) -> list[nn.Parameter]:
@@ -91,14 +89,17 @@ class HybridEngine(Engine):
     def _run_pipeline(self, x: torch.Tensor, y: torch.Tensor, train: bool) -> float:
         """One schedule step; the mean micro-batch loss on the last stage, 0.0 elsewhere."""
         assert self.schedule is not None
-        self._mb_losses = []
+        losses: list[torch.Tensor] = []
         args = (x.to(self.device),) if self.is_first else ()
-        kwargs: dict[str, Any] = {"target": y.to(self.device)} if self.is_last else {}
+        kwargs: dict[str, Any] = {"target": y.to(self.device), "losses": losses} if self.is_last else {}
         run = self.schedule.step if train else self.schedule.eval
         run(*args, **kwargs)
         if not self.is_last:
             return 0.0
-        return float(torch.stack(self._mb_losses).mean())
+        # The schedule's own per-micro-batch list: the loss function also runs once for shape
+        # inference at the first step, on uninitialised buffers, so counting its calls would be wrong.
+        mean = float(torch.stack([t.detach().float() for t in losses]).mean())
+        return mean / self.scaler.get_scale() if self.scaler is not None else mean
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, poison: bool = False) -> float:
         """One step's gradients; returns this rank's loss (mean over micro-batches on the last stage).

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from orchestrator.config import RunConfig
 from trainer.engine import all_ranks_agree
@@ -52,6 +53,7 @@ def reference_losses(cfg: RunConfig, data: list[tuple[torch.Tensor, torch.Tensor
     model = GPT(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                             foreach=False)
+    get_state_dict(model, opt)  # as the engines do: initialises the optimizer state the same way
     losses = []
     for x, y in data:
         opt.zero_grad()
@@ -59,7 +61,7 @@ def reference_losses(cfg: RunConfig, data: list[tuple[torch.Tensor, torch.Tensor
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
