@@ -1,0 +1,71 @@
+"""Thin, typed wrappers over the Slurm commands the launcher needs (argv only, never a shell).
+
+Each returns parsed records from :mod:`slurm.parsers`; a command that fails or times out raises
+:class:`SlurmCommandError` so callers decide whether a transient controller hiccup matters.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from slurm.parsers import (
+    SACCT_ARGS, SINFO_ARGS, SQUEUE_ARGS, NodeInfo, NodeStatus, QueueEntry, SacctRecord, job_records,
+    parse_sacct, parse_scontrol_nodes, parse_sinfo_nodes, parse_squeue,
+)
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm command exited non-zero or did not answer in time."""
+
+
+def run(argv: Sequence[str], timeout: float = 20.0) -> str:
+    """stdout of ``argv``; the controller being slow or down becomes one exception type."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        raise SlurmCommandError(f"{argv[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        raise SlurmCommandError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+    return proc.stdout
+
+
+def sinfo_nodes(partition: str | None) -> list[NodeStatus]:
+    """Every node of the partition (or of the cluster) with its state and responsiveness."""
+    argv = ["sinfo", *SINFO_ARGS]
+    if partition:
+        argv.append(f"--partition={partition}")
+    return parse_sinfo_nodes(run(argv))
+
+
+def scontrol_nodes(names: Sequence[str]) -> list[NodeInfo]:
+    """The controller's view of the named nodes (address, DOWN/NOT_RESPONDING flags)."""
+    if not names:
+        return []
+    return parse_scontrol_nodes(run(["scontrol", "show", "node", ",".join(names)]))
+
+
+def squeue_job(job_id: str) -> QueueEntry | None:
+    """The job while the controller still lists it; None once it has left the queue."""
+    try:
+        out = run(["squeue", *SQUEUE_ARGS, f"--jobs={job_id}"])
+    except SlurmCommandError as exc:
+        if "Invalid job id" in str(exc):
+            return None
+        raise
+    return next((e for e in parse_squeue(out) if e.job_id == job_id), None)
+
+
+def sacct_job(job_id: str) -> SacctRecord | None:
+    """The job's allocation record in accounting (the newest, with ``--duplicates``)."""
+    return job_records(parse_sacct(run(["sacct", *SACCT_ARGS, f"--jobs={job_id}"]))).get(job_id)
+
+
+def scancel(job_id: str, signal: str | None = None) -> None:
+    argv = ["scancel"] + ([f"--signal={signal}"] if signal else []) + [job_id]
+    run(argv)
+
+
+def drain(node: str, reason: str) -> None:
+    """Take a node out of scheduling until an admin resumes it; the reason is one argv item."""
+    run(["scontrol", "update", f"nodename={node}", "state=drain", f"reason={reason}"])
