@@ -191,6 +191,22 @@ class SlurmLauncher(Launcher):
                               info={"exit_code": rec.exit_code, "nodes": nodes})
         return events
 
+    def lost_nodes(self, wait_s: float = 15.0) -> list[str]:
+        """The attempt's nodes Slurm reports DOWN/NOT_RESPONDING, waiting up to ``wait_s`` for it.
+
+        Telemetry sees a dead node first (its ranks go silent) but cannot say which machine failed;
+        the controller notices within SlurmdTimeout, so a hang can be confirmed as a node failure.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                down = [n.name for n in cmd.scontrol_nodes(self.job_nodes) if n.down]
+            except cmd.SlurmCommandError:
+                down = []
+            if down or time.monotonic() >= deadline:
+                return down
+            time.sleep(0.5)
+
     # ---- stopping ----------------------------------------------------------------------------------
     def stop(self, grace_s: float = 3.0) -> None:
         """Kill the job's tasks at once (submitit ignores SIGTERM) and wait until Slurm lets go."""
