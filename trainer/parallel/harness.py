@@ -48,7 +48,8 @@ def batches(cfg: RunConfig, steps: int, seed: int = 1) -> list[tuple[torch.Tenso
 
 
 def reference_losses(cfg: RunConfig, data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    """The single-process run every layout must reproduce."""
+    """The single-process run every layout must reproduce: losses per step, then the eval loss on
+    the first batch after training (what ``run_job`` with ``eval`` reports)."""
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
@@ -62,6 +63,8 @@ def reference_losses(cfg: RunConfig, data: list[tuple[torch.Tensor, torch.Tensor
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
+    with torch.no_grad():
+        losses.append(float(lm_loss(model(data[0][0]), data[0][1])))
     return losses
 
 
@@ -100,6 +103,14 @@ def init(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def spawn(world: int, jobs: list[dict[str, Any]], out_dir: str) -> list[list[dict[str, Any]]]:
+    """Run ``jobs`` in one fresh group of ``world`` processes; results[rank][job]."""
+    import torch.multiprocessing as mp  # noqa: PLC0415
+    os.environ["OMP_NUM_THREADS"] = "1"
+    mp.spawn(worker, args=(world, free_port(), jobs, out_dir), nprocs=world)
+    return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
 
 
 def worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]], out_dir: str) -> None:
