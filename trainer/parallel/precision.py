@@ -27,4 +27,8 @@ def make_scaler(precision: str, device: torch.device) -> ShardedGradScaler | Non
     """A loss scaler for fp16 (agreeing over the world), None otherwise."""
     if precision != "fp16":
         return None
-    return ShardedGradScaler(device=device.type, process_group=dist.group.WORLD)
+    scaler = ShardedGradScaler(device=device.type, process_group=dist.group.WORLD)
+    # The scale is created lazily by the first scale(); early pipeline stages never call it (the loss
+    # is on the last stage) but still unscale their gradients, so create it now on every rank.
+    scaler.scale(torch.zeros((), device=device))
+    return scaler
