@@ -189,6 +189,63 @@ def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], ra
     return time.perf_counter() - t0
 
 
+@dataclass
+class PendingSave:
+    """An async save in flight: shards are being written by DCP's thread; not committed yet."""
+
+    step: int
+    path: Path
+    fut: Any
+    t0: float
+    blocked_s: float
+    local_error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.fut.done()
+
+    def failed(self) -> bool:
+        if self.local_error is not None:
+            return True
+        return self.fut.done() and self.fut.exception() is not None
+
+
+def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], rank: int,
+                group: Any, fault: str | None = None) -> PendingSave | None:
+    """Stage ``state`` in memory and write it in DCP's background thread; returns at once.
+
+    Every rank calls ``dcp.async_save`` even if its own small writes failed, so that the collective
+    inside the save never waits for a rank that gave up; the failure is agreed on at commit time.
+    """
+    t0 = time.perf_counter()
+    path = step_dir(root, step)
+    if (path / COMMITTED).exists():
+        return None
+    if rank == 0 and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    err: BaseException | None = None
+    try:
+        torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")
+        if rank == 0:
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / EXTRA))
+            atomic_write(path / EXTRA, json.dumps(extra).encode())
+    except OSError as exc:
+        err = exc
+    fut = dcp.async_save(state, checkpoint_id=str(path), process_group=group)
+    if fault == "ckpt_crash":
+        os._exit(17)
+    return PendingSave(step, path, fut, t0, time.perf_counter() - t0, err)
+
+
+def commit(p: PendingSave, rank: int) -> float:
+    """After every rank's write finished (agreed by the caller): manifest + COMMITTED on rank 0."""
+    if rank == 0:
+        write_manifest(p.path)
+        atomic_write(p.path / COMMITTED, f"{p.step}\n".encode())
+    return time.perf_counter() - p.t0
+
+
 def choose_for_load(root: Path, rank: int, on_bad: Any = None) -> CheckpointRef | None:
     """Rank 0 picks the newest checkpoint that verifies (marking bad ones); everyone gets its choice."""
     choice: list[Any] = [None]

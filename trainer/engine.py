@@ -103,14 +103,23 @@ def build_engine(cfg: RunConfig, rank: int, world: int, device: torch.device) ->
 
 
 def all_ranks_agree(local_loss: float, weight: float, local_bad: bool) -> tuple[float, bool]:
-    """One all-reduce gives every rank the weighted mean loss and whether any rank was bad.
+    """One all-reduce gives every rank the weighted mean loss and whether any rank was bad."""
+    mean, bad, _ = agree_with_counts(local_loss, weight, local_bad)
+    return mean, bad
+
+
+def agree_with_counts(local_loss: float, weight: float, local_bad: bool,
+                      counts: tuple[float, ...] = ()) -> tuple[float, bool, list[float]]:
+    """One all-reduce gives every rank the weighted mean loss, whether any rank was bad, and the sums
+    of ``counts`` (flags other parts of the step piggyback on the same collective, such as "my async
+    checkpoint write is finished").
 
     ``weight`` is 0 on ranks that hold no loss (early pipeline stages), 1 elsewhere.
     """
     if not dist.is_initialized():
-        return local_loss, local_bad
-    t = torch.tensor([local_loss * weight if weight else 0.0, weight, 1.0 if local_bad else 0.0],
+        return local_loss, local_bad, list(counts)
+    t = torch.tensor([local_loss * weight if weight else 0.0, weight, 1.0 if local_bad else 0.0, *counts],
                      dtype=torch.float64)
     dist.all_reduce(t)
     mean = float(t[0]) / max(float(t[1]), 1.0)
-    return mean, bool(t[2] > 0) or not torch.isfinite(t[0]).item()
+    return mean, bool(t[2] > 0) or not torch.isfinite(t[0]).item(), [float(x) for x in t[3:]]

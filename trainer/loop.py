@@ -8,6 +8,7 @@ counter counts applied updates only, so a run always applies exactly ``train.ste
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,22 @@ from trainer import checkpoint as ckpt
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
 from trainer import preempt
-from trainer.engine import Engine, all_ranks_agree
+from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
+
+
+def _exc(fut: Any) -> BaseException | None:
+    return fut.exception() if fut.done() else None
+
+
+def _is_enospc(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (DCP wraps the writer's errors)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass
@@ -48,9 +62,11 @@ class LoopState:
 
 class TrainLoop:
     def __init__(self, cfg: RunConfig, engine: Engine, corpus: Corpus, tel: Telemetry, chaos: Chaos,
-                 ckpt_root: Path, rank: int) -> None:
+                 ckpt_root: Path, rank: int, world: int = 1, ckpt_group: Any = None) -> None:
         self.cfg, self.engine, self.corpus, self.tel, self.chaos = cfg, engine, corpus, tel, chaos
-        self.root, self.rank = ckpt_root, rank
+        self.root, self.rank, self.world = ckpt_root, rank, world
+        self.ckpt_group = ckpt_group  # a separate gloo group: async saves never share the training one
+        self.pending: ckpt.PendingSave | None = None
         p = cfg.policy.spike
         self.spike = SpikeParams(p.window, p.k, p.warmup_steps, p.min_rel_increase)
         self.st = LoopState()
@@ -60,6 +76,8 @@ class TrainLoop:
     # ---- restore / checkpoint -------------------------------------------------------------
     def restore(self) -> int | None:
         """Load the newest good checkpoint, if any; returns its step."""
+        self.finish_pending()
+
         def on_bad(ref: ckpt.CheckpointRef, reason: str) -> None:
             self.tel.event("checkpoint_bad", step=ref.step, path=str(ref.path), reason=reason)
         ref = ckpt.choose_for_load(self.root, self.rank, on_bad)
@@ -75,19 +93,63 @@ class TrainLoop:
         self.tel.event("checkpoint_loaded", step=ref.step, load_s=time.perf_counter() - t0)
         return ref.step
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, blocking: bool = False) -> None:
+        """Save now: synchronously, or (checkpoint.async_save) stage and let DCP write in the
+        background; an async save is committed later, once every rank reports its write done."""
+        self.finish_pending()
         extra = self.st.to_extra(self.cfg.train.precision, self.engine.tensor_dtypes())
         fault = self.chaos.during_checkpoint(self.st.step)
+        if self.ckpt_group is not None and not blocking:
+            self.pending = ckpt.start_async(self.root, self.st.step, self.engine.state_dict(), extra,
+                                            self.rank, self.ckpt_group, fault)
+            return
         try:
             secs = ckpt.save(self.root, self.st.step, self.engine.state_dict(), extra, self.rank, fault)
         except ckpt.CheckpointFailed as exc:
-            if self.rank == 0:
-                self.tel.event("checkpoint_failed", step=self.st.step, fault=exc.kind, detail=str(exc))
+            self._checkpoint_failed(self.st.step, exc.kind, str(exc))
             return
+        self._committed(self.st.step, secs, secs)
+
+    def _committed(self, step: int, blocked_s: float, total_s: float) -> None:
         if self.rank == 0:
             ckpt.apply_retention(self.root, self.cfg.checkpoint.keep)
-            self.tel.event("checkpoint", step=self.st.step, save_s=secs,
-                           path=str(ckpt.step_dir(self.root, self.st.step)))
+            self.tel.event("checkpoint", step=step, save_s=blocked_s, total_s=total_s,
+                           path=str(ckpt.step_dir(self.root, step)))
+
+    def _checkpoint_failed(self, step: int, kind: str, detail: str) -> None:
+        if self.rank == 0:
+            self.tel.event("checkpoint_failed", step=step, fault=kind, detail=detail)
+
+    def pending_counts(self) -> tuple[float, float]:
+        """(my async write is done, it failed): summed over ranks by the step's one all-reduce."""
+        p = self.pending
+        if p is None:
+            return (1.0, 0.0)
+        return (1.0 if p.done() else 0.0, 1.0 if p.failed() else 0.0)
+
+    def settle_pending(self, done: float, failed: float) -> None:
+        """Commit (or drop) the async save once every rank's write is done."""
+        p = self.pending
+        if p is None or done < self.world:
+            return
+        self.pending = None
+        if failed > 0:
+            kind = "disk_full" if _is_enospc(p.local_error) or _is_enospc(_exc(p.fut)) else "checkpoint_error"
+            self._checkpoint_failed(p.step, kind, f"async save at step {p.step} failed")
+            return
+        total = ckpt.commit(p, self.rank)
+        self._committed(p.step, p.blocked_s, total)
+
+    def finish_pending(self) -> None:
+        """Block until the async save in flight is written, then commit it (all ranks)."""
+        if self.pending is None:
+            return
+        try:
+            self.pending.fut.result()
+        except Exception:  # noqa: BLE001 - reported through the agreement below
+            pass
+        _, _, sums = agree_with_counts(0.0, 0.0, False, self.pending_counts())
+        self.settle_pending(*sums)
 
     # ---- one step ---------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -120,8 +182,9 @@ class TrainLoop:
         grad_norm = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
         t_sync = time.perf_counter()
         local_bad = not math.isfinite(loss)  # this rank's own loss (grads are already averaged)
-        g_loss, any_bad = all_ranks_agree(loss, self.engine.loss_weight,
-                                          local_bad or not math.isfinite(grad_norm))
+        g_loss, any_bad, sums = agree_with_counts(loss, self.engine.loss_weight,
+                                                  local_bad or not math.isfinite(grad_norm), self.pending_counts())
+        self.settle_pending(*sums)
         sync_s = time.perf_counter() - t_sync
         verdict = judge_step(float("nan") if any_bad else g_loss, grad_norm, self.st.good_losses, self.spike)
         lr = self._lr()
@@ -177,16 +240,17 @@ class TrainLoop:
             self.save_checkpoint()  # step 0: something to roll back to
         while self.st.step < total:
             if preempt.requested():
-                self.save_checkpoint()  # time limit or preemption: save, then let the scheduler requeue
+                self.save_checkpoint(blocking=True)  # time limit or preemption: save, then requeue
                 self.tel.event("preempted", step=self.st.step)
                 return None
             applied = self.train_step()
             if applied and (self.st.step % every == 0 or self.st.step == total):
-                self.save_checkpoint()
+                self.save_checkpoint(blocking=self.st.step == total)
             if applied and eval_every and self.st.step % eval_every == 0 and self.st.step < total:
                 self.evaluate()
             if len(self.bad_run) >= self.cfg.policy.max_consecutive_bad:
                 self.rollback()
+        self.finish_pending()
         final = self.evaluate()
         if dist.is_initialized():
             dist.barrier()

@@ -92,7 +92,9 @@ def main() -> int:
     chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
-    loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank)
+    ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None
+    loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank,
+                     ctx.world, ckpt_group)
     resumed = loop.restore()
     tel.event("started", resume_step=resumed, pid=os.getpid())
     final = loop.run()
