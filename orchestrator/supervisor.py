@@ -18,6 +18,7 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from health.detectors.hardware import classify_exit
+from health.detectors.lemon import LemonNodeStore
 from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
 from orchestrator.config import RunConfig
@@ -33,6 +34,15 @@ from orchestrator.telemetry_server import TelemetryServer
 from orchestrator.triage import Candidate, root_cause
 
 SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
+
+
+def open_lemon_store(cfg: RunConfig, run_dir: Path) -> LemonNodeStore | None:
+    enabled = cfg.health.lemon_nodes
+    if enabled is None:
+        enabled = cfg.cluster.backend == "slurm"
+    if not enabled:
+        return None
+    return LemonNodeStore(Path(cfg.health.lemon_db) if cfg.health.lemon_db else run_dir.parent / "nodes.db")
 
 
 class Relaunch(Exception):
@@ -63,6 +73,7 @@ class Supervisor:
         self.recovery_started_t: float | None = None
         self._last_status_t = 0.0
         self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
+        self.lemons = open_lemon_store(cfg, run_dir)
 
     # ---- state and bookkeeping ---------------------------------------------------------------
     def transition(self, to: RunState, reason: str = "") -> None:
@@ -101,6 +112,11 @@ class Supervisor:
                             lost_steps=lost_steps, lost_s=round(f.lost_s, 4))
         self.snap.faults.append(f)
         self.snap.actions[action] = self.snap.actions.get(action, 0) + 1
+        if self.lemons is not None and f.node and c.kind not in ("nan", "loss_spike", "divergence"):
+            if c.kind == "straggler":
+                self.lemons.record_straggler(f.node, float(c.evidence.get("score", 0.0)), detected_t)
+            else:
+                self.lemons.record_fault(f.node, c.kind, detected_t)
         return f
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -130,6 +146,7 @@ class Supervisor:
         self.journal.append("backoff", seconds=round(wait, 3), attempt=self.attempt + 1)
 
     def choose_nodes(self) -> list[str]:
+        self._avoid_lemons()
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
         need = self.cfg.cluster.nodes
         if len(healthy) < need:
@@ -153,6 +170,22 @@ class Supervisor:
         if self.sm.state is not RunState.RUNNING:
             self.transition(RunState.RUNNING, f"attempt {self.attempt} launched on {', '.join(nodes)}")
         self.watch_attempt()
+
+    def _avoid_lemons(self) -> None:
+        """Keep nodes with repeated trouble (lemon-node history) out, unless they pass a burn-in
+        probe when the run cannot do without them."""
+        if self.lemons is None:
+            return
+        now = self.clock()
+        for node in self.lemons.nodes_to_exclude(now):
+            if node in self.excluded or node not in self.launcher.pool():
+                continue
+            spare = len([n for n in self.launcher.pool() if n not in self.excluded]) - self.cfg.cluster.nodes
+            if spare > 0:
+                self.exclude(node, "lemon node: repeated faults in the node history")
+            elif self.preflight is not None and not self.preflight([node]):
+                self.lemons.mark_burn_in_passed(node, now)
+                self.journal.append("node_readmitted", node=node, reason="passed the burn-in probe")
 
     def _preflight(self, nodes: list[str]) -> list[str]:
         if self.preflight is None:

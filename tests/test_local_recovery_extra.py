@@ -58,3 +58,18 @@ def test_supervisor_sigkill_then_resume_completes(tmp_path: Path) -> None:
     assert launches[-1]["resume_step"] is not None and launches[-1]["resume_step"] >= 20
     losses = r.losses()
     assert sorted(losses) == list(range(60))
+
+
+def test_lemon_node_is_kept_out_of_the_next_run(tmp_path: Path) -> None:
+    """Three crashes on node1 across runs: the fourth run starts on node0 + the spare."""
+    from health.detectors.lemon import LemonNodeStore
+    import time as _t
+    db = tmp_path / "nodes.db"
+    store = LemonNodeStore(db)
+    for i in range(3):
+        store.record_fault("node1", "gpu_error", _t.time() - i)
+    r = run_submit(tmp_path, {"health": {"lemon_nodes": True, "lemon_db": str(db)}, "train": {"steps": 20},
+                              "checkpoint": {"every_steps": 10}})
+    assert r.code == 0
+    assert r.events("launch")[0]["nodes"] == ["node0", "node2"]
+    assert any(e["node"] == "node1" and "lemon" in e["reason"] for e in r.events("node_excluded"))
