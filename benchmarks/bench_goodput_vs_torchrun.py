@@ -50,7 +50,8 @@ BASE: dict[str, Any] = {
     "cluster": {"backend": "local", "nodes": 2, "ranks_per_node": 2, "spare_nodes": 1},
     "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
     "data": {"max_bytes": 600_000},
-    "train": {"steps": 120, "global_batch": 8, "lr": 0.003, "schedule": {"warmup_steps": 10}},
+    "train": {"steps": 120, "global_batch": 8, "lr": 0.003, "schedule": {"warmup_steps": 10},
+              "step_sleep_s": 0.15},  # pads each step like a bigger model, without loading the busy cores
     "checkpoint": {"every_steps": 10, "keep": 3},
     "health": {"heartbeat_interval_s": 0.25, "hang_timeout_s": 3.0, "probes": ["node"],
                "straggler": {"window": 10, "factor": 1.5, "min_steps": 7}},
@@ -118,6 +119,7 @@ class TorchrunJob:
         self.run_dir, self.max_restarts, self.tel_addr, self.store_port = run_dir, max_restarts, tel_addr, store_port
         self.agents: list[Agent] = []
         self.notes: list[str] = []
+        self.capped = 0
         self.log_dir = run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -173,8 +175,10 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     create(run_dir, load_config_data(cfg))
 
 
-def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Drive the two agents, play node failure and the hang cap, collect rank 0's step datagrams."""
+def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Namespace,
+                 rows_out: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Drive the two agents, play node failure and the hang cap, collect rank 0's step datagrams
+    (into ``rows_out`` too, when given)."""
     from torch.distributed import TCPStore
     from orchestrator.telemetry_server import TelemetryServer
     run_dir = work / name
@@ -182,9 +186,23 @@ def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Name
     srv = TelemetryServer()
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)
     job = TorchrunJob(run_dir, args.max_restarts, srv.address, store.port)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = rows_out if rows_out is not None else []
+    try:
+        wall, done = drive(job, srv, rows, args)
+    finally:
+        job.stop()
+        srv.close()
+        del store
+    ok = done is not None and all(a.proc.returncode == 0 for a in job.agents if not getattr(a, "replaced", False))
+    return score(rows, wall, done.get("eval_loss") if done else None, ok,
+                 {"detected": "-", "relaunches": "agent restarts", "capped": job.capped, "notes": "; ".join(job.notes)})
+
+
+def drive(job: TorchrunJob, srv: Any, rows: list[dict[str, Any]],
+          args: argparse.Namespace) -> tuple[float, dict[str, Any] | None]:
+    """The harness loop: collect telemetry, replace lost nodes, cap hangs; returns (wall s, done event)."""
     done: dict[str, Any] | None = None
-    capped = 0
+    armed = False  # the capped timeout runs only while ranks are past start-up (in collectives)
     t0 = time.monotonic()
     last_progress = t0
     for node in (0, 1):
@@ -195,7 +213,9 @@ def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Name
         for m in srv.drain():
             if m["rank"] == 0 and m["type"] == "step":
                 rows.append(m)
-                last_progress = now
+                last_progress, armed = now, True
+            elif m["rank"] == 0 and m["type"] == "event" and m.get("kind") == "started":
+                last_progress, armed = now, True  # in collectives from here: the timeout applies
             elif m["rank"] == 0 and m["type"] == "event" and m.get("kind") == "done":
                 done = m
         job.track_workers()
@@ -205,22 +225,16 @@ def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Name
             job.notes.append(f"node{a.node} lost at {now - t0:.1f}s")
             time.sleep(args.replace_delay_s)
             job.start_agent(a.node)
-            last_progress = time.monotonic()
-        if done is None and now - last_progress > args.hang_cap_s:
-            capped += 1
+            last_progress, armed = time.monotonic(), False
+        if armed and done is None and now - last_progress > args.hang_cap_s:
+            job.capped += 1
             job.notes.append(f"no step for {args.hang_cap_s:g}s: workers killed (capped collective timeout)")
             job.kill_workers(job.live())
-            last_progress = now
+            last_progress, armed = now, False
         if now - t0 > args.timeout_s:
             job.notes.append("benchmark timeout")
             break
-    wall = time.monotonic() - t0
-    job.stop()
-    ok = done is not None and all(a.proc.returncode == 0 for a in job.agents if not getattr(a, "replaced", False))
-    srv.close()
-    del store
-    return score(rows, wall, done.get("eval_loss") if done else None, ok,
-                 {"detected": "-", "relaunches": "agent restarts", "capped": capped, "notes": "; ".join(job.notes)})
+    return time.monotonic() - t0, done
 
 
 # ---- scoring -------------------------------------------------------------------------------------------

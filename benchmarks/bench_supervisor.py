@@ -1,0 +1,244 @@
+"""What the supervisor costs: (a) training step time with and without it; (b) telemetry ingest at scale.
+
+(a) runs the same fault-free config under ``orchestrator submit`` and directly under torchrun (the
+trainer needs nothing else), and compares the median per-step time (rank 0's ``step_time``). The two
+runs are interleaved ``--repeats`` times: other jobs share these cores, so only ratios within one
+invocation mean anything.
+
+(b) a sender process plays N simulated ranks, each sending one ``step`` and one ``hb`` datagram per
+second (real UDP, paced in 20 ms slices). The receiver (this process) does what the supervisor does with
+them, in one of two modes:
+* ``components``: TelemetryServer.drain → StepAggregator.add → StragglerDetector.observe_array per
+  completed step, LivenessArrays updates and assess_liveness_arrays every 50 ms tick;
+* ``real``: the supervisor's own RunEvents.on_message over an AttemptWatch (a stand-in Supervisor object
+  supplies the meter, snapshot, detector and a no-op journal), plus the per-tick calls watch_attempt and
+  publish make (AttemptWatch.stalled_for, heartbeat_age_max).
+It reports messages/s received, drops, CPU seconds per message (time.process_time of the receiver) and
+the share of one core used. ``--profile`` prints the top of a cProfile of the receiver.
+
+Usage: .venv/bin/python benchmarks/bench_supervisor.py ingest [--ranks 1024,4096,16384] [--mode real]
+       .venv/bin/python benchmarks/bench_supervisor.py overhead [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import multiprocessing as mp
+import pstats
+import select
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import machine, median, save_json, table  # noqa: E402
+from health.detectors.hang import LivenessArrays, assess_liveness_arrays  # noqa: E402
+from health.detectors.straggler import StragglerDetector  # noqa: E402
+from orchestrator.step_stats import StepAggregator  # noqa: E402
+from orchestrator.telemetry_server import TelemetryServer  # noqa: E402
+
+RANKS_PER_NODE = 8
+TICK_S = 0.05  # the supervisor's select() timeout
+STEP_T = (b'{"type":"step","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"loss":2.5,'
+          b'"grad_norm":1.0,"lr":0.001,"step_time":%.4f,"compute_time":%.4f,"sync_time":0.01,'
+          b'"tokens":8192,"skipped":false,"rule":null}')
+HB_T = b'{"type":"hb","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"pid":%d}'
+
+
+# ---- (b) sender -------------------------------------------------------------------------------------------
+def sender(addr: tuple[str, int], ranks: int, seconds: float, counter: Any) -> None:
+    """Each second: every rank sends step s and a heartbeat, spread over 50 slices of 20 ms."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    rng = np.random.default_rng(0)
+    jitter = (0.5 + 0.02 * rng.standard_normal(ranks)).tolist()
+    t0, sent, slices = time.time(), 0, 50
+    per = -(-ranks // slices)
+    for s in range(int(seconds)):
+        for k in range(slices):
+            due = t0 + s + k / slices
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.time()
+            for r in range(k * per, min(ranks, (k + 1) * per)):
+                node = r // RANKS_PER_NODE
+                sock.sendto(STEP_T % (r, node, now, s, jitter[r], jitter[r]), addr)
+                sock.sendto(HB_T % (r, node, now, s + 1, 1000 + r), addr)
+                sent += 2
+    counter.value = sent
+
+
+# ---- (b) receivers ----------------------------------------------------------------------------------------
+class ComponentSink:
+    """The detector pipeline as the brief names it, without the supervisor object around it."""
+
+    def __init__(self, ranks: int) -> None:
+        self.agg = StepAggregator(ranks, 0)
+        self.live = LivenessArrays(ranks)
+        self.det = StragglerDetector(window=20, factor=1.5, min_steps=8)
+        self.nodes = {r: f"n{r // RANKS_PER_NODE}" for r in range(ranks)}
+        self.ranks, self.rows = ranks, 0
+
+    def on_message(self, m: dict[str, Any], now: float) -> None:
+        r = m["rank"]
+        if m["type"] == "hb":
+            self.live.heartbeat(r, now)
+            return
+        if m["type"] == "step":
+            self.live.progress(r, m["step"], now)
+            for row in self.agg.add(m):
+                times = np.full(self.ranks, np.nan)
+                idx = np.fromiter(row.compute.keys(), dtype=np.int64, count=len(row.compute))
+                times[idx] = np.fromiter(row.compute.values(), dtype=float, count=len(row.compute))
+                self.det.observe_array(row.step, times, self.nodes)
+                self.rows += 1
+
+    def tick(self, now: float) -> None:
+        assess_liveness_arrays(now, self.live, 10.0, 5.0)
+
+
+class RealSink:
+    """RunEvents.on_message, the supervisor's own handler, over a stand-in Supervisor."""
+
+    def __init__(self, ranks: int, run_dir: Path) -> None:
+        from orchestrator.attempt import AttemptWatch
+        from orchestrator.config import RunConfig
+        from orchestrator.goodput import GoodputMeter
+        from orchestrator.launcher.base import LaunchSpec
+        from orchestrator.run_events import RunEvents
+        from orchestrator.snapshot import RunSnapshot
+        nodes = [f"n{i}" for i in range(-(-ranks // RANKS_PER_NODE))]
+        spec = LaunchSpec(0, nodes, RANKS_PER_NODE, run_dir, "127.0.0.1:0", run_dir)
+        self.sup = SimpleNamespace(
+            run_dir=run_dir, watch=AttemptWatch(spec, time.time()), meter=GoodputMeter(time.time()),
+            snap=RunSnapshot(), straggler=StragglerDetector(window=20, factor=1.5, min_steps=8),
+            cfg=RunConfig(), recovery_started_t=None, journal=SimpleNamespace(append=lambda *a, **k: None),
+            record_fault=lambda *a, **k: None, classify=lambda *a: None)
+        self.events = RunEvents(self.sup)  # type: ignore[arg-type]
+        self.rows = 0
+
+    def on_message(self, m: dict[str, Any], now: float) -> None:
+        self.events.on_message(m, now)
+
+    def tick(self, now: float) -> None:
+        w = self.sup.watch
+        w.stalled_for(now)  # check_liveness, every tick
+        w.heartbeat_age_max(now)  # publish, every tick
+
+
+def receive(sink: Any, srv: TelemetryServer, until: float) -> int:
+    """The supervisor's loop shape: select with a 50 ms timeout, drain, handle, tick."""
+    n = 0
+    while time.time() < until:
+        select.select([srv], [], [], TICK_S)
+        now = time.time()
+        for m in srv.drain():
+            sink.on_message(m, now)
+            n += 1
+        sink.tick(now)
+    return n
+
+
+def ingest_one(ranks: int, seconds: float, mode: str, profile: bool) -> dict[str, Any]:
+    srv = TelemetryServer()
+    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    with tempfile.TemporaryDirectory() as tmp:
+        sink: Any = ComponentSink(ranks) if mode == "components" else RealSink(ranks, Path(tmp))
+        host, port = srv.sock.getsockname()[:2]
+        counter = mp.get_context("fork").Value("q", 0)
+        p = mp.get_context("fork").Process(target=sender, args=((host, port), ranks, seconds, counter))
+        prof = cProfile.Profile() if profile else None
+        c0, w0 = time.process_time(), time.time()
+        p.start()
+        if prof:
+            prof.enable()
+        got = receive(sink, srv, w0 + seconds + 0.5)
+        if prof:
+            prof.disable()
+        cpu, wall = time.process_time() - c0, time.time() - w0
+        p.join()
+        srv.close()
+    if prof:
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(12)
+        print(s.getvalue())
+    sent = int(counter.value)
+    return {"mode": mode, "ranks": ranks, "sent": sent, "received": got, "lost_pct": round(100 * (1 - got / max(sent, 1)), 2),
+            "msgs_per_s": round(got / wall), "cpu_s": round(cpu, 2), "us_per_msg": round(1e6 * cpu / max(got, 1), 2),
+            "cores_used": round(cpu / wall, 3), "max_msgs_per_s_1core": round(got / max(cpu, 1e-9)),
+            "rows": sink.rows if mode == "components" else None}
+
+
+def ingest(a: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for mode in a.mode.split(","):
+        for n in (int(x) for x in a.ranks.split(",")):
+            rows.append(ingest_one(n, a.seconds, mode, a.profile))
+            print(rows[-1], flush=True)
+    print(table(rows, ["mode", "ranks", "sent", "received", "lost_pct", "msgs_per_s", "us_per_msg",
+                       "cores_used", "max_msgs_per_s_1core"]))
+    return rows
+
+
+# ---- (a) step-time overhead -------------------------------------------------------------------------------
+def overhead(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Median step time, orchestrator vs torchrun, same config, no faults, interleaved repeats."""
+    import json
+    from benchmarks import bench_goodput_vs_torchrun as g
+    cfg = dict(g.BASE, chaos=[], train=dict(g.BASE["train"], steps=a.steps, step_sleep_s=a.step_sleep_s))
+    gargs = argparse.Namespace(max_restarts=0, hang_cap_s=1e9, replace_delay_s=0.0, timeout_s=900.0)
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sup-") as tmp:
+        work = Path(tmp)
+        for i in range(a.repeats):
+            for launcher in ("orchestrator", "torchrun"):
+                name = f"{launcher}-{i}"
+                cap: list[dict[str, Any]] = []
+                r = (g.run_orchestrator(cfg, work, name) if launcher == "orchestrator"
+                     else g.run_torchrun(cfg, work, name, gargs, rows_out=cap))
+                rows = ([json.loads(l) for l in (work / name / "metrics.jsonl").read_text().splitlines()]
+                        if launcher == "orchestrator" else cap)
+                times = [float(x["step_time"]) for x in rows if x.get("step") is not None and x["step"] >= 5]
+                out.append({"launcher": launcher, "repeat": i, "median_step_s": round(median(times), 5),
+                            "steps": len(times), "wall_s": r["wall_s"]})
+                print(out[-1], flush=True)
+    med = {k: median(x["median_step_s"] for x in out if x["launcher"] == k) for k in ("orchestrator", "torchrun")}
+    print(table(out))
+    print(f"median step: orchestrator {med['orchestrator']:.5f}s, torchrun {med['torchrun']:.5f}s, "
+          f"overhead {100 * (med['orchestrator'] / med['torchrun'] - 1):+.2f}%")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("ingest")
+    i.add_argument("--ranks", default="1024,4096,16384")
+    i.add_argument("--seconds", type=float, default=8.0)
+    i.add_argument("--mode", default="components,real")
+    i.add_argument("--profile", action="store_true")
+    o = sub.add_parser("overhead")
+    o.add_argument("--repeats", type=int, default=2)
+    o.add_argument("--steps", type=int, default=150)
+    o.add_argument("--step-sleep-s", type=float, default=0.0)
+    for p in (i, o):
+        p.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    print("machine:", machine(), flush=True)
+    run: Callable[[argparse.Namespace], list[dict[str, Any]]] = ingest if a.cmd == "ingest" else overhead
+    rows = run(a)
+    save_json(a.json, f"supervisor_{a.cmd}", {"args": vars(a), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
