@@ -176,6 +176,8 @@ class ChaosFault(Section):
     node: int | None = Field(None, ge=0)
     slowdown: float = Field(3.0, gt=1.0)
     steps: int = Field(20, ge=1, description="duration of a straggler")
+    attempt: int | None = Field(None, ge=0, description="fire only in this launch attempt (0 is the "
+                                                        "first): a fault that hits during recovery")
 
 
 class MetricsConfig(Section):

@@ -286,7 +286,7 @@ class Supervisor:
         if c.kind == "hang" and self.watch is not None:
             c = self.events.attribute_hang(c)
         self.launcher.stop()
-        if c.node:
+        if c.node and c.kind == "rank_crash":  # a node whose ranks keep crashing is excluded (policy)
             self.crashes[str(c.node)] += 1
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
         spares = len(healthy) - self.cfg.cluster.nodes

@@ -23,8 +23,8 @@ class Chaos:
     """What this rank must do to itself at each point, given the configured faults."""
 
     def __init__(self, faults: list[ChaosFault], run_dir: Path, rank: int, node_index: int,
-                 ranks_per_node: int) -> None:
-        self.faults = list(enumerate(faults))
+                 ranks_per_node: int, attempt: int = 0) -> None:
+        self.faults = [(i, f) for i, f in enumerate(faults) if f.attempt is None or f.attempt == attempt]
         self.dir = run_dir / "chaos"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.node_index, self.rpn = rank, node_index, ranks_per_node

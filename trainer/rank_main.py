@@ -89,7 +89,7 @@ def main() -> int:
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
     dist.init_process_group("nccl" if cuda else "gloo", rank=ctx.rank, world_size=ctx.world,
                             timeout=timedelta(minutes=30))
-    chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node)
+    chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
     ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None
