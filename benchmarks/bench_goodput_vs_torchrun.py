@@ -50,13 +50,13 @@ BASE: dict[str, Any] = {
     "cluster": {"backend": "local", "nodes": 2, "ranks_per_node": 2, "spare_nodes": 1},
     "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
     "data": {"max_bytes": 600_000},
-    "train": {"steps": 120, "global_batch": 8, "lr": 0.003, "schedule": {"warmup_steps": 10},
+    "train": {"steps": 120, "global_batch": 8, "lr": 0.001, "schedule": {"warmup_steps": 10},
               "step_sleep_s": 0.15},  # pads each step like a bigger model, without loading the busy cores
     "checkpoint": {"every_steps": 10, "keep": 3},
     "health": {"heartbeat_interval_s": 0.25, "hang_timeout_s": 3.0, "probes": ["node"],
                "straggler": {"window": 10, "factor": 1.5, "min_steps": 7}},
     "policy": {"restart_budget": 6, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
-               "spike": {"window": 10, "k": 6.0, "warmup_steps": 10}},
+               "spike": {"window": 10, "k": 6.0, "warmup_steps": 20}},
     "metrics": {"enabled": False},
 }
 FAULTS: dict[str, dict[str, Any]] = {

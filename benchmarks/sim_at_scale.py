@@ -44,8 +44,8 @@ KINDS = ("hardware", "crash", "hang", "soft")
 PRESETS: dict[str, dict[str, float]] = {
     "measured": {"ours_detect_s": 1.0, "ours_hang_detect_s": 3.0, "ours_relaunch_s": 4.0,
                  "base_detect_s": 1.0, "base_node_detect_s": 1.0, "base_hang_detect_s": 120.0,
-                 "base_restart_s": 12.0, "requeue_s": 60.0, "load_s": 1.0, "async_block_s": 0.3,
-                 "sync_save_s": 3.0, "step_s": 0.2},
+                 "base_restart_s": 12.0, "requeue_s": 60.0, "load_s": 4.31, "async_block_s": 3.26,
+                 "sync_save_s": 8.93, "step_s": 0.2},  # checkpoint: bench_checkpoint 1 GB (2 ranks)
     "at-scale": {"ours_detect_s": 10.0, "ours_hang_detect_s": 60.0, "ours_relaunch_s": 120.0,
                  "base_detect_s": 30.0, "base_node_detect_s": 600.0, "base_hang_detect_s": 600.0,
                  "base_restart_s": 600.0, "requeue_s": 900.0, "load_s": 120.0, "async_block_s": 3.0,
