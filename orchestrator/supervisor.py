@@ -45,6 +45,22 @@ def open_lemon_store(cfg: RunConfig, run_dir: Path) -> LemonNodeStore | None:
     return LemonNodeStore(Path(cfg.health.lemon_db) if cfg.health.lemon_db else run_dir.parent / "nodes.db")
 
 
+def shrunk_node_count(cfg: RunConfig, available: int) -> int:
+    """The most nodes (≤ available) whose world size still fits the layout with a smaller data-parallel
+    degree and the same global batch; 0 if none does (or dp is pinned in the config)."""
+    par = cfg.parallel
+    if par.dp is not None:
+        return 0
+    for n in range(min(available, cfg.cluster.nodes), 0, -1):
+        world = n * cfg.cluster.ranks_per_node
+        if world % (par.tp * par.pp):
+            continue
+        dp = world // (par.tp * par.pp)
+        if cfg.train.global_batch % (dp * par.microbatches) == 0:
+            return n
+    return 0
+
+
 class Relaunch(Exception):
     """The attempt failed in a way a relaunch can cure."""
 
@@ -69,6 +85,7 @@ class Supervisor:
         self.excluded: list[str] = []
         self.crashes: Counter[str] = Counter()
         self.attempt = -1
+        self.requeues = 0  # relaunches after a time limit or preemption: not failures, no budget spent
         self.watch: AttemptWatch | None = None
         self.recovery_started_t: float | None = None
         self._last_status_t = 0.0
@@ -88,7 +105,8 @@ class Supervisor:
         snap.updated_t, snap.wall_s = now, now - self.meter.t0
         snap.productive_s, snap.lost = self.meter.productive, self.meter.lost
         snap.goodput = self.meter.goodput(now)
-        snap.restarts, snap.attempt, snap.excluded_nodes = max(0, self.attempt), self.attempt, list(self.excluded)
+        snap.restarts = max(0, self.attempt - self.requeues)
+        snap.attempt, snap.excluded_nodes = self.attempt, list(self.excluded)
         snap.telemetry_rejected = self.telemetry.rejected
         if self.watch is not None:
             snap.heartbeat_age_max_s = self.watch.heartbeat_age_max(now)
@@ -149,6 +167,11 @@ class Supervisor:
         self._avoid_lemons()
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
         need = self.cfg.cluster.nodes
+        if len(healthy) < need and self.cfg.policy.shrink_on_node_loss:
+            fit = shrunk_node_count(self.cfg, len(healthy))
+            if fit:
+                self.journal.append("shrink", nodes=fit, was=need, world=fit * self.cfg.cluster.ranks_per_node)
+                return healthy[:fit]
         if len(healthy) < need:
             raise Abort(f"only {len(healthy)} healthy nodes left ({', '.join(healthy) or 'none'}), "
                         f"{need} needed; excluded: {', '.join(self.excluded)}")
@@ -201,6 +224,9 @@ class Supervisor:
             return
         self.excluded.append(node)
         self.journal.append("node_excluded", node=node, reason=reason)
+        drain = getattr(self.launcher, "drain", None)
+        if drain is not None:
+            drain(node, reason)
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Resume: rebuild what the journal says, and stop whatever an earlier supervisor left running."""
@@ -260,6 +286,8 @@ class Supervisor:
                                       {"detail": ev.detail, "state": ev.state}), now)
         elif ev.kind == "job_ended":
             w.ended = True
+        elif ev.kind == "requeued":
+            self.on_requeue(ev, now)
 
     def check_liveness(self, now: float) -> None:
         w = self.watch
@@ -285,13 +313,14 @@ class Supervisor:
         """Stop the attempt, record the fault and the decision, then relaunch (raise) or abort."""
         if c.kind == "hang" and self.watch is not None:
             c = self.events.attribute_hang(c)
+        c = self._confirm_lost_node(c)
         self.launcher.stop()
         if c.node and c.kind == "rank_crash":  # a node whose ranks keep crashing is excluded (policy)
             self.crashes[str(c.node)] += 1
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
         spares = len(healthy) - self.cfg.cluster.nodes
         d = decide(c.kind, c.node, self.cfg.policy, Situation(
-            restarts_used=self.attempt, spares_left=max(0, spares), nodes_needed=self.cfg.cluster.nodes,
+            restarts_used=self.attempt - self.requeues, spares_left=max(0, spares), nodes_needed=self.cfg.cluster.nodes,
             nodes_healthy=min(len(healthy), self.cfg.cluster.nodes), crashes_on_node=self.crashes[str(c.node)] - 1))
         resume = self.snap.last_checkpoint_step or 0
         lost = self.meter.rewind(resume)
@@ -300,6 +329,32 @@ class Supervisor:
         self.snap.steps_lost_to_rollbacks += lost
         self.snap.step = resume
         self._apply(d, c, now)
+
+    def _confirm_lost_node(self, c: Candidate) -> Candidate:
+        """Telemetry notices a dead node (ranks go silent) before the scheduler does; ask the scheduler
+        which node it was, so the right node is excluded."""
+        lost_nodes = getattr(self.launcher, "lost_nodes", None)
+        if c.kind not in ("hang", "silent", "peer_lost") or c.node is not None or lost_nodes is None:
+            return c
+        lost = lost_nodes(wait_s=3 * self.cfg.health.hang_timeout_s)
+        if not lost:
+            return c
+        return Candidate("node_failure", c.t_fault, None, lost[0],
+                         {**c.evidence, "detail": f"{lost[0]} DOWN/NOT_RESPONDING in the scheduler; "
+                                                  + str(c.evidence.get("detail", ""))})
+
+    def on_requeue(self, ev: LauncherEvent, now: float) -> None:
+        """Time limit or preemption after a checkpoint: resubmit without spending restart budget."""
+        self.launcher.stop()
+        resume = self.snap.last_checkpoint_step or 0
+        c = Candidate("preempted", ev.t or now, None, None, {"detail": ev.detail, "state": ev.state})
+        self.record_fault(c, now, "requeue", lost_steps=self.meter.rewind(resume))
+        self.snap.step = resume
+        self.requeues += 1
+        self.recovery_started_t = now
+        if self.sm.state is not RunState.RECOVERING:
+            self.transition(RunState.RECOVERING, "requeued after a checkpoint")
+        raise Relaunch("requeued after a checkpoint")
 
     def _apply(self, d: Decision, c: Candidate, now: float) -> None:
         if d.exclude_node and c.node:

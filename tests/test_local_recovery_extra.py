@@ -73,3 +73,13 @@ def test_lemon_node_is_kept_out_of_the_next_run(tmp_path: Path) -> None:
     assert r.code == 0
     assert r.events("launch")[0]["nodes"] == ["node0", "node2"]
     assert any(e["node"] == "node1" and "lemon" in e["reason"] for e in r.events("node_excluded"))
+
+
+def test_shrink_on_node_loss_continues_with_fewer_nodes(tmp_path: Path, clean_run: RunResult) -> None:
+    """No spare left: with policy.shrink_on_node_loss the run goes on at dp=2 with the same global batch."""
+    r = run_submit(tmp_path, {"cluster": {"spare_nodes": 0}, "policy": {"shrink_on_node_loss": True},
+                              "chaos": [{"fault": "node_failure", "step": 25, "node": 1}]})
+    assert r.code == 0, r.status["reason"]
+    assert r.events("shrink") and r.events("launch")[-1]["nodes"] == ["node0"]
+    assert abs(r.final_eval - clean_run.final_eval) < 0.08
+    assert sorted(r.losses()) == list(range(60))
