@@ -5,7 +5,8 @@ tiny test model (d_model 32, 4 layers, seq 16, batch 8) on real gloo processes; 
 inference, lazy init) is excluded from the timings. Collective counts come from DTensor's
 ``CommDebugMode`` for one step: it sees DTensor/functional collectives (TP, SP, DTensor grad-norm
 reductions) and c10d ops issued through the dispatcher; it reports counts, not bytes, and pipeline
-send/recv (batched P2P) is not captured.
+send/recv (batched P2P) is not captured; with pp > 1 nothing is counted (under CommDebugMode a
+PipelineStage's forward fails in torch 2.13).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def run_job(job: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
         loss = engine.eval_loss(shard_batch(x, engine.dp_rank, engine.dp_size),
                                 shard_batch(y, engine.dp_rank, engine.dp_size))
         rec["eval"] = all_ranks_agree(loss, engine.loss_weight, False)[0]
-    if job.get("comm"):
+    if job.get("comm") and cfg.parallel.pp == 1:  # CommDebugMode breaks a PipelineStage's forward
         rec["comm"] = _comm_counts(engine, cfg, data)
     rec["dtypes"] = sorted(set(engine.tensor_dtypes().values()))
     rec["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
