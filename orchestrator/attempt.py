@@ -31,6 +31,9 @@ class AttemptWatch:
     first_step_t: float | None = None
     node_last_seen: dict[str, float] = field(default_factory=dict)
     skip_votes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    last_progress_max: float | None = None  # running max of last_progress: O(1) per tick
+    busy: dict[int, str] = field(default_factory=dict)  # rank → phase other than "step" (checkpoint...)
+    done_t: float | None = None
 
     def __post_init__(self) -> None:
         self.agg = StepAggregator(self.spec.world, self.spec.attempt)
@@ -43,8 +46,19 @@ class AttemptWatch:
             node = self.rank_node.get(rank)
             if node:
                 self.node_last_seen[node] = now
-        if msg["type"] == "hb" and isinstance(msg.get("pid"), int):
-            self.pids[rank] = msg["pid"]
+        if msg["type"] == "hb":
+            if isinstance(msg.get("pid"), int):
+                self.pids[rank] = msg["pid"]
+            phase = msg.get("phase")
+            if isinstance(phase, str) and phase not in ("step", "start"):
+                self.busy[rank] = phase[:32]
+            else:
+                self.busy.pop(rank, None)
+
+    def progressed(self, rank: int, now: float) -> None:
+        self.last_progress[rank] = now
+        self.last_progress_max = now
+        self.busy.pop(rank, None)
 
     def add_candidate(self, c: Candidate, now: float) -> None:
         self.candidates.append(c)
@@ -71,8 +85,7 @@ class AttemptWatch:
 
     def stalled_for(self, now: float) -> float:
         """Seconds since any rank last made progress (or since launch, before the first step)."""
-        last = max(self.last_progress.values(), default=self.started_t)
-        return now - last
+        return now - (self.last_progress_max or self.started_t)
 
     def silent_ranks(self, now: float, timeout: float) -> list[int]:
         return [r for r, t in self.last_hb.items() if now - t > timeout and r not in self.exited_ok]

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from orchestrator import rundir
 from orchestrator.config import RunConfig
-from orchestrator.config_load import ConfigError, load_config
+from orchestrator.config_load import ConfigError, layout_warnings, load_config
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.base import Launcher
 from orchestrator.progress import ProgressDisplay, summary_table
@@ -24,10 +24,13 @@ err = Console(stderr=True)
 
 def _config_or_exit(args: argparse.Namespace) -> RunConfig | None:
     try:
-        return load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    for w in layout_warnings(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    return cfg
 
 
 def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:

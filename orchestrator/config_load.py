@@ -114,22 +114,28 @@ def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
 
 
 def _check_layout(cfg: RunConfig, world: int) -> list[ConfigIssue]:
+    """Shapes and the (dp, pp, tp) layout against the cluster (trainer.parallel.validate has the rules)."""
+    from trainer.parallel.validate import validate_layout
     out: list[ConfigIssue] = []
     par, m = cfg.parallel, cfg.model
     if m.d_model % m.n_heads:
         out.append(ConfigIssue("model.n_heads", f"d_model={m.d_model} is not divisible by n_heads={m.n_heads}"))
-    if world % (par.tp * par.pp):
-        out.append(ConfigIssue("parallel", f"tp*pp={par.tp * par.pp} does not divide the world size {world} "
-                               f"(cluster.nodes*cluster.ranks_per_node)"))
+    errors, _ = validate_layout(cfg, world)
+    seen = {i.path for i in out}
+    out += [ConfigIssue(f, msg) for f, msg in errors if f not in seen]
+    if any(i.path == "parallel" for i in out):
         return out
     dp = par.dp if par.dp is not None else world // (par.tp * par.pp)
-    if dp * par.tp * par.pp != world:
-        out.append(ConfigIssue("parallel.dp", f"dp*tp*pp={dp * par.tp * par.pp} must equal the world size {world} "
-                               f"(cluster.nodes={cfg.cluster.nodes} x ranks_per_node={cfg.cluster.ranks_per_node})"))
     if cfg.train.global_batch % (dp * par.microbatches):
         out.append(ConfigIssue("train.global_batch", f"{cfg.train.global_batch} is not divisible by "
                                f"dp*microbatches={dp * par.microbatches}"))
     return out
+
+
+def layout_warnings(cfg: RunConfig) -> list[str]:
+    """Layouts that run but waste hardware (odd dimensions, a TP group across nodes)."""
+    from trainer.parallel.validate import validate_layout
+    return validate_layout(cfg)[1]
 
 
 def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:

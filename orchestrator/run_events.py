@@ -50,7 +50,7 @@ class RunEvents:
     def on_step(self, msg: dict[str, Any], now: float) -> None:
         sup, w = self.sup, self.sup.watch
         assert w is not None
-        w.last_progress[int(msg["rank"])] = now
+        w.progressed(int(msg["rank"]), now)
         if msg["rank"] == 0:
             self._lead_step(msg, now)
         for row in w.agg.add(msg):
@@ -165,7 +165,7 @@ class RunEvents:
     def ev_done(self, msg: dict[str, Any], now: float) -> None:
         w = self.sup.watch
         assert w is not None
-        w.done = msg
+        w.done, w.done_t = msg, now
         self.sup.snap.eval_loss = msg.get("eval_loss")
         self.sup.snap.step = int(msg.get("step", self.sup.snap.step))
 

@@ -108,13 +108,13 @@ class Supervisor:
         snap.restarts = max(0, self.attempt - self.requeues)
         snap.attempt, snap.excluded_nodes = self.attempt, list(self.excluded)
         snap.telemetry_rejected = self.telemetry.rejected
-        if self.watch is not None:
-            snap.heartbeat_age_max_s = self.watch.heartbeat_age_max(now)
-        worst = self.straggler.worst_node()
-        snap.straggler_score_max = worst[1] if worst else None
         if self.on_update is not None:
             self.on_update(snap)
-        if force or now - self._last_status_t >= 1.0:
+        if force or now - self._last_status_t >= 1.0:  # O(ranks) summaries once a second, not per tick
+            if self.watch is not None:
+                snap.heartbeat_age_max_s = self.watch.heartbeat_age_max(now)
+            worst = self.straggler.worst_node()
+            snap.straggler_score_max = worst[1] if worst else None
             write_status(self.run_dir, snap)
             self._last_status_t = now
 
@@ -292,16 +292,25 @@ class Supervisor:
     def check_liveness(self, now: float) -> None:
         w = self.watch
         assert w is not None
-        if w.candidates or w.done is not None:
-            return
         h = self.cfg.health
+        if w.done is not None:
+            if not w.ended and now - (w.done_t or now) > h.hang_timeout_s:
+                # training is complete; a rank stuck in teardown must not hold the run open
+                self.journal.append("stragglers_stopped", detail="ranks still alive after done")
+                self.launcher.stop()
+                w.ended = True
+            return
+        if w.candidates:
+            return
         limit = h.hang_timeout_s if w.first_step_t is not None else h.startup_timeout_s
+        if w.busy:  # a checkpoint save, an eval or a restore in progress: give it the start-up budget
+            limit = max(limit, h.startup_timeout_s)
         stalled = w.stalled_for(now)
         if stalled > limit:
-            last = now - stalled
-            alive = [r for r in w.last_hb if r not in w.silent_ranks(now, limit)]
+            silent = set(w.silent_ranks(now, limit))
+            alive = [r for r in w.last_hb if r not in silent]
             kind = "hang" if alive else "silent"
-            w.add_candidate(Candidate(kind, last, None, None,
+            w.add_candidate(Candidate(kind, now - stalled, None, None,
                                       {"detail": f"no progress for {stalled:.1f}s (timeout {limit}s); "
                                                  f"{len(alive)} ranks still heartbeating"}), now)
 

@@ -21,8 +21,11 @@ BAD = [
     ({"chaos": [{"fault": "meteor", "step": 5}]}, "chaos.0.fault", "Input should be"),
     ({"chaos": [{"fault": "nan", "step": 500}]}, "chaos.0.step", "never reached"),
     ({"chaos": [{"fault": "node_failure", "step": 5, "node": 7}]}, "chaos.0.node", "does not exist"),
-    ({"parallel": {"dp": 3}}, "parallel.dp", "must equal the world size"),
-    ({"parallel": {"tp": 3}}, "parallel", "does not divide the world size"),
+    ({"parallel": {"dp": 3}}, "parallel", "!= world size 4"),
+    ({"parallel": {"tp": 3}}, "parallel", "not divisible by tp*pp=3"),
+    ({"parallel": {"tp": 2}, "model": {"n_heads": 3, "d_model": 66}}, "model.n_heads", "not divisible by parallel.tp"),
+    ({"parallel": {"pp": 2, "microbatches": 1}, "model": {"n_layers": 4}}, "parallel.microbatches", "1f1b needs"),
+    ({"parallel": {"pp": 2, "microbatches": 2}, "model": {"n_layers": 3}}, "model.n_layers", "pipeline stages"),
     ({"model": {"d_model": 66, "n_heads": 4}}, "model.n_heads", "not divisible"),
     ({"metrics": {"host": "0.0.0.0"}}, "metrics.host", "allow_public_bind"),
     ({"name": "../../etc"}, "name", "letters, digits"),
@@ -34,7 +37,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("data,field,words", BAD, ids=[b[1] for b in BAD])
+@pytest.mark.parametrize("data,field,words", BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)])
 def test_bad_config_names_field_and_reason(data: dict, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_data(data)

@@ -14,12 +14,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from orchestrator.config import RunConfig
 from trainer.model import GPT, lm_loss
 
+# Flattened optimizer keys (the hybrid engine's format too): a checkpoint written by plain DDP loads into
+# any hybrid layout and back (DCP reshards by key).
+SD_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -82,12 +85,12 @@ class Engine:
             return float(lm_loss(self.module(x.to(self.device)), y.to(self.device)))
 
     def state_dict(self) -> dict[str, Any]:
-        msd, osd = get_state_dict(self.module, self.optimizer)
+        msd, osd = get_state_dict(self.module, self.optimizer, options=SD_OPTIONS)
         return {"model": msd, "optim": osd}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+                       optim_state_dict=state["optim"], options=SD_OPTIONS)
 
     def tensor_dtypes(self) -> dict[str, str]:
         return {k: str(v.dtype).replace("torch.", "") for k, v in self.module.state_dict().items()}

@@ -8,9 +8,11 @@ counter counts applied updates only, so a run always applies exactly ``train.ste
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from trainer import preempt
 from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
+
+
+MAX_ROLLBACKS_TO_SAME = 2
 
 
 def _exc(fut: Any) -> BaseException | None:
@@ -71,11 +76,16 @@ class TrainLoop:
         self.spike = SpikeParams(p.window, p.k, p.warmup_steps, p.min_rel_increase)
         self.st = LoopState()
         self.bad_run: list[list[int]] = []  # sample indices of consecutive bad steps
+        self.rollbacks_to: dict[int, int] = {}  # checkpoint step → rollbacks that landed there
         self.ema_step_s = 0.0
 
     # ---- restore / checkpoint -------------------------------------------------------------
     def restore(self) -> int | None:
         """Load the newest good checkpoint, if any; returns its step."""
+        with self.phase("restore"):
+            return self._restore()
+
+    def _restore(self) -> int | None:
         self.finish_pending()
 
         def on_bad(ref: ckpt.CheckpointRef, reason: str) -> None:
@@ -96,6 +106,19 @@ class TrainLoop:
     def save_checkpoint(self, blocking: bool = False) -> None:
         """Save now: synchronously, or (checkpoint.async_save) stage and let DCP write in the
         background; an async save is committed later, once every rank reports its write done."""
+        with self.phase("checkpoint"):
+            self._save_checkpoint(blocking)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Tell the supervisor (in heartbeats) what this rank is doing while it makes no step."""
+        prev, self.tel.phase = self.tel.phase, name
+        try:
+            yield
+        finally:
+            self.tel.phase = prev
+
+    def _save_checkpoint(self, blocking: bool) -> None:
         self.finish_pending()
         extra = self.st.to_extra(self.cfg.train.precision, self.engine.tensor_dtypes())
         fault = self.chaos.during_checkpoint(self.st.step)
@@ -186,8 +209,10 @@ class TrainLoop:
                                                   local_bad or not math.isfinite(grad_norm), self.pending_counts())
         self.settle_pending(*sums)
         sync_s = time.perf_counter() - t_sync
-        verdict = judge_step(float("nan") if any_bad else g_loss, grad_norm, self.st.good_losses, self.spike)
         lr = self._lr()
+        if getattr(self.engine, "last_overflow", False) and math.isfinite(g_loss):
+            return self._overflow(step, g_loss, t0)  # fp16 loss scaling backs off: not a data problem
+        verdict = judge_step(float("nan") if any_bad else g_loss, grad_norm, self.st.good_losses, self.spike)
         if verdict.bad:
             self.engine.discard()
             self.st.sampler.skip.update(idx)
@@ -200,7 +225,7 @@ class TrainLoop:
         step_s = time.perf_counter() - t0
         own = step_s - slept  # the EMA excludes injected slowness, or the straggler would snowball
         self.ema_step_s = own if not self.ema_step_s else 0.9 * self.ema_step_s + 0.1 * own
-        self.tel.step = self.st.step
+        self.tel.step, self.tel.phase = self.st.step, "step"
         self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
                       compute_time=compute_s, sync_time=sync_s,
                       tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule)
@@ -208,6 +233,15 @@ class TrainLoop:
             self.tel.event("skip_step", step=step, rule=verdict.rule, detail=verdict.detail,
                            samples=[idx[0], idx[-1]], local_bad=local_bad, t_start=t_wall)
         return not verdict.bad
+
+    def _overflow(self, step: int, loss: float, t0: float) -> bool:
+        """An fp16 gradient overflow: the scaler lowers its scale and the update is not applied; the
+        batch is not bad data, so it is neither skip-listed nor counted towards a rollback."""
+        self.engine.discard()
+        secs = time.perf_counter() - t0
+        self.tel.send("step", step=step, loss=loss, grad_norm=float("inf"), lr=self._lr(), step_time=secs,
+                      compute_time=secs, tokens=0, skipped=True, rule="fp16_overflow")
+        return False
 
     # ---- rollback, eval, run ------------------------------------------------------------------
     def rollback(self) -> None:
@@ -218,12 +252,30 @@ class TrainLoop:
         first_bad = min(window) if window else self.st.sampler.cursor
         self.st.sampler.skip.update(range(max(0, first_bad - extra_skip), first_bad))
         self.st.sampler.skip.update(window)
+        target = ckpt.committed(self.root)[-1].step if ckpt.committed(self.root) else None
+        if target is not None and self.rollbacks_to.get(target, 0) >= MAX_ROLLBACKS_TO_SAME:
+            self._distrust(target)  # diverged again from the same state: it is already on the bad path
         restored = self.restore()
+        if restored is not None:
+            self.rollbacks_to[restored] = self.rollbacks_to.get(restored, 0) + 1
         self.bad_run = []
         self.tel.event("rollback", from_step=bad_from, to_step=restored, skipped=len(window) + extra_skip)
 
+    def _distrust(self, step: int) -> None:
+        """Mark a checkpoint bad (all ranks agree by a barrier) so the rollback goes further back."""
+        if self.rank == 0:
+            ckpt.mark_bad(ckpt.step_dir(self.root, step), f"diverged again after {MAX_ROLLBACKS_TO_SAME} rollbacks")
+            self.tel.event("checkpoint_bad", step=step, path=str(ckpt.step_dir(self.root, step)),
+                           reason="divergence recurs from this checkpoint")
+        if dist.is_initialized():
+            dist.barrier()
+
     @torch.no_grad()
     def evaluate(self) -> float:
+        with self.phase("eval"):
+            return self._evaluate()
+
+    def _evaluate(self) -> float:
         n = self.cfg.data.eval_batches * self.cfg.train.global_batch
         mine = shard(list(range(n)), self.engine.dp_rank, self.engine.dp_size)
         x, y = self.corpus.batch(mine, held_out=True)

@@ -102,8 +102,9 @@ def main() -> int:
         tel.close()
         return PREEMPTED_EXIT
     tel.event("done", step=loop.st.step, eval_loss=final)
-    dist.destroy_process_group()
     tel.close()
+    # No destroy_process_group(): its teardown can block on a peer that already left; the process
+    # exits right after this (the node agent's child calls os._exit), which releases everything.
     return 0
 
 

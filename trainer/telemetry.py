@@ -22,6 +22,7 @@ class Telemetry:
     def __init__(self, addr: str | None, rank: int, node: str, attempt: int) -> None:
         self.rank, self.node, self.attempt = rank, node, attempt
         self.step = 0
+        self.phase = "start"  # step | checkpoint | eval | restore: a long save is not a hang
         self._target: tuple[str, int] | None = None
         if addr:
             host, _, port = addr.rpartition(":")
@@ -50,8 +51,8 @@ class Telemetry:
     def start_heartbeat(self, interval_s: float) -> None:
         def beat() -> None:
             while not self._stop.wait(interval_s):
-                self.send("hb", step=self.step, pid=os.getpid())
-        self.send("hb", step=self.step, pid=os.getpid())
+                self.send("hb", step=self.step, pid=os.getpid(), phase=self.phase)
+        self.send("hb", step=self.step, pid=os.getpid(), phase=self.phase)
         self._hb = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._hb.start()
 

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from orchestrator.config import RunConfig
 from trainer.parallel.mesh import node_map, rank_layout
 from trainer.parallel.validate import validate_layout
 
 if TYPE_CHECKING:
+    import torch
+
     from trainer.parallel.engine import HybridEngine
 
 __all__ = ["build_hybrid_engine", "node_map", "rank_layout", "validate_layout"]
 
 
-def build_hybrid_engine(cfg: RunConfig, rank: int, world: int, device: torch.device) -> HybridEngine:
+def build_hybrid_engine(cfg: RunConfig, rank: int, world: int, device: "torch.device") -> "HybridEngine":
     """The Engine for any layout with tp>1, pp>1 or a dp_mode other than ddp."""
     from trainer.parallel.engine import HybridEngine
     return HybridEngine(cfg, rank, world, device)

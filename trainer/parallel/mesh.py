@@ -8,11 +8,12 @@ of slow links).
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import RunConfig
+
+if TYPE_CHECKING:  # torch only where a mesh is built: the layout arithmetic serves the config loader
+    from torch.distributed.device_mesh import DeviceMesh
 
 DIMS = ("dp", "pp", "tp")
 
@@ -33,6 +34,7 @@ def mesh_shape(cfg: RunConfig, world: int) -> tuple[int, int, int]:
 
 def build_mesh(cfg: RunConfig, world: int, device_type: str) -> DeviceMesh:
     """One mesh for the whole run; sub-meshes ``mesh['dp']`` etc. give each dimension's groups."""
+    from torch.distributed.device_mesh import init_device_mesh
     return init_device_mesh(device_type, mesh_shape(cfg, world), mesh_dim_names=DIMS)
 
 
