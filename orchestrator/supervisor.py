@@ -85,6 +85,7 @@ class Supervisor:
         self.excluded: list[str] = []
         self.crashes: Counter[str] = Counter()
         self.attempt = -1
+        self.attached: LaunchSpec | None = None  # set by restore() when the last attempt still runs
         self.requeues = 0  # relaunches after a time limit or preemption: not failures, no budget spent
         self.watch: AttemptWatch | None = None
         self.recovery_started_t: float | None = None
@@ -178,6 +179,12 @@ class Supervisor:
         return healthy[:need]
 
     def run_attempt(self) -> None:
+        if self.attached is not None:  # resume found the previous attempt still running: watch it
+            spec, self.attached = self.attached, None
+            self.watch = AttemptWatch(spec, self.clock())
+            self.transition(RunState.RUNNING, f"re-attached to attempt {spec.attempt}")
+            self.watch_attempt()
+            return
         self.attempt += 1
         nodes = self._preflight(self.choose_nodes())
         spec = LaunchSpec(self.attempt, nodes, self.cfg.cluster.ranks_per_node, self.run_dir,
@@ -185,7 +192,7 @@ class Supervisor:
         info = self.launcher.launch(spec)
         self.snap.active_nodes = list(nodes)
         self.snap.jobs.append({"attempt": self.attempt, "nodes": nodes, **info})
-        self.journal.append("launch", attempt=self.attempt, nodes=nodes,
+        self.journal.append("launch", attempt=self.attempt, nodes=nodes, telemetry=spec.telemetry_addr,
                             rank_map={str(k): v for k, v in spec.rank_map().items()},
                             resume_step=self.snap.last_checkpoint_step, **info)
         self.watch = AttemptWatch(spec, self.clock())
@@ -245,15 +252,31 @@ class Supervisor:
                                                     t=float(r["t"])))
                 self.snap.actions[r["action"]] = self.snap.actions.get(r["action"], 0) + 1
         if last_launch is not None:
-            spec = LaunchSpec(int(last_launch["attempt"]), list(last_launch["nodes"]),
-                              self.cfg.cluster.ranks_per_node, self.run_dir, "", self.run_dir)
-            if self.launcher.attach(last_launch, spec):
-                self.launcher.stop()
+            self._reattach(last_launch)
         self.sm = StateMachine(RunState.RECOVERING)
         self.snap.state = RunState.RECOVERING.value
         self.recovery_started_t = self.clock()
         self.journal.append("resume", attempt=self.attempt + 1, excluded=self.excluded,
                             last_checkpoint_step=self.snap.last_checkpoint_step)
+
+    def _reattach(self, launch: dict[str, Any]) -> None:
+        """A job still running (Slurm) is watched again, never submitted twice: its ranks keep sending
+        telemetry to the journaled address, so the new supervisor binds that same port."""
+        addr = str(launch.get("telemetry") or "")
+        spec = LaunchSpec(int(launch["attempt"]), list(launch["nodes"]), self.cfg.cluster.ranks_per_node,
+                          self.run_dir, addr, logs_dir(self.run_dir, int(launch["attempt"])))
+        if not self.launcher.attach(launch, spec):
+            return
+        try:
+            host, _, port = addr.rpartition(":")
+            server = TelemetryServer(host, int(port))
+        except (OSError, ValueError):
+            self.launcher.stop()  # cannot hear the old ranks: stop them and relaunch cleanly
+            return
+        self.telemetry.close()
+        self.telemetry = server
+        self.attached = spec
+        self.journal.append("reattached", attempt=spec.attempt, telemetry=addr)
 
     # ---- watching one attempt -------------------------------------------------------------------
     def watch_attempt(self) -> None:

@@ -1,0 +1,69 @@
+"""The pure parts of the supervisor: the state machine's transition table and the fault → action policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import PolicyConfig, RunConfig
+from orchestrator.goodput import GoodputMeter
+from orchestrator.policy import Situation, decide
+from orchestrator.state import IllegalTransition, RunState, StateMachine
+from orchestrator.supervisor import shrunk_node_count
+
+
+def test_legal_path_and_illegal_transitions() -> None:
+    sm = StateMachine()
+    for to in (RunState.RUNNING, RunState.RECOVERING, RunState.RUNNING, RunState.COMPLETED):
+        sm.go(to)
+    assert sm.terminal
+    with pytest.raises(IllegalTransition):
+        sm.go(RunState.RUNNING)
+    with pytest.raises(IllegalTransition):
+        StateMachine().go(RunState.COMPLETED)
+
+
+S = Situation(restarts_used=0, spares_left=1, nodes_needed=2, nodes_healthy=2)
+
+
+@pytest.mark.parametrize("kind,node,action,exclude", [
+    ("nan", None, "skip_step", False),
+    ("loss_spike", None, "skip_step", False),
+    ("rank_crash", "node1", "relaunch", False),
+    ("hang", None, "relaunch", False),
+    ("node_failure", "node1", "exclude_node", True),
+    ("gpu_error", "node1", "exclude_node", True),
+    ("collective_timeout", "node0", "relaunch", False),
+    ("oom", "node0", "abort", False),
+    ("straggler", "node0", "alert", False),
+])
+def test_policy_table(kind: str, node: str | None, action: str, exclude: bool) -> None:
+    d = decide(kind, node, PolicyConfig(), S)
+    assert (d.action, d.exclude_node) == (action, exclude)
+
+
+def test_budget_spares_and_repeated_crashes() -> None:
+    p = PolicyConfig(restart_budget=2)
+    d = decide("rank_crash", "node1", p, Situation(2, 1, 2, 2))
+    assert d.action == "abort" and "budget exhausted" in d.reason and "node1" in d.reason
+    d = decide("node_failure", "node1", PolicyConfig(), Situation(0, 0, 2, 2))
+    assert d.action == "abort" and "shrink_on_node_loss" in d.reason
+    assert decide("node_failure", "node1", PolicyConfig(shrink_on_node_loss=True), Situation(0, 0, 2, 2)).relaunch
+    assert decide("rank_crash", "node1", PolicyConfig(), Situation(0, 1, 2, 2, crashes_on_node=2)).exclude_node
+    assert decide("straggler", "node1", PolicyConfig(straggler_action="exclude"), S).action == "exclude_node"
+
+
+def test_shrunk_node_count_keeps_the_global_batch_divisible() -> None:
+    cfg = RunConfig.model_validate({"cluster": {"nodes": 4, "ranks_per_node": 2}, "train": {"global_batch": 8}})
+    assert shrunk_node_count(cfg, 3) == 2  # 3 nodes = dp 6 does not divide 8; 2 nodes = dp 4 does
+    pinned = RunConfig.model_validate({"cluster": {"nodes": 2}, "parallel": {"dp": 4}})
+    assert shrunk_node_count(pinned, 1) == 0
+
+
+def test_goodput_meter_moves_redone_steps_to_recomputation() -> None:
+    m = GoodputMeter(t0=0.0)
+    for s in range(10):
+        m.on_step(s, 1.0, skipped=False)
+    m.on_step(10, 1.0, skipped=True)
+    assert m.rewind(5) == 5
+    assert m.productive == 5.0 and m.lost.recomputation == 6.0
+    assert m.goodput(now=20.0) == 0.25
