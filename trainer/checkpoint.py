@@ -143,6 +143,15 @@ class CheckpointFailed(Exception):
         self.kind = kind
 
 
+def _fresh_dir(path: Path, rank: int) -> None:
+    """Rank 0 removes a stale, uncommitted attempt at this step; nobody writes before it is done."""
+    if rank == 0 and path.exists():
+        shutil.rmtree(path)
+    if dist.is_initialized():
+        dist.barrier()
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _agree(ok: bool) -> bool:
     """True only if every rank says ok (one all-reduce)."""
     if not dist.is_initialized():
@@ -163,9 +172,7 @@ def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], ra
     path = step_dir(root, step)
     if (path / COMMITTED).exists():
         return 0.0
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    _fresh_dir(path, rank)
     err: BaseException | None = None
     try:
         dcp.save(state, checkpoint_id=str(path))
@@ -220,9 +227,7 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
     path = step_dir(root, step)
     if (path / COMMITTED).exists():
         return None
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    _fresh_dir(path, rank)
     err: BaseException | None = None
     try:
         torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")

@@ -39,11 +39,32 @@ def reply(**msg: Any) -> None:
 
 
 def warm_up(run_dir: Path) -> None:
-    """Import the trainer and load the corpus now, so every forked rank starts with them."""
+    """Import the trainer, load the corpus and run the first-call paths once now (model build,
+    optimizer-state init, a forward/backward, a DCP save and load), so every forked rank starts warm.
+
+    Single-threaded on purpose (``set_num_threads(1)``): no thread pool exists when the agent forks.
+    """
+    import tempfile
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     import trainer.rank_main as rm
     from trainer.data import preload_corpus
+    from trainer.engine import SD_OPTIONS
+    from trainer.model import GPT, lm_loss
+    torch.set_num_threads(1)
     cfg = rm.load_run_config(run_dir)
     preload_corpus(cfg.data, cfg.model.seq_len)
+    model = GPT(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, foreach=False)
+    x = torch.zeros(1, min(8, cfg.model.seq_len), dtype=torch.long)
+    lm_loss(model(x), x).backward()
+    msd, osd = get_state_dict(model, opt, options=SD_OPTIONS)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
 
 
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
