@@ -55,7 +55,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     if args.plan:
-        cmd_plan(argparse.Namespace(config=args.config, overrides=args.overrides, json=False))
+        from orchestrator.plan.cli import add_arguments
+        plan_parser = argparse.ArgumentParser(add_help=False)
+        add_arguments(plan_parser)
+        plan_args = plan_parser.parse_args([args.config])
+        plan_args.overrides = args.overrides
+        cmd_plan(plan_args)
     try:
         run_dir = rundir.create(Path(args.run_dir) if args.run_dir else rundir.default_run_dir(cfg), cfg)
     except ConfigError as exc:

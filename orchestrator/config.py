@@ -123,6 +123,16 @@ class TrainConfig(Section):
 
 class CheckpointConfig(Section):
     dir: str = Field("checkpoints", description="relative to the run directory, or absolute")
+
+    @field_validator("dir")
+    @classmethod
+    def _inside_run_dir(cls, v: str) -> str:
+        if not v.strip() or any(c in v for c in "\n\r\x00"):
+            raise ValueError("must be a non-empty single-line path")
+        if not v.startswith("/") and ".." in v.replace("\\", "/").split("/"):
+            raise ValueError("a relative path must stay inside the run directory (no '..'); "
+                             "give an absolute path for a shared file system")
+        return v
     every_steps: int = Field(20, ge=1)
     keep: int = Field(3, ge=1)
     async_save: bool = False

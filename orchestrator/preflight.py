@@ -1,7 +1,8 @@
 """Pre-flight health checks before every (re)launch: nodes that fail a probe are excluded.
 
 On the local cluster every simulated node is this machine, so one node probe (the checkpoint directory
-round trip, disk, memory, kernel log) and one GPU probe stand for all of them; on Slurm the Slurm
+round trip, disk, memory, kernel log) and one GPU probe stand for all of them; the collective probe (when
+listed in health.probes) runs one process per rank and names the slow or failing node; on Slurm the Slurm
 launcher runs ``health.probe_entry`` on each allocated node with srun instead.
 """
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from health.probes.collective import run_collective_probe
 from health.probes.gpu import probe_gpu
 from health.probes.node import probe_node
 from orchestrator.config import RunConfig
@@ -31,9 +33,16 @@ def make_preflight(cfg: RunConfig, run_dir: Path, journal: Journal) -> Callable[
         if "gpu" in cfg.health.probes:
             results.append(probe_gpu(expected_count=expected_gpus, node="local"))
         failed = [r for r in results if r.verdict == "failed"]
+        bad = list(nodes) if failed else []
+        if "collective" in cfg.health.probes and not bad:
+            rpn = cfg.cluster.ranks_per_node
+            coll = run_collective_probe(len(nodes) * rpn, {r: nodes[r // rpn] for r in range(len(nodes) * rpn)},
+                                        timeout_s=60.0)
+            results += coll
+            bad = sorted({r.node for r in coll if r.verdict == "failed" and r.node in nodes})
         journal.append("preflight", nodes=nodes, seconds=round(time.perf_counter() - t0, 3),
-                       results=[{"probe": r.probe, "verdict": r.verdict, "fault_kind": r.fault_kind}
+                       results=[{"probe": r.probe, "node": r.node, "verdict": r.verdict, "fault_kind": r.fault_kind}
                                 for r in results])
-        return list(nodes) if failed else []
+        return bad
 
     return preflight

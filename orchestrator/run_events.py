@@ -158,6 +158,11 @@ class RunEvents:
         c = Candidate(kind, now, 0, None, {"detail": str(msg.get("detail", ""))})
         self.sup.record_fault(c, now, "alert", step=msg.get("step"))
 
+    def ev_precision(self, msg: dict[str, Any], now: float) -> None:
+        c = Candidate("precision_mismatch", now, 0, None,
+                      {"detail": str(msg.get("detail", ""))[:300], "finding": msg.get("finding")})
+        self.sup.record_fault(c, now, "alert", step=msg.get("step"))
+
     def ev_eval(self, msg: dict[str, Any], now: float) -> None:
         self.sup.snap.eval_loss = msg.get("eval_loss")
         self.sup.journal.append("eval", step=msg.get("step"), eval_loss=msg.get("eval_loss"))

@@ -34,6 +34,7 @@ BAD = [
      "newline"),
     ({"train": {"schedule": {"warmup_steps": 200}}}, "train.schedule.warmup_steps", "below train.steps"),
     ({"data": {"source": "files"}}, "data.paths", "at least one"),
+    ({"checkpoint": {"dir": "../../elsewhere"}}, "checkpoint.dir", "inside the run directory"),
 ]
 
 

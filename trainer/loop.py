@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from health.detectors.loss_rules import SpikeParams, judge_step
+from health.detectors.precision import audit_precision
 from orchestrator.config import RunConfig
 from trainer import checkpoint as ckpt
 from trainer.chaos import Chaos
@@ -97,6 +98,7 @@ class TrainLoop:
         state = self.engine.state_dict()
         extra = ckpt.load(ref, state, self.rank)
         self.engine.load_state_dict(state)
+        self._audit(extra.get("dtypes", {}), extra.get("precision"), ref.step)
         skip = self.st.sampler.skip
         self.st = LoopState.from_extra(extra)
         self.st.sampler.skip |= skip
@@ -118,9 +120,20 @@ class TrainLoop:
         finally:
             self.tel.phase = prev
 
+    def _audit(self, dtypes: dict[str, str], previous: str | None, step: int) -> None:
+        """Precision audit (LLM360 hit both): stored dtypes must match train.precision (fp32 master
+        weights and optimizer state under mixed precision), and precision must not change mid-run."""
+        if self.rank != 0:
+            return
+        for f in audit_precision(dtypes, self.cfg.train.precision, previous)[:5]:
+            self.tel.event("precision", step=step, finding=f.kind, tensor=f.tensor, detail=f.detail)
+
     def _save_checkpoint(self, blocking: bool) -> None:
         self.finish_pending()
-        extra = self.st.to_extra(self.cfg.train.precision, self.engine.tensor_dtypes())
+        dtypes = self.engine.tensor_dtypes()
+        if self.st.step == 0:
+            self._audit(dtypes, None, 0)
+        extra = self.st.to_extra(self.cfg.train.precision, dtypes)
         fault = self.chaos.during_checkpoint(self.st.step)
         if self.ckpt_group is not None and not blocking:
             self.pending = ckpt.start_async(self.root, self.st.step, self.engine.state_dict(), extra,
