@@ -152,6 +152,22 @@ def _fresh_dir(path: Path, rank: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def _write_small_files(path: Path, rank: int, extra: dict[str, Any], fault: str | None) -> OSError | None:
+    """This rank's RNG state, and rank 0's extra JSON (step, sampler, precision); the error, if any.
+
+    ``fault == "disk_full"`` injects ENOSPC at rank 0's write (the chaos test of a full disk).
+    """
+    try:
+        torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")
+        if rank == 0:
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / EXTRA))
+            atomic_write(path / EXTRA, json.dumps(extra).encode())
+    except OSError as exc:
+        return exc
+    return None
+
+
 def _agree(ok: bool) -> bool:
     """True only if every rank says ok (one all-reduce)."""
     if not dist.is_initialized():
@@ -176,15 +192,11 @@ def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], ra
     err: BaseException | None = None
     try:
         dcp.save(state, checkpoint_id=str(path))
-        torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")
         if fault == "ckpt_crash":
             os._exit(17)
-        if rank == 0:
-            if fault == "disk_full":
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / EXTRA))
-            atomic_write(path / EXTRA, json.dumps(extra).encode())
     except OSError as exc:
         err = exc
+    err = err or _write_small_files(path, rank, extra, fault)
     if not _agree(err is None):
         kind = "disk_full" if isinstance(err, OSError) and err.errno == errno.ENOSPC else "checkpoint_error"
         raise CheckpointFailed(kind, f"save at step {step} failed: {err or 'on another rank'}")
@@ -228,15 +240,7 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
     if (path / COMMITTED).exists():
         return None
     _fresh_dir(path, rank)
-    err: BaseException | None = None
-    try:
-        torch.save(torch.get_rng_state(), path / f"rng-rank{rank}.pt")
-        if rank == 0:
-            if fault == "disk_full":
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / EXTRA))
-            atomic_write(path / EXTRA, json.dumps(extra).encode())
-    except OSError as exc:
-        err = exc
+    err = _write_small_files(path, rank, extra, fault)
     fut = dcp.async_save(state, checkpoint_id=str(path), process_group=group)
     if fault == "ckpt_crash":
         os._exit(17)
