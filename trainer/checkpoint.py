@@ -218,6 +218,13 @@ class PendingSave:
     t0: float
     blocked_s: float
     local_error: BaseException | None = None
+    staging: Any = None  # background staging: the next optimizer step must wait for it
+
+    def wait_staged(self) -> None:
+        """Block until the state is copied out: only then may the optimizer change the parameters."""
+        if self.staging is not None:
+            self.staging.result()
+            self.staging = None
 
     def done(self) -> bool:
         return self.fut.done()
@@ -228,8 +235,16 @@ class PendingSave:
         return self.fut.done() and self.fut.exception() is not None
 
 
+def background_stager() -> Any:
+    """A stager that copies the state in a background thread too, so ``async_save`` returns at once
+    (measured: 9% of a synchronous save's time at 1 GB, against 230% when staging inline)."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    return DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
+                                        use_async_staging=True, use_non_blocking_copy=False))
+
+
 def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], rank: int,
-                group: Any, fault: str | None = None) -> PendingSave | None:
+                group: Any, fault: str | None = None, stager: Any = None) -> PendingSave | None:
     """Stage ``state`` in memory and write it in DCP's background thread; returns at once.
 
     Every rank calls ``dcp.async_save`` even if its own small writes failed, so that the collective
@@ -241,10 +256,13 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
         return None
     _fresh_dir(path, rank)
     err = _write_small_files(path, rank, extra, fault)
-    fut = dcp.async_save(state, checkpoint_id=str(path), process_group=group)
+    resp = dcp.async_save(state, checkpoint_id=str(path), process_group=group, async_stager=stager)
     if fault == "ckpt_crash":
         os._exit(17)
-    return PendingSave(step, path, fut, t0, time.perf_counter() - t0, err)
+    if stager is None:
+        return PendingSave(step, path, resp, t0, time.perf_counter() - t0, err)
+    return PendingSave(step, path, resp.upload_completion, t0, time.perf_counter() - t0, err,
+                       staging=resp.staging_completion)
 
 
 def commit(p: PendingSave, rank: int) -> float:

@@ -73,6 +73,7 @@ class TrainLoop:
         self.root, self.rank, self.world = ckpt_root, rank, world
         self.ckpt_group = ckpt_group  # a separate gloo group: async saves never share the training one
         self.pending: ckpt.PendingSave | None = None
+        self.stager: Any = None  # created on the first async save, closed at the end of the run
         p = cfg.policy.spike
         self.spike = SpikeParams(p.window, p.k, p.warmup_steps, p.min_rel_increase)
         self.st = LoopState()
@@ -136,8 +137,10 @@ class TrainLoop:
         extra = self.st.to_extra(self.cfg.train.precision, dtypes)
         fault = self.chaos.during_checkpoint(self.st.step)
         if self.ckpt_group is not None and not blocking:
+            if self.stager is None:
+                self.stager = ckpt.background_stager()
             self.pending = ckpt.start_async(self.root, self.st.step, self.engine.state_dict(), extra,
-                                            self.rank, self.ckpt_group, fault)
+                                            self.rank, self.ckpt_group, fault, self.stager)
             return
         try:
             secs = ckpt.save(self.root, self.st.step, self.engine.state_dict(), extra, self.rank, fault)
@@ -231,6 +234,8 @@ class TrainLoop:
             self.st.sampler.skip.update(idx)
             self.bad_run.append(idx)
         else:
+            if self.pending is not None:
+                self.pending.wait_staged()  # the checkpoint's copy must be taken before weights change
             self.engine.apply(lr)
             self.st.step += 1
             self.st.good_losses = (self.st.good_losses + [g_loss])[-self.spike.window:]
@@ -316,6 +321,8 @@ class TrainLoop:
             if len(self.bad_run) >= self.cfg.policy.max_consecutive_bad:
                 self.rollback()
         self.finish_pending()
+        if self.stager is not None:
+            self.stager.close()
         final = self.evaluate()
         if dist.is_initialized():
             dist.barrier()
