@@ -96,6 +96,8 @@ def supervise(cfg: RunConfig, run_dir: Path, quiet: bool, resume: bool) -> int:
         journal = stack.enter_context(Journal(run_dir))
         display = stack.enter_context(ProgressDisplay(quiet=quiet))
         sup = Supervisor(cfg, run_dir, make_launcher(cfg, run_dir), journal, on_update=display.update)
+        if not quiet:
+            sup.say = lambda text: print(text, file=sys.stderr, flush=True)
         _start_metrics(cfg, sup, stack)
         _attach_preflight(cfg, sup, run_dir)
         if resume:

@@ -45,6 +45,14 @@ def open_lemon_store(cfg: RunConfig, run_dir: Path) -> LemonNodeStore | None:
     return LemonNodeStore(Path(cfg.health.lemon_db) if cfg.health.lemon_db else run_dir.parent / "nodes.db")
 
 
+def placement_text(cfg: RunConfig, spec: LaunchSpec) -> str:
+    """The rank → node map of an attempt, with each rank's (dp, pp, tp) coordinates."""
+    from trainer.parallel.mesh import node_map
+    lines = node_map(cfg, spec.world).splitlines()
+    named = [spec.nodes[i] + line[line.index(":"):] if i < len(spec.nodes) else line for i, line in enumerate(lines)]
+    return f"attempt {spec.attempt}: rank -> node\n  " + "\n  ".join(named)
+
+
 def shrunk_node_count(cfg: RunConfig, available: int) -> int:
     """The most nodes (≤ available) whose world size still fits the layout with a smaller data-parallel
     degree and the same global batch; 0 if none does (or dp is pinned in the config)."""
@@ -85,6 +93,7 @@ class Supervisor:
         self.excluded: list[str] = []
         self.crashes: Counter[str] = Counter()
         self.attempt = -1
+        self.say: Callable[[str], None] | None = None  # where to print the rank → node map at launch
         self.attached: LaunchSpec | None = None  # set by restore() when the last attempt still runs
         self.requeues = 0  # relaunches after a time limit or preemption: not failures, no budget spent
         self.watch: AttemptWatch | None = None
@@ -197,6 +206,8 @@ class Supervisor:
                             resume_step=self.snap.last_checkpoint_step, **info)
         self.watch = AttemptWatch(spec, self.clock())
         self.straggler.reset()
+        if self.say is not None:
+            self.say(placement_text(self.cfg, spec))
         if self.sm.state is not RunState.RUNNING:
             self.transition(RunState.RUNNING, f"attempt {self.attempt} launched on {', '.join(nodes)}")
         self.watch_attempt()

@@ -67,3 +67,13 @@ def test_goodput_meter_moves_redone_steps_to_recomputation() -> None:
     assert m.rewind(5) == 5
     assert m.productive == 5.0 and m.lost.recomputation == 6.0
     assert m.goodput(now=20.0) == 0.25
+
+
+def test_placement_text_names_nodes_and_coordinates() -> None:
+    from pathlib import Path
+
+    from orchestrator.launcher.base import LaunchSpec
+    from orchestrator.supervisor import placement_text
+    cfg = RunConfig.model_validate({"parallel": {"tp": 2, "dp_mode": "fsdp"}})
+    text = placement_text(cfg, LaunchSpec(1, ["node0", "node2"], 2, Path("."), "", Path(".")))
+    assert "node2: r2(dp1,pp0,tp0) r3(dp1,pp0,tp1)" in text and text.startswith("attempt 1")
