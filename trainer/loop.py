@@ -270,7 +270,8 @@ class TrainLoop:
         first_bad = min(window) if window else self.st.sampler.cursor
         self.st.sampler.skip.update(range(max(0, first_bad - extra_skip), first_bad))
         self.st.sampler.skip.update(window)
-        target = ckpt.committed(self.root)[-1].step if ckpt.committed(self.root) else None
+        good = ckpt.committed(self.root)
+        target = good[-1].step if good else None
         if target is not None and self.rollbacks_to.get(target, 0) >= MAX_ROLLBACKS_TO_SAME:
             self._distrust(target)  # diverged again from the same state: it is already on the bad path
         restored = self.restore()
