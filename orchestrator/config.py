@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 FAULT_KINDS = ("nan", "loss_spike", "rank_crash", "node_failure", "hang", "straggler",
                "ckpt_crash", "disk_full", "gpu_error", "collective_timeout")
@@ -222,6 +222,8 @@ class RunConfig(Section):
     chaos: list[ChaosFault] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    #: defaults the loader chose from other fields (e.g. parallel.microbatches), said as warnings
+    _chosen_defaults: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("name")
     @classmethod

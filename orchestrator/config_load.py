@@ -133,9 +133,35 @@ def _check_layout(cfg: RunConfig, world: int) -> list[ConfigIssue]:
 
 
 def layout_warnings(cfg: RunConfig) -> list[str]:
-    """Layouts that run but waste hardware (odd dimensions, a TP group across nodes)."""
+    """Defaults chosen for the user, and layouts that run but waste hardware (odd dimensions, a TP
+    group across nodes)."""
     from trainer.parallel.validate import validate_layout
-    return validate_layout(cfg)[1]
+    return list(cfg._chosen_defaults) + validate_layout(cfg)[1]
+
+
+def default_microbatches(per_replica: int, pp: int) -> int | None:
+    """The smallest micro-batch count >= pp dividing the per-replica batch (one per stage at least,
+    so 1F1B can run); None when the batch is too small for any."""
+    return next((m for m in range(pp, per_replica + 1) if per_replica % m == 0), None)
+
+
+def _choose_microbatches(cfg: RunConfig) -> None:
+    """With pp > 1 and no ``parallel.microbatches`` given, pick a valid count instead of failing on
+    the default 1; the choice lands in the resolved config and is said as a warning."""
+    par = cfg.parallel
+    if par.pp == 1 or "microbatches" in par.model_fields_set:
+        return
+    world = cfg.cluster.world_size
+    dp = par.dp if par.dp is not None else world // (par.tp * par.pp)
+    if dp < 1 or cfg.train.global_batch % dp:
+        return  # the layout check reports the real problem
+    m = default_microbatches(cfg.train.global_batch // dp, par.pp)
+    if m is None:
+        return
+    par.microbatches = m
+    cfg._chosen_defaults.append(
+        f"parallel.microbatches not set: using {m} (the smallest count >= pp={par.pp} dividing "
+        f"global_batch/dp = {cfg.train.global_batch // dp}); set it to silence this")
 
 
 def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:
@@ -180,6 +206,7 @@ def load_config_data(data: Any, overrides: list[str] | None = None, source: str 
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_from_validation(err), source) from None
+    _choose_microbatches(cfg)
     issues = check_relations(cfg)
     if issues:
         raise ConfigError(issues, source)

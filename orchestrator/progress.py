@@ -40,14 +40,29 @@ def progress_table(s: RunSnapshot) -> Table:
     return t
 
 
+UNKNOWN = "—"
+
+
+def _cell(x: object) -> str:
+    """A table cell: an unknown value (None) reads as a dash, never as "None"."""
+    return UNKNOWN if x is None else str(x)
+
+
 def summary_table(s: RunSnapshot | dict[str, Any]) -> Table:
     d = s.to_dict() if isinstance(s, RunSnapshot) else s
     t = Table(title=f"run {d['name']}: {d['state']}" + (f" ({d['reason']})" if d.get("reason") else ""))
-    for col in ("kind", "step", "rank", "node", "detected after (s)", "action", "lost steps"):
-        t.add_column(col)
-    for f in d["faults"]:
-        t.add_row(f["kind"], str(f["step"]), str(f["rank"]), str(f["node"]),
-                  _fmt(f["detected_after_s"], ".2f"), f["action"], str(f["lost_steps"]))
+    faults = d["faults"]
+    for col in ("kind", "step", "rank", "node", "detected after (s)"):
+        t.add_column(col, overflow="fold")
+    # The action is what a reader scans for: never cut it ("exclude_no…"); the other columns fold.
+    widest = max([len("action")] + [len(str(f.get("action") or "")) for f in faults])
+    t.add_column("action", no_wrap=True, min_width=widest)
+    t.add_column("lost steps", overflow="fold")
+    for f in faults:
+        detected = f.get("detected_after_s")
+        t.add_row(_cell(f.get("kind")), _cell(f.get("step")), _cell(f.get("rank")), _cell(f.get("node")),
+                  UNKNOWN if detected is None else _fmt(detected, ".2f"), _cell(f.get("action")),
+                  _cell(f.get("lost_steps")))
     lost = d["lost"]
     t.caption = (f"steps {d['step']}/{d['total_steps']}  eval loss {_fmt(d['eval_loss'])}  "
                  f"goodput {_fmt(d['goodput'], '.3f')}  wall {d['wall_s']:.1f}s  restarts {d['restarts']}\n"
