@@ -82,3 +82,24 @@ def test_array_api_agrees_with_mapping_api() -> None:
         fb = b.observe_array(step, times[step], {})
         assert fa == fb
     assert a.scores() == b.scores() and a.flagged() == b.flagged() == [9]
+
+
+def test_episode_is_dated_from_the_slowdown_not_an_earlier_noisy_step() -> None:
+    """A lone slow step at 55 then a real 3x slowdown from 60: the finding says since 60."""
+    det = StragglerDetector(window=20, factor=1.5, min_steps=8)
+    nodes = {r: f"node{r // 2}" for r in range(4)}
+    findings = []
+    for step in range(40, 80):
+        t = {r: 1.0 for r in range(4)}
+        if step == 55 or step >= 60:
+            t[1] = 3.0
+        findings += det.observe(step, t, nodes)
+    assert [f.since_step for f in findings] == [60]
+
+
+def test_episode_start_keeps_a_gap_shorter_than_the_slow_run() -> None:
+    from health.detectors.straggler import episode_start
+    slow = np.array([0, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=bool)
+    assert episode_start(slow) == 2  # one normal step inside a long slow run does not split it
+    assert episode_start(np.array([1, 0, 0, 0, 1, 1], dtype=bool)) == 4
+    assert episode_start(np.zeros(5, dtype=bool)) == 0

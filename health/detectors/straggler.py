@@ -51,6 +51,21 @@ def median_of_others(t: np.ndarray) -> np.ndarray:
     return np.where(t < mid, (mid + hi) / 2, np.where(t > mid, (lo + mid) / 2, (lo + hi) / 2))
 
 
+def episode_start(slow: np.ndarray) -> int:
+    """Index where the current slow episode began: the start of the densest trailing run of slow steps.
+
+    The first slow flag in the window is the wrong answer: one noisy step a few steps before a real
+    slowdown would date the episode before its cause (a straggler "since step 55" for a slowdown that
+    began at 60). Scoring each suffix +1 per slow and -1 per normal step and taking the best-scoring
+    suffix that starts on a slow step drops such an outlier once the normal steps after it outnumber it;
+    ties go to the later start, so the date is never earlier than the evidence demands.
+    """
+    gain = np.where(slow[::-1], 1, -1).cumsum()[::-1]  # gain[k]: score of the suffix starting at k
+    gain = np.where(slow, gain, np.iinfo(np.int64).min)
+    best = gain.max()
+    return int(np.flatnonzero(gain == best)[-1]) if slow.any() else 0
+
+
 class StragglerDetector:
     """Feed it one step of per-rank times at a time; it returns the stragglers newly raised.
 
@@ -139,7 +154,7 @@ class StragglerDetector:
 
     def _finding(self, i: int) -> StragglerFinding:
         steps, ratios, slow = self._ordered(i)
-        first = int(np.argmax(slow))
+        first = episode_start(slow)
         episode = slow[first:]
         rank = self._ranks[i]
         return StragglerFinding(rank=rank, node=str(self._nodes.get(rank, "?")),
