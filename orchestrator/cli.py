@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -16,8 +17,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field (value parsed as YAML); repeatable")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): what is wrong, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="orchestrator", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="orchestrator", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("submit", help="launch a run and supervise it in the foreground")
     _add_config_args(p)
@@ -51,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export-trace", help="write a run's trace file")
     p.add_argument("run_dir")
-    p.add_argument("--out")
+    p.add_argument("--out", help="default: RUN_DIR/trace.json")
+    p = sub.add_parser("ls", help="every run under a directory: state, step, goodput, faults, last change")
+    p.add_argument("dir", nargs="?", default="runs", help="default: ./runs")
+    p.add_argument("--json", action="store_true")
     return ap
 
 
@@ -68,8 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from orchestrator import commands
     handler = getattr(commands, f"cmd_{args.command.replace('-', '_')}")
+    from orchestrator.cli_input import BadInput
+    from orchestrator.config_load import ConfigError
     try:
         return int(handler(args))
+    except (BadInput, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # another user's file the checks could not foresee
+        print(f"error: {exc.filename}: permission denied", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `orchestrator ls | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator import rundir
+from orchestrator.cli_input import BadInput, existing_dir, run_config, run_dir_arg, run_status, writable_output
 from orchestrator.config import RunConfig
 from orchestrator.config_load import ConfigError, layout_warnings, load_config
 from orchestrator.journal import Journal, read_journal
@@ -24,7 +25,7 @@ err = Console(stderr=True)
 
 def _config_or_exit(args: argparse.Namespace) -> RunConfig | None:
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, getattr(args, "overrides", []))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -61,26 +62,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
         plan_args = plan_parser.parse_args([args.config])
         plan_args.overrides = args.overrides
         cmd_plan(plan_args)
+    wanted = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(cfg)
     try:
-        run_dir = rundir.create(Path(args.run_dir) if args.run_dir else rundir.default_run_dir(cfg), cfg)
+        run_dir = rundir.create(wanted, cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FileExistsError:
+        raise BadInput(f"--run-dir {wanted}: is a file, not a directory") from None
+    except NotADirectoryError:
+        raise BadInput(f"--run-dir {wanted}: a parent of it is a file") from None
+    except PermissionError as exc:
+        raise BadInput(f"--run-dir {wanted}: permission denied ({exc.filename})") from None
     print(f"run directory: {run_dir}", file=sys.stderr)
     return supervise(cfg, run_dir, args.quiet, resume=False)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir).resolve()
-    try:
-        cfg = rundir.load(run_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_dir = run_dir_arg(args.run_dir, started=True, verb="resume").resolve()
+    cfg = run_config(run_dir)
     status = read_status(run_dir) or {}
     if status.get("state") == "COMPLETED":
         print(f"{run_dir}: already COMPLETED", file=sys.stderr)
         return 0
+    run_dir_arg(run_dir, writable=True, verb="resume")
     return supervise(cfg, run_dir, args.quiet, resume=True)
 
 
@@ -135,16 +140,16 @@ def _attach_preflight(cfg: RunConfig, sup: Any, run_dir: Path) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    st = read_status(run_dir)
-    if st is None:
-        print(f"error: {run_dir}: no status.json (not a run directory, or the run never started)",
-              file=sys.stderr)
-        return 2
+    run_dir = existing_dir(args.run_dir)
+    st = run_status(run_dir)
+    try:
+        out = json.dumps(status_json(st), indent=1) if args.json else summary_table(st)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(f"{run_dir}/status.json: unexpected content ({exc!r})") from None
     if args.json:
-        print(json.dumps(status_json(st), indent=1))
+        print(out)
     else:
-        Console().print(summary_table(st))
+        Console().print(out)
     return 0
 
 
@@ -159,11 +164,15 @@ def status_json(st: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from orchestrator.cancel import cancel_run
-    return cancel_run(Path(args.run_dir))
+    run_dir = run_dir_arg(args.run_dir, started=True, writable=True, verb="cancel")
+    run_config(run_dir)
+    return cancel_run(run_dir)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from health.probe_cli import main as probe_main
+    if args.config is not None and _config_or_exit(args) is None:
+        return 2
     return int(probe_main(args.config, args.json))
 
 
@@ -180,7 +189,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import report_main
-    return int(report_main(args.run_dir, args.out))
+    from orchestrator.report.html import REPORT_DIR
+    run_dir = existing_dir(args.run_dir)
+    return int(report_main(run_dir, writable_output(run_dir, args.out, f"{REPORT_DIR}/report.html")))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -190,4 +201,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export_trace(args: argparse.Namespace) -> int:
     from orchestrator.report import export_main
-    return int(export_main(args.run_dir, args.out))
+    run_dir = existing_dir(args.run_dir)
+    return int(export_main(run_dir, writable_output(run_dir, args.out, "trace.json")))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from orchestrator.ls import list_runs, rows_json, rows_table
+    root = existing_dir(args.dir, what="directory")
+    rows = list_runs(root)
+    if args.json:
+        print(json.dumps(rows_json(rows), indent=1))
+    elif not rows:
+        print(f"{root}: no runs")
+    else:
+        Console().print(rows_table(rows, root))
+    return 0

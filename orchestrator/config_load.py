@@ -213,17 +213,27 @@ def load_config_data(data: Any, overrides: list[str] | None = None, source: str 
     return cfg
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line (it spans several, with a caret under the column)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a run.yaml; raises ConfigError with every problem found."""
     p = Path(path)
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise ConfigError([ConfigIssue("", f"{p}: no such file")], str(p)) from None
+        raise ConfigError([ConfigIssue("", "no such file")], str(p)) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigIssue("", "is a directory; give the run.yaml file")], str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue("", f"{p}: cannot be read ({exc})")], str(p)) from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError([ConfigIssue("", f"cannot be read ({reason})")], str(p)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], str(p)) from None
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {_yaml_problem(exc)}")], str(p)) from None
     return load_config_data(data, overrides, str(p))

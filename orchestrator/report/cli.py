@@ -22,7 +22,7 @@ def report_main(run_dir: str | Path, out: str | Path | None = None) -> int:
     """Write the HTML report and print where it is."""
     try:
         path = write_report(run_dir, out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"report written: {path}")
@@ -34,7 +34,7 @@ def compare_main(run: str | Path, ref: str | Path, tolerance: float = 0.05,
     """Compare and print the verdict (text or JSON); 0 when it matches, 1 when it diverged."""
     try:
         result = compare(run, ref, tolerance=tolerance)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(result.to_dict(), indent=1) if as_json else result.summary())
@@ -45,7 +45,7 @@ def export_main(run_dir: str | Path, out: str | Path) -> int:
     """Export the run's trace (TRACE_FORMAT.md) and print where it is."""
     try:
         path = export_trace(run_dir, out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"trace written: {path}")

@@ -54,7 +54,10 @@ def export_trace(run_dir: str | Path, out: str | Path) -> Path:
 
 def load_trace(path: str | Path) -> dict[str, Any]:
     """Read and check a trace; the error says what is wrong and which version we read."""
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not an orchestrator trace or run directory (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != TRACE_FORMAT:
         raise ValueError(f"{path} is not an orchestrator trace (missing format: {TRACE_FORMAT!r})")
     if doc.get("version") != TRACE_VERSION:
