@@ -130,6 +130,7 @@ class TorchrunJob:
                "--rdzv-conf=is_host=false,join_timeout=300", "--monitor-interval=0.1",
                "--module", "trainer.rank_main"]
         env = child_env({"ORCH_RUN_DIR": str(self.run_dir), "ORCH_TELEMETRY_ADDR": self.tel_addr,
+                         "ORCH_TELEMETRY_KEY_FILE": str(self.run_dir / "telemetry.key"),
                          "ORCH_NODE": f"node{node}", "ORCH_NODE_INDEX": str(node)})
         log = open(self.log_dir / f"agent{node}-{len(self.agents)}.log", "wb")
         self.agents.append(Agent(node, subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log,
@@ -180,10 +181,11 @@ def run_torchrun(cfg: dict[str, Any], work: Path, name: str, args: argparse.Name
     """Drive the two agents, play node failure and the hang cap, collect rank 0's step datagrams
     (into ``rows_out`` too, when given)."""
     from torch.distributed import TCPStore
+    from orchestrator.telemetry_auth import create_or_load_key
     from orchestrator.telemetry_server import TelemetryServer
     run_dir = work / name
     prepare_run_dir(cfg, run_dir)
-    srv = TelemetryServer()
+    srv = TelemetryServer(create_or_load_key(run_dir))  # ranks find the key as ORCH_RUN_DIR/telemetry.key
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)
     job = TorchrunJob(run_dir, args.max_restarts, srv.address, store.port)
     rows: list[dict[str, Any]] = rows_out if rows_out is not None else []

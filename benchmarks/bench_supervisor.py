@@ -43,14 +43,16 @@ from benchmarks.common import machine, median, save_json, table  # noqa: E402
 from health.detectors.hang import LivenessArrays, assess_liveness_arrays  # noqa: E402
 from health.detectors.straggler import StragglerDetector  # noqa: E402
 from orchestrator.step_stats import StepAggregator  # noqa: E402
+from orchestrator.telemetry_auth import seal  # noqa: E402
 from orchestrator.telemetry_server import TelemetryServer  # noqa: E402
 
 RANKS_PER_NODE = 8
 TICK_S = 0.05  # the supervisor's select() timeout
 STEP_T = (b'{"type":"step","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"loss":2.5,'
           b'"grad_norm":1.0,"lr":0.001,"step_time":%.4f,"compute_time":%.4f,"sync_time":0.01,'
-          b'"tokens":8192,"skipped":false,"rule":null}')
-HB_T = b'{"type":"hb","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"pid":%d}'
+          b'"tokens":8192,"skipped":false,"rule":null,"sid":"b%d","seq":%d}')
+HB_T = b'{"type":"hb","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"pid":%d,"sid":"b%d","seq":%d}'
+KEY = bytes(range(32))  # the benchmark's run key: senders seal every datagram as ranks do
 
 
 # ---- (b) sender -------------------------------------------------------------------------------------------
@@ -73,8 +75,8 @@ def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0
             for i in range(k * per, min(len(ranks), (k + 1) * per)):
                 r = ranks[i]
                 node = r // RANKS_PER_NODE
-                sock.sendto(STEP_T % (r, node, now, s, jitter[i], jitter[i]), addr)
-                sock.sendto(HB_T % (r, node, now, s + 1, 1000 + r), addr)
+                sock.sendto(seal(KEY, STEP_T % (r, node, now, s, jitter[i], jitter[i], r, 2 * s + 1)), addr)
+                sock.sendto(seal(KEY, HB_T % (r, node, now, s + 1, 1000 + r, r, 2 * s + 2)), addr)
                 sent += 2
     counter[0], counter[1] = sent, time.time() - t0
 
@@ -154,7 +156,7 @@ def receive(sink: Any, srv: TelemetryServer, sending: Callable[[], bool]) -> int
 
 
 def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: int) -> dict[str, Any]:
-    srv = TelemetryServer()
+    srv = TelemetryServer(KEY)
     srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     with tempfile.TemporaryDirectory() as tmp:
         sink: Any = ComponentSink(ranks) if mode == "components" else RealSink(ranks, Path(tmp))

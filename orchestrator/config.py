@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 FAULT_KINDS = ("nan", "loss_spike", "rank_crash", "node_failure", "hang", "straggler",
-               "ckpt_crash", "disk_full", "gpu_error", "collective_timeout")
+               "ckpt_crash", "disk_full", "gpu_error", "collective_timeout", "partition", "slow_link")
+#: faults that act on a node's network link: only where nodes are namespaced (local backend, root)
+NET_FAULT_KINDS = ("partition", "slow_link")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -185,7 +187,8 @@ class ChaosFault(Section):
     rank: int | None = Field(None, ge=0)
     node: int | None = Field(None, ge=0)
     slowdown: float = Field(3.0, gt=1.0)
-    steps: int = Field(20, ge=1, description="duration of a straggler")
+    steps: int = Field(20, ge=1, description="duration of a straggler, partition or slow_link, in steps")
+    rate_kbit: int = Field(1000, ge=8, le=10_000_000, description="slow_link: the link's rate limit")
     attempt: int | None = Field(None, ge=0, description="fire only in this launch attempt (0 is the "
                                                         "first): a fault that hits during recovery")
 
@@ -196,6 +199,15 @@ class MetricsConfig(Section):
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     allow_public_bind: bool = Field(False, description="needed to bind anything but loopback")
     alertmanager_url: str | None = None
+
+
+class TelemetryConfig(Section):
+    """Where the supervisor listens for the ranks' datagrams (every one is authenticated with the run's key)."""
+
+    bind_host: str | None = Field(None, description="address to bind; default: loopback for the local "
+                                                    "backend (its bridge when nodes are namespaced), this "
+                                                    "host's cluster address for Slurm")
+    advertise_host: str | None = Field(None, description="address the ranks send to; default: bind_host")
 
 
 class ParallelConfig(Section):
@@ -221,6 +233,7 @@ class RunConfig(Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     chaos: list[ChaosFault] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     #: defaults the loader chose from other fields (e.g. parallel.microbatches), said as warnings
     _chosen_defaults: list[str] = PrivateAttr(default_factory=list)

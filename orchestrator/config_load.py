@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.config import RunConfig
+from orchestrator.config import NET_FAULT_KINDS, RunConfig
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
     out += _check_layout(cfg, world)
     out += _check_chaos(cfg, world)
     out += _check_metrics(cfg)
+    out += _check_telemetry(cfg)
     if cfg.data.source == "files" and not cfg.data.paths:
         out.append(ConfigIssue("data.paths", "give at least one text file when data.source is 'files'"))
     for i, p in enumerate(cfg.data.paths):
@@ -177,6 +178,38 @@ def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:
             out.append(ConfigIssue(f"chaos.{i}.step", f"step {f.step} is never reached: train.steps={cfg.train.steps}"))
         if f.fault == "node_failure" and f.node is None and f.rank is None:
             out.append(ConfigIssue(f"chaos.{i}.node", "node_failure needs a node (or a rank on it)"))
+        if f.fault in NET_FAULT_KINDS:
+            out += _check_net_fault(cfg, i, f.fault)
+    return out
+
+
+def _check_net_fault(cfg: RunConfig, i: int, fault: str) -> list[ConfigIssue]:
+    """partition and slow_link act on a node's real link: only on the namespaced local cluster."""
+    if cfg.cluster.backend == "slurm":
+        return [ConfigIssue(f"chaos.{i}.fault", f"{fault} would cut or throttle a real node's network on Slurm; "
+                            "it runs only on the local backend's namespaced nodes")]
+    from orchestrator.netns import unavailable_reason
+    reason = unavailable_reason()
+    if reason is not None:
+        return [ConfigIssue(f"chaos.{i}.fault", f"{fault} needs namespaced local nodes (root and iproute2): "
+                            f"{reason}")]
+    return []
+
+
+def _check_telemetry(cfg: RunConfig) -> list[ConfigIssue]:
+    """Addresses only: binding beyond loopback is allowed because every datagram is authenticated."""
+    out = []
+    t = cfg.telemetry
+    if t.bind_host is not None:
+        try:
+            ipaddress.ip_address(t.bind_host)
+        except ValueError:
+            out.append(ConfigIssue("telemetry.bind_host", f"{t.bind_host!r} is not an IP address"))
+    if t.advertise_host is not None:
+        bad = not t.advertise_host.strip() or any(c in t.advertise_host for c in " \n\r\x00:")
+        if bad or t.advertise_host == "0.0.0.0":
+            out.append(ConfigIssue("telemetry.advertise_host", f"{t.advertise_host!r}: give the address or host "
+                                   "name the ranks send to (no port)"))
     return out
 
 

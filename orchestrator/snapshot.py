@@ -78,6 +78,7 @@ class RunSnapshot:
     checkpoint_load_s: float | None = None
     straggler_score_max: float | None = None
     telemetry_rejected: int = 0
+    telemetry_rejected_by: dict[str, int] = field(default_factory=dict)  # reason → count
     started_t: float | None = None
     updated_t: float | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)

@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponen
 
 from health.detectors.hardware import classify_exit
 from health.detectors.lemon import LemonNodeStore
+from health.detectors.silence import silent_nodes
 from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
 from orchestrator.config import RunConfig
@@ -30,7 +31,8 @@ from orchestrator.policy import Decision, Situation, decide
 from orchestrator.run_events import RunEvents
 from orchestrator.snapshot import FaultRecord, RunSnapshot, write_status
 from orchestrator.state import RunState, StateMachine
-from orchestrator.telemetry_server import TelemetryServer
+from orchestrator.telemetry_auth import create_or_load_key
+from orchestrator.telemetry_server import TelemetryServer, endpoints
 from orchestrator.triage import Candidate, root_cause
 
 SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
@@ -86,7 +88,7 @@ class Supervisor:
         self.sm = StateMachine()
         self.snap = RunSnapshot(name=cfg.name, total_steps=cfg.train.steps)
         self.meter = GoodputMeter(clock())
-        self.telemetry = TelemetryServer("127.0.0.1", 0)
+        self.telemetry = self._open_telemetry()
         self.events = RunEvents(self)
         s = cfg.health.straggler
         self.straggler = StragglerDetector(s.window, s.factor, s.min_steps)
@@ -101,6 +103,14 @@ class Supervisor:
         self._last_status_t = 0.0
         self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
         self.lemons = open_lemon_store(cfg, run_dir)
+
+    def _open_telemetry(self, port: int = 0, advertise: str | None = None) -> TelemetryServer:
+        """The authenticated telemetry socket, on an address the nodes can reach (``telemetry`` config,
+        else the launcher's network, else the backend's default); the key lives in the run directory."""
+        t = self.cfg.telemetry
+        bind, adv = endpoints(self.cfg.cluster.backend, t.bind_host, t.advertise_host,
+                              self.launcher.cluster_address())
+        return TelemetryServer(create_or_load_key(self.run_dir), bind, port, advertise=advertise or adv)
 
     # ---- state and bookkeeping ---------------------------------------------------------------
     def transition(self, to: RunState, reason: str = "") -> None:
@@ -118,6 +128,10 @@ class Supervisor:
         snap.restarts = max(0, self.attempt - self.requeues)
         snap.attempt, snap.excluded_nodes = self.attempt, list(self.excluded)
         snap.telemetry_rejected = self.telemetry.rejected
+        snap.telemetry_rejected_by = dict(self.telemetry.rejected_by)
+        report = self.telemetry.rejection_report(now, force)
+        if report is not None:  # one rate-limited line, never one per datagram
+            self.journal.append("telemetry_rejected", **report)
         if self.on_update is not None:
             self.on_update(snap)
         if force or now - self._last_status_t >= 1.0:  # O(ranks) summaries once a second, not per tick
@@ -280,7 +294,7 @@ class Supervisor:
             return
         try:
             host, _, port = addr.rpartition(":")
-            server = TelemetryServer(host, int(port))
+            server = self._open_telemetry(int(port), advertise=host)
         except (OSError, ValueError):
             self.launcher.stop()  # cannot hear the old ranks: stop them and relaunch cleanly
             return
@@ -341,6 +355,14 @@ class Supervisor:
             limit = max(limit, h.startup_timeout_s)
         stalled = w.stalled_for(now)
         if stalled > limit:
+            quiet = max(4 * h.heartbeat_interval_s, limit / 2)
+            lost = silent_nodes(w.last_hb, w.rank_node, w.exited_ok, now, quiet)
+            for node in lost:  # every rank of a node silent, others heard: the node is dead or cut off
+                w.add_candidate(Candidate("node_failure", now - stalled, None, node,
+                                          {"detail": f"no heartbeat from any rank of {node} for over {quiet:.1f}s "
+                                                     "while other nodes' ranks are heard: dead or unreachable"}), now)
+            if lost:
+                return
             silent = set(w.silent_ranks(now, limit))
             alive = [r for r in w.last_hb if r not in silent]
             kind = "hang" if alive else "silent"

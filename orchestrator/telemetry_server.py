@@ -1,23 +1,31 @@
 """The supervisor's end of the telemetry channel: a UDP socket that never trusts what it reads.
 
-Messages larger than 8 KiB, not JSON, not an object, or missing/ill-typed required fields are dropped
-and counted; nothing a rank sends can crash the supervisor.
+Every datagram must carry a valid HMAC under the run's key and a sequence number newer than the last
+one from the same sender (:mod:`orchestrator.telemetry_auth`); then it must be well-formed JSON with the
+required fields. Anything else is dropped and counted by reason, never acted on: nothing another user
+on the network (or a buggy rank) sends can crash the supervisor or steer the run.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import socket
+from collections import Counter
 from typing import Any
 
-MAX_MESSAGE = 8192
+from orchestrator.telemetry_auth import HEADER, ReplayGuard, unseal
+
+MAX_MESSAGE = 8192  # the whole datagram, header included
 TYPES = {"hb", "step", "event", "rank_exit"}
 REQUIRED: dict[str, type | tuple[type, ...]] = {"type": str, "rank": int, "attempt": int, "t": (int, float)}
+REJECT_REASONS = ("no_mac", "bad_mac", "replay", "malformed", "too_large")
+REPORT_EVERY_S = 10.0  # at most one journal line about rejected datagrams this often
 
 
 def validate(raw: bytes) -> dict[str, Any] | None:
-    """The message as a dict if well-formed, else None."""
+    """The message (an authenticated payload) as a dict if well-formed, else None."""
     if len(raw) > MAX_MESSAGE:
         return None
     try:
@@ -40,40 +48,131 @@ def validate(raw: bytes) -> dict[str, Any] | None:
     return msg
 
 
-class TelemetryServer:
-    """Binds a UDP port (loopback by default) and hands out validated messages."""
+def _sender_ok(msg: dict[str, Any]) -> bool:
+    seq, sid = msg.get("seq"), msg.get("sid")
+    return isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and isinstance(sid, str) \
+        and 0 < len(sid) <= 64
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class TelemetryServer:
+    """Binds a UDP port and hands out authenticated, validated, fresh messages.
+
+    ``host`` is the address bound, ``advertise`` the one the ranks are told (they differ when binding
+    0.0.0.0 or behind an alias); ``address`` is ``advertise:port``.
+    """
+
+    def __init__(self, key: bytes, host: str = "127.0.0.1", port: int = 0, advertise: str | None = None) -> None:
+        self.key = key
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((host, port))
         self.sock.setblocking(False)
+        self.advertise = advertise
+        self.guard = ReplayGuard()
         self.rejected = 0
+        self.rejected_by: Counter[str] = Counter({r: 0 for r in REJECT_REASONS})
         self.received = 0
+        self.last_rejected_from: str | None = None
+        self._reported: Counter[str] = Counter()
+        self._report_t: float | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
 
     @property
     def address(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"{host}:{port}"
+        host = self.advertise or self.sock.getsockname()[0]
+        return f"{host}:{self.port}"
 
     def drain(self, limit: int = 100_000) -> list[dict[str, Any]]:
-        """Every message waiting now (non-blocking)."""
+        """Every acceptable message waiting now (non-blocking)."""
         out = []
         for _ in range(limit):
             try:
-                raw = self.sock.recv(MAX_MESSAGE + 1)
+                raw, src = self.sock.recvfrom(MAX_MESSAGE + 1)
             except (BlockingIOError, InterruptedError):
                 break
-            msg = validate(raw)
+            msg, reason = self.accept(raw)
             if msg is None:
                 self.rejected += 1
+                self.rejected_by[reason] += 1
+                self.last_rejected_from = f"{src[0]}:{src[1]}"
             else:
                 self.received += 1
                 out.append(msg)
         return out
+
+    def accept(self, raw: bytes) -> tuple[dict[str, Any] | None, str]:
+        """(message, "") or (None, reason); the MAC is checked before anything is parsed."""
+        if len(raw) > MAX_MESSAGE:
+            return None, "too_large"
+        payload, reason = unseal(self.key, raw)
+        if payload is None:
+            return None, reason
+        msg = validate(payload)
+        if msg is None or not _sender_ok(msg):
+            return None, "malformed"
+        if not self.guard.fresh(msg["rank"], msg["attempt"], msg["sid"], msg["seq"]):
+            return None, "replay"
+        return msg, ""
+
+    def rejection_report(self, now: float, force: bool = False) -> dict[str, Any] | None:
+        """Rejections since the last report, at most once per REPORT_EVERY_S (or now if ``force``);
+        None when there is nothing new. One journal line per report, not one per datagram."""
+        new = {r: n - self._reported[r] for r, n in self.rejected_by.items() if n > self._reported[r]}
+        if not new:
+            return None
+        if not force and self._report_t is not None and now - self._report_t < REPORT_EVERY_S:
+            return None
+        self._reported = Counter(self.rejected_by)
+        self._report_t = now
+        return {"reasons": new, "total": self.rejected, "last_from": self.last_rejected_from}
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def close(self) -> None:
         self.sock.close()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cluster_address() -> str:
+    """This host's address on the cluster network: its hostname's address, else the source address of
+    the default route; loopback only when neither exists (then the ranks must run on this host)."""
+    try:
+        addr = socket.gethostbyname(socket.gethostname())
+        if not is_loopback(addr):
+            return addr
+    except OSError:
+        pass
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.254.254.254", 9))  # no packet is sent: this only asks the routing table
+            addr = s.getsockname()[0]
+            if addr and addr != "0.0.0.0":
+                return str(addr)
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def endpoints(backend: str, bind_host: str | None, advertise_host: str | None,
+              launcher_host: str | None) -> tuple[str, str]:
+    """(bind, advertise) for the telemetry server.
+
+    Config first; then the launcher's own network (the local cluster's bridge); then the backend's
+    default: loopback for the local backend, the cluster address for Slurm (the ranks run elsewhere).
+    """
+    bind = bind_host or launcher_host or (cluster_address() if backend == "slurm" else "127.0.0.1")
+    if advertise_host:
+        return bind, advertise_host
+    if bind in ("0.0.0.0", ""):
+        return bind, launcher_host or cluster_address()
+    return bind, bind

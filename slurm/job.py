@@ -74,6 +74,7 @@ class RankTask:
             "MASTER_ADDR": master_addr, "MASTER_PORT": str(self.master_port),
             "ORCH_RUN_DIR": self.run_dir, "ORCH_ATTEMPT": str(self.attempt),
             "ORCH_TELEMETRY_ADDR": self.telemetry_addr,
+            "ORCH_TELEMETRY_KEY_FILE": os.path.join(self.run_dir, "telemetry.key"),  # a path, never the key
             "ORCH_NODE": slurm_env.get("SLURMD_NODENAME", "node0"),
             "ORCH_NODE_INDEX": slurm_env.get("SLURM_NODEID", "0"),
             "RANK": slurm_env["SLURM_PROCID"], "WORLD_SIZE": slurm_env["SLURM_NTASKS"],

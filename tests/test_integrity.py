@@ -15,6 +15,7 @@ import torch
 from orchestrator import rundir
 from orchestrator.config import RunConfig
 from orchestrator.journal import Journal, read_journal
+from orchestrator.telemetry_auth import seal
 from orchestrator.telemetry_server import MAX_MESSAGE, TelemetryServer, validate
 from trainer import checkpoint as ckpt
 
@@ -84,15 +85,16 @@ def test_retention_keeps_last_good_even_when_newer_are_bad(tmp_path: Path) -> No
 
 
 def test_telemetry_rejects_and_counts_garbage() -> None:
-    srv = TelemetryServer()
+    key = bytes(32)
+    srv = TelemetryServer(key)
     host, port = srv.address.split(":")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    good = {"type": "hb", "rank": 0, "attempt": 0, "t": 1.0}
+    good = {"type": "hb", "rank": 0, "attempt": 0, "t": 1.0, "sid": "s", "seq": 1}
     for payload in [b"not json", b"[1,2]", json.dumps({"type": "hb"}).encode(), b"{" * 5000,
                     json.dumps({**good, "rank": "0"}).encode(), json.dumps({**good, "type": "rm -rf"}).encode(),
                     json.dumps({**good, "pad": "x" * (MAX_MESSAGE + 10)}).encode()[:MAX_MESSAGE + 100],
                     json.dumps(good).encode()]:
-        s.sendto(payload, (host, int(port)))
+        s.sendto(seal(key, payload), (host, int(port)))  # sealed: these test the parser behind the MAC
     msgs: list[dict] = []
     for _ in range(200):
         msgs += srv.drain()

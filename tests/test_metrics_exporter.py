@@ -77,7 +77,7 @@ def test_unknown_state_still_exported() -> None:
 def test_no_per_rank_series(registry: CollectorRegistry) -> None:
     """Cardinality must not grow with the world size: no label other than run/state/kind/action/cause."""
     labels = {k for fam in registry.collect() for s in fam.samples for k in s.labels}
-    assert labels <= {"run", "state", "kind", "action", "cause"}
+    assert labels <= {"run", "state", "kind", "action", "cause", "reason"}
 
 
 def test_every_documented_series_is_emitted(registry: CollectorRegistry) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from orchestrator.config import ChaosFault
 
 STEP_FAULTS = ("rank_crash", "node_failure", "hang", "gpu_error", "collective_timeout")
+NET_FAULTS = ("partition", "slow_link")  # real network faults on namespaced nodes (orchestrator.netns)
 
 
 class Chaos:
@@ -29,6 +31,8 @@ class Chaos:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.node_index, self.rpn = rank, node_index, ranks_per_node
         self._fired_here: set[int] = {i for i, _ in self.faults if self._marker(i).exists()}
+        self._first_step: tuple[int, float] | None = None  # (step, monotonic time) at this rank's first step
+        self._unshape_at: int | None = None
 
     def _marker(self, i: int) -> Path:
         return self.dir / f"fired-{i}"
@@ -63,7 +67,8 @@ class Chaos:
         os.close(fd)
 
     def at_step_start(self, step: int) -> None:
-        """Crash, kill the node, or hang: faults that end or stall this process."""
+        """Crash, kill the node, or hang: faults that end or stall this process; cut or slow the link."""
+        self._network_faults(step)
         f = self._take(STEP_FAULTS, step)
         if f is None:
             return
@@ -81,6 +86,35 @@ class Chaos:
         if f.fault == "hang":
             while True:  # stuck: alive (heartbeats go on) but no progress, peers block in collectives
                 time.sleep(3600)
+
+    def _network_faults(self, step: int) -> None:
+        """partition: the node's link goes down for about ``steps`` steps' time (its processes keep
+        running; the node agent brings it back when the attempt's ranks are gone); slow_link: a tbf rate
+        limit on the node's link from ``step`` to ``step + steps``."""
+        from orchestrator import netns
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step = (step, now)
+        netif = netns.node_netif()
+        if self._unshape_at is not None and step >= self._unshape_at and netif is not None:
+            netns.unshape(netif)
+            self._unshape_at = None
+        f = self._take(NET_FAULTS, step)
+        if f is None:
+            return
+        if netif is None:
+            os.write(2, f"chaos: {f.fault} needs namespaced nodes (root, iproute2); not injected\n".encode())
+            return
+        if f.fault == "slow_link":
+            netns.shape(netif, f.rate_kbit)
+            self._unshape_at = step + f.steps
+            return
+        first_step, first_t = self._first_step
+        per_step = (now - first_t) / (step - first_step) if step > first_step else 1.0
+        netns.set_link(netif, False)
+        timer = threading.Timer(max(per_step, 0.05) * f.steps, netns.heal, args=(netif,))
+        timer.daemon = True
+        timer.start()
 
     def straggle_factor(self, step: int) -> float:
         """> 1 while this rank is an injected straggler (its step takes this many times longer)."""

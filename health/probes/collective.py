@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -154,19 +154,23 @@ def report_to_results(rep: CollectiveReport) -> list[ProbeResult]:
 PHASES = ("started", "joined", "barrier", "allreduce", "pairwise", "gather", "done")
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, inject: dict[int, str],
-           delay_s: float, slow_rank: int | None, backend: str) -> list[subprocess.Popen[bytes]]:
-    port, root = _free_port(), str(Path(__file__).resolve().parents[2])
+           delay_s: float, slow_rank: int | None, backend: str, master_addr: str = "127.0.0.1",
+           node_argv: Mapping[str, list[str]] | None = None) -> list[subprocess.Popen[bytes]]:
+    """``master_addr``: rank 0's address as the other ranks reach it; ``node_argv``: a prefix that runs a
+    rank inside its node (e.g. ``ip netns exec NS``), so the collective crosses the nodes' network."""
+    port = _free_port(master_addr) if not node_argv else _free_port()
+    root = str(Path(__file__).resolve().parents[2])
     procs = []
     for r in range(world_size):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ORCH_PROBE_DIR": str(workdir),
+               "MASTER_ADDR": master_addr, "MASTER_PORT": str(port), "ORCH_PROBE_DIR": str(workdir),
                "ORCH_PROBE_NODE": nodes[r],
                # ranks time out later than the parent's deadline, so the parent (which can see
                # every rank) judges first, not a healthy rank that gave up on a hung peer
@@ -175,7 +179,8 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
                "ORCH_PROBE_DELAY": str(delay_s if r == slow_rank else 0.0),
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         err = open(workdir / f"rank{r}.err", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "health.probes.collective_worker"], env=env,
+        prefix = list((node_argv or {}).get(nodes[r], []))
+        procs.append(subprocess.Popen(prefix + [sys.executable, "-m", "health.probes.collective_worker"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=err, start_new_session=True))
         err.close()
     return procs
@@ -254,7 +259,8 @@ def _blame(procs: list[subprocess.Popen[bytes]], failed_at: dict[int, float], wo
 def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, str], timeout_s: float,
                          slow_rank: int | None = None, slow_factor: float = 4.0,
                          dead_rank: int | None = None, hang_rank: int | None = None,
-                         nominal_op_s: float = 0.005, backend: str = "gloo") -> list[ProbeResult]:
+                         nominal_op_s: float = 0.005, backend: str = "gloo", master_addr: str = "127.0.0.1",
+                         node_argv: Mapping[str, list[str]] | None = None) -> list[ProbeResult]:
     """Spawn ``world_size`` local ranks, run :func:`collective_check`, and judge every node.
 
     Test hooks: ``slow_rank`` sleeps ``(slow_factor - 1) * nominal_op_s`` in every operation,
@@ -266,7 +272,8 @@ def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, s
     delay = max(slow_factor - 1.0, 0.0) * nominal_op_s
     with tempfile.TemporaryDirectory(prefix="orch-collective-") as tmp:
         workdir = Path(tmp)
-        procs = _spawn(world_size, nodes, workdir, timeout_s, inject, delay, slow_rank, backend)
+        procs = _spawn(world_size, nodes, workdir, timeout_s, inject, delay, slow_rank, backend, master_addr,
+                       node_argv)
         clean, failed_at = _wait_all(procs, timeout_s)
         result = workdir / "result.json"
         if clean and result.exists() and all(p.returncode == 0 for p in procs):

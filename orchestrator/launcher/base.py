@@ -64,5 +64,10 @@ class Launcher(ABC):
         """Re-attach to an attempt started by an earlier supervisor; False if it is gone."""
         return False
 
+    def cluster_address(self) -> str | None:
+        """This host's address on the network the launcher's nodes are on, if the launcher built that
+        network (the local cluster's bridge); None lets the config and the backend's default decide."""
+        return None
+
     def close(self) -> None:
         """Release what the launcher holds (the attempt must be stopped first)."""

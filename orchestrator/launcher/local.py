@@ -5,10 +5,15 @@ Agents (spares included) start once and stay for the whole run, as real nodes do
 ``launch`` command to the agents of the chosen nodes. An agent that dies is a lost node. Agents exit by
 themselves, taking their ranks along, when the supervisor's end of their command pipe closes, so a
 supervisor crash never leaves orphaned training behind (``resume`` relaunches from the checkpoint).
+
+Under root (with iproute2) every node is a host: its agent runs in its own network namespace on a
+bridge (:mod:`orchestrator.netns`), the supervisor listens on the bridge address and ``MASTER_ADDR`` is
+node 0's bridge address. Otherwise the agents are plain processes on one loopback, and we say so once.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -19,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import netns
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
+
+_said_plain = False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -75,16 +83,50 @@ class LocalLauncher(Launcher):
         self.agents: dict[str, Agent] = {}
         self.current: list[str] = []
         self.finished: set[str] = set()
+        self.net: netns.NodeNetwork | None = None
+        self._net_decided = False
 
     def pool(self) -> list[str]:
         return list(self._pool)
+
+    def network(self) -> netns.NodeNetwork | None:
+        """The nodes' namespaces and bridge, built on first use; None when nodes are plain processes."""
+        global _said_plain
+        if self._net_decided:
+            return self.net
+        self._net_decided = True
+        reason = netns.unavailable_reason()
+        if reason is None:
+            net = netns.NodeNetwork(self._pool)
+            try:
+                net.create()
+                self.net = net
+                atexit.register(net.close)
+                return net
+            except (netns.NetnsError, subprocess.TimeoutExpired, OSError) as exc:
+                reason = f"building the node namespaces failed: {exc}"
+        if not _said_plain:
+            _said_plain = True
+            print(f"local cluster: nodes are plain processes on one loopback ({reason}); run as root with "
+                  "iproute2 for one network namespace per node", file=sys.stderr)
+        return None
+
+    def cluster_address(self) -> str | None:
+        net = self.network()
+        return net.bridge_addr if net is not None else None
 
     def _start_agent(self, node: str, run_dir: Path) -> Agent:
         log_dir = run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / f"{node}-agent.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        net = self.network()
+        argv = [sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)]
+        env = None
+        if net is not None:  # `ip netns exec` execs the agent: the pid stays the agent's
+            argv = net.exec_argv(node) + argv
+            env = {**os.environ, **netns.node_env()}
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                start_new_session=True, env=env)
         log.close()
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
@@ -100,14 +142,17 @@ class LocalLauncher(Launcher):
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self._ensure_agents(spec.run_dir)
         port = free_port()
+        net = self.network()
+        master = net.addr(spec.nodes[0]) if net is not None else "127.0.0.1"  # node 0's own address
         self.current, self.finished = list(spec.nodes), set()
         for i, node in enumerate(spec.nodes):
             agent_spec = {"node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world,
                           "ranks": list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node)),
-                          "master_addr": "127.0.0.1", "master_port": port, "run_dir": str(spec.run_dir),
+                          "master_addr": master, "master_port": port, "run_dir": str(spec.run_dir),
                           "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir)}
             self.agents[node].send(cmd="launch", spec=agent_spec)
-        return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port}
+        return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port,
+                "master_addr": master}
 
     def poll(self) -> list[LauncherEvent]:
         events = []
@@ -161,3 +206,6 @@ class LocalLauncher(Launcher):
                 a.proc.kill()
                 a.proc.wait()
         self.agents = {}
+        if self.net is not None:
+            self.net.close()
+        self.net, self._net_decided = None, False

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.telemetry_auth import ENV_KEY_FILE, key_from_env, key_path
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -105,6 +107,7 @@ def rank_env(s: dict[str, Any], rank: int, local: int) -> dict[str, str]:
            "ORCH_NODE": s["node"], "ORCH_NODE_INDEX": str(s["node_index"]), "OMP_NUM_THREADS": "1"}
     if s.get("telemetry"):
         env["ORCH_TELEMETRY_ADDR"] = s["telemetry"]
+        env[ENV_KEY_FILE] = str(key_path(s["run_dir"]))  # the path, never the key, in the environment
     return env
 
 
@@ -122,7 +125,8 @@ class NodeAgent:
     def launch(self, spec: dict[str, Any]) -> None:
         from trainer.telemetry import Telemetry
         self.spec, self.codes, self.stopping, self.stop_deadline = spec, {}, False, None
-        self.tel = Telemetry(spec.get("telemetry"), -1, self.node, spec["attempt"])
+        self.tel = Telemetry(spec.get("telemetry"), -1, self.node, spec["attempt"],
+                             key=key_from_env({"ORCH_RUN_DIR": spec["run_dir"]}))
         log_dir = Path(spec["log_dir"])
         log_dir.mkdir(parents=True, exist_ok=True)
         for local, rank in enumerate(spec["ranks"]):
@@ -154,6 +158,7 @@ class NodeAgent:
             for pid in self.children:
                 _signal(pid, signal.SIGKILL)
         if self.spec and not self.children:
+            heal_link()
             reply(ev="stopped" if self.stopping else "ranks_done", attempt=self.spec["attempt"], codes=self.codes)
             self.spec, self.stop_deadline = {}, None
 
@@ -168,6 +173,14 @@ class NodeAgent:
             self.tel.rank = rank
             self.tel.send("rank_exit", code=code, signal=sig, stderr_tail=info["stderr_tail"][-1500:],
                           stopping=self.stopping)
+
+
+def heal_link() -> None:
+    """An attempt's ranks are gone: undo a partition or slow link they injected on this node's link."""
+    from orchestrator.netns import heal, node_netif
+    netif = node_netif()
+    if netif is not None:
+        heal(netif)
 
 
 def _signal(pid: int, sig: int) -> None:

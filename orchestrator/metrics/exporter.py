@@ -28,6 +28,8 @@ STATES = tuple(s.value for s in RunState)
 #: Actions from docs/RUNDIR.md, exported at 0 from the start so increase() sees the first one.
 ACTIONS = ("skip_step", "rollback", "relaunch", "exclude_node", "alert", "abort", "requeue")
 LOST_CAUSES = ("detection", "restart", "recomputation", "checkpoint")
+#: Why a telemetry datagram was dropped (orchestrator.telemetry_server.REJECT_REASONS), exported at 0.
+REJECT_REASONS = ("no_mac", "bad_mac", "replay", "malformed", "too_large")
 
 #: name (without prefix) -> help text; the gauges read straight from a snapshot attribute.
 _GAUGES: dict[str, tuple[str, str]] = {
@@ -55,7 +57,7 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "restarts": ("restarts", "Relaunches of the job since the run started."),
     "steps_lost_to_rollbacks": ("steps_lost_to_rollbacks", "Steps recomputed after rollbacks."),
     "batches_skipped": ("batches_skipped", "Batches skipped (bad steps, skip after rollback)."),
-    "telemetry_rejected": ("telemetry_rejected", "Telemetry datagrams rejected as malformed."),
+    "telemetry_rejected": ("telemetry_rejected", "Telemetry datagrams dropped (no or wrong MAC, replay, malformed)."),
 }
 
 SERIES: tuple[str, ...] = tuple(
@@ -63,7 +65,7 @@ SERIES: tuple[str, ...] = tuple(
     + [PREFIX + n + "_total" for n in _COUNTERS]
     + [PREFIX + n for n in ("run_state", "excluded_nodes", "checkpoint_age_seconds",
                             "last_checkpoint_step", "restart_budget")]
-    + [PREFIX + n + "_total" for n in ("faults", "actions", "lost_seconds")]
+    + [PREFIX + n + "_total" for n in ("faults", "actions", "lost_seconds", "telemetry_rejected_by_reason")]
 )
 
 
@@ -113,6 +115,8 @@ class SnapshotCollector(Collector):
                                      _with_zeros(snap.actions, ACTIONS))
         lost = {c: float(getattr(snap.lost, c)) for c in LOST_CAUSES}
         yield self._labelled_counter("lost_seconds", "Wall time lost, by cause.", run, "cause", lost)
+        yield self._labelled_counter("telemetry_rejected_by_reason", "Telemetry datagrams dropped, by reason.",
+                                     run, "reason", _with_zeros(snap.telemetry_rejected_by, REJECT_REASONS))
 
     def _plain_gauges(self, snap: RunSnapshot, run: str) -> Iterator[Metric]:
         for name, (attr, doc) in _GAUGES.items():
