@@ -157,8 +157,9 @@ def status_json(st: dict[str, Any]) -> dict[str, Any]:
     keys = ("state", "reason", "step", "total_steps", "loss", "eval_loss", "goodput", "restarts",
             "excluded_nodes", "lost", "wall_s", "productive_s", "jobs", "active_nodes")
     out = {k: st.get(k) for k in keys}
-    out["faults"] = [{k: f.get(k) for k in ("kind", "step", "rank", "node", "detected_after_s", "action",
-                                            "lost_steps")} for f in st.get("faults", [])]
+    fault_keys = ("kind", "step", "rank", "node", "detected_after_s", "injected_t", "detected_t", "action",
+                  "lost_steps")
+    out["faults"] = [{k: f.get(k) for k in fault_keys} for f in st.get("faults", [])]
     return out
 
 

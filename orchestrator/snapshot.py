@@ -29,6 +29,8 @@ class FaultRecord:
     lost_s: float = 0.0
     t: float = 0.0
     detail: str = ""
+    injected_t: float | None = None  # when chaos injected it (ground truth); None: not injected
+    detected_t: float | None = None
 
 
 @dataclass

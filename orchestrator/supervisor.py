@@ -24,6 +24,7 @@ from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
 from orchestrator.config import RunConfig
 from orchestrator.goodput import GoodputMeter
+from orchestrator.ground_truth import GroundTruth
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.local import logs_dir
@@ -103,6 +104,7 @@ class Supervisor:
         self._last_status_t = 0.0
         self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
         self.lemons = open_lemon_store(cfg, run_dir)
+        self.ground_truth = GroundTruth(run_dir)
 
     def _open_telemetry(self, port: int = 0, advertise: str | None = None) -> TelemetryServer:
         """The authenticated telemetry socket, on an address the nodes can reach (``telemetry`` config,
@@ -144,12 +146,20 @@ class Supervisor:
 
     def record_fault(self, c: Candidate, detected_t: float, action: str, lost_steps: int = 0,
                      step: int | None = None) -> FaultRecord:
+        """Journal a fault and its action. The latency starts at the injection when chaos injected it
+        (ground truth), else at the supervisor's estimate of when the fault began."""
+        inj = self.ground_truth.match(c.kind, detected_t)
+        began = inj.t if inj is not None else c.t_fault
         f = FaultRecord(kind=c.kind, step=self.snap.step if step is None else step, rank=c.rank,
                         node=None if c.node is None else str(c.node),
-                        detected_after_s=round(max(0.0, detected_t - c.t_fault), 4), action=action,
-                        lost_steps=lost_steps, t=detected_t, detail=str(c.evidence.get("detail", ""))[:300])
+                        detected_after_s=round(max(0.0, detected_t - began), 4), action=action,
+                        lost_steps=lost_steps, t=detected_t, detail=str(c.evidence.get("detail", ""))[:300],
+                        injected_t=None if inj is None else inj.t, detected_t=detected_t)
         self.journal.append("fault", kind=f.kind, step=f.step, rank=f.rank, node=f.node,
-                            detected_after_s=f.detected_after_s, evidence=c.evidence)
+                            detected_after_s=f.detected_after_s, injected_t=f.injected_t, detected_t=detected_t,
+                            injected=None if inj is None else {"index": inj.index, "fault": inj.fault,
+                                                               "step": inj.step, "rank": inj.rank},
+                            evidence=c.evidence)
         self.journal.append("action", action=action, kind=f.kind, step=f.step, rank=f.rank, node=f.node,
                             lost_steps=lost_steps, lost_s=round(f.lost_s, 4))
         self.snap.faults.append(f)
@@ -271,6 +281,8 @@ class Supervisor:
                 self.excluded.append(r["node"])
             elif ev == "checkpoint":
                 self.snap.last_checkpoint_step = int(r["step"])
+            elif ev == "fault" and isinstance(r.get("injected"), dict):
+                self.ground_truth.claimed.add(int(r["injected"]["index"]))
             elif ev == "action":
                 self.snap.faults.append(FaultRecord(r["kind"], r.get("step"), r.get("rank"), r.get("node"),
                                                     None, r["action"], int(r.get("lost_steps") or 0),
@@ -389,8 +401,8 @@ class Supervisor:
             nodes_healthy=min(len(healthy), self.cfg.cluster.nodes), crashes_on_node=self.crashes[str(c.node)] - 1))
         resume = self.snap.last_checkpoint_step or 0
         lost = self.meter.rewind(resume)
-        self.meter.lost.detection += max(0.0, now - c.t_fault)
-        self.record_fault(c, now, d.action, lost_steps=lost)
+        f = self.record_fault(c, now, d.action, lost_steps=lost)
+        self.meter.lost.detection += f.detected_after_s or 0.0
         self.snap.steps_lost_to_rollbacks += lost
         self.snap.step = resume
         self._apply(d, c, now)

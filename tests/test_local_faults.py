@@ -48,6 +48,9 @@ def test_single_fault(tmp_path: Path, clean_run: RunResult, fault: dict, expect:
     assert expect in faults(r), faults(r)
     f = next(f for f in r.status["faults"] if f["kind"] == expect[0])
     assert f["step"] == fault["step"]
+    # the latency starts at the injection (the chaos marker), not at the supervisor's estimate
+    assert f["injected_t"] is not None and f["detected_t"] >= f["injected_t"], f
+    assert abs(f["detected_after_s"] - (f["detected_t"] - f["injected_t"])) < 1e-3, f
     if "rank" in fault and expect[0] in ("nan", "rank_crash", "hang"):
         assert f["rank"] == fault["rank"]
     if expect[0] == "node_failure":
@@ -66,7 +69,8 @@ def test_straggler_is_detected_and_attributed(tmp_path: Path, clean_run: RunResu
     check_completed_close(r, clean_run)
     found = [f for f in r.status["faults"] if f["kind"] == "straggler"]
     assert found and found[0]["rank"] == 1 and found[0]["node"] == "node0", r.status["faults"]
-    assert found[0]["step"] <= 35  # flagged while the slowdown lasted (steps 10-34)
+    assert 10 <= found[0]["step"] <= 35  # dated within the slowdown (steps 10-34), never before it
+    assert found[0]["injected_t"] is not None
 
 
 def test_all_faults_together(tmp_path: Path, clean_run: RunResult) -> None:

@@ -7,6 +7,7 @@ before acting, and a relaunched rank never re-fires a fault whose marker exists.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -56,13 +57,17 @@ class Chaos:
             if f.fault in kind and due and i not in self._fired_here and self._mine(f):
                 self._fired_here.add(i)
                 if self.rank == self._target_rank(f) or f.fault != "loss_spike":
-                    self._write_marker(i)
+                    self._write_marker(i, f, step)
                 return f
         return None
 
-    def _write_marker(self, i: int) -> None:
+    def _write_marker(self, i: int, f: ChaosFault, step: int) -> None:
+        """The injection's ground truth (what, where, when: wall and monotonic time), fsynced before the
+        fault acts, so a detection latency can start at the injection rather than at our own estimate."""
+        rec = {"index": i, "fault": f.fault, "step": step, "rank": self.rank, "node_index": self.node_index,
+               "t": time.time(), "mono": time.monotonic()}
         fd = os.open(self._marker(i), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.write(fd, f"rank={self.rank} t={time.time()}\n".encode())
+        os.write(fd, (json.dumps(rec) + "\n").encode())
         os.fsync(fd)
         os.close(fd)
 
@@ -122,7 +127,7 @@ class Chaos:
             if f.fault == "straggler" and self._target_rank(f) == self.rank and f.step <= step < f.step + f.steps:
                 if i not in self._fired_here:
                     self._fired_here.add(i)
-                    self._write_marker(i)
+                    self._write_marker(i, f, step)
                 return f.slowdown
         return 1.0
 
