@@ -217,3 +217,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
     else:
         Console().print(rows_table(rows, root))
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from orchestrator.dashboard import UID_RE, dashboard_text
+    if not UID_RE.match(args.uid):
+        raise BadInput(f"--uid {args.uid!r}: use 1-40 letters, digits, '-' or '_' (a Grafana uid)")
+    text = dashboard_text(args.title, args.uid)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.is_dir():
+        raise BadInput(f"--out {out}: is a directory; give a file name")
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise BadInput(f"--out {out}: cannot be written ({exc.strerror})") from None
+    print(f"dashboard written: {out}", file=sys.stderr)
+    return 0

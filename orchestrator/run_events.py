@@ -79,11 +79,12 @@ class RunEvents:
         assert w is not None
         med, mx, slow = row.summary()
         sup.snap.step_time_median_s, sup.snap.step_time_max_s, sup.snap.slowest_rank = med, mx, slow
+        sup.snap.node_step_time_s = row.node_times(w.rank_node)  # per node, for dashboards
         lead = row.lead
         line = {"step": row.step, "attempt": row.attempt, "t": lead.get("t"), "loss": lead.get("loss"),
                 "grad_norm": lead.get("grad_norm"), "lr": lead.get("lr"),
                 "tokens_per_s": sup.snap.tokens_per_s, "step_time": lead.get("step_time"),
-                "skipped": bool(lead.get("skipped")), "node_step_time": row.node_times(w.rank_node)}
+                "skipped": bool(lead.get("skipped")), "node_step_time": sup.snap.node_step_time_s}
         self._metrics.write(json.dumps(line, default=str) + "\n")
         self._metrics.flush()
         if not lead.get("skipped"):

@@ -61,6 +61,7 @@ class RunSnapshot:
     step_time_median_s: float | None = None
     step_time_max_s: float | None = None
     slowest_rank: int | None = None
+    node_step_time_s: dict[str, float] = field(default_factory=dict)  # node → its slowest rank, last step
     heartbeat_age_max_s: float | None = None
     goodput: float | None = None
     productive_s: float = 0.0

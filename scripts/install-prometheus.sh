@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Install Prometheus (server + promtool) from Debian's archive when promtool is missing.
+# Install Prometheus (server + promtool) and Alertmanager from Debian's archive when missing.
 #
-# Why: the alert rules are checked with `promtool check rules` / `promtool test rules`, and an
-# integration test scrapes our exporter with a real Prometheus server. Debian ships both binaries in
-# the `prometheus` package. Idempotent: does nothing when promtool and prometheus are on PATH.
-# The package's system service is never started (policy-rc.d forbids it during the install).
+# Why: the alert rules are checked with `promtool check rules` / `promtool test rules`, an
+# integration test scrapes our exporter with a real Prometheus server, and another has Alertmanager
+# deliver the alerts to a webhook. Debian ships them as `prometheus` and `prometheus-alertmanager`.
+# Idempotent: installs only what is missing, does nothing when all three binaries are on PATH.
+# The packages' system services are never started (policy-rc.d forbids it during the install).
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
-    echo "prometheus already installed: $(command -v prometheus)"
+PKGS=()
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then PKGS+=(prometheus); fi
+# Debian installs the binary as prometheus-alertmanager (upstream: alertmanager).
+if ! command -v prometheus-alertmanager >/dev/null 2>&1 && ! command -v alertmanager >/dev/null 2>&1; then
+    PKGS+=(prometheus-alertmanager)
+fi
+if [ "${#PKGS[@]}" -eq 0 ]; then
+    echo "prometheus and alertmanager already installed: $(command -v prometheus)"
     exit 0
 fi
 
@@ -33,7 +40,9 @@ $SUDO chmod +x "$POLICY"
 export DEBIAN_FRONTEND=noninteractive
 # Another apt run (CI image setup, a colleague) may hold the dpkg lock: wait for it, do not fail.
 $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
-$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${PKGS[@]}"
 
 command -v promtool >/dev/null 2>&1 || { echo "install-prometheus: promtool still missing" >&2; exit 1; }
+command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
+    || { echo "install-prometheus: alertmanager still missing" >&2; exit 1; }
 echo "installed: $(prometheus --version 2>&1 | head -n1)"

@@ -103,6 +103,7 @@ CASES: list[tuple[str, str]] = [
                                         ("{file} {file}", "not an orchestrator trace"),
                                         ("{never} {never}", "no journal"), ("{torn} {torn}", "no journal"),
                                         ("{good} {good}", "not an orchestrator trace")]],
+    ("dashboard --uid ../x", "grafana uid"), ("dashboard --out {empty}", "is a directory"),
     ("frobnicate", "invalid choice"),
 ]
 

@@ -20,7 +20,7 @@ def _snapshot() -> RunSnapshot:
     return RunSnapshot(
         name="exp1", state="RUNNING", step=42, total_steps=100, loss=2.5, eval_loss=2.7,
         grad_norm=0.9, lr=1e-3, tokens_per_s=1234.5, step_time_median_s=0.2, step_time_max_s=0.6,
-        slowest_rank=3, heartbeat_age_max_s=1.5, goodput=0.8, productive_s=80.0, wall_s=100.0,
+        slowest_rank=3, node_step_time_s={"node0": 0.2, "node1": 0.6}, heartbeat_age_max_s=1.5, goodput=0.8, productive_s=80.0, wall_s=100.0,
         lost=LostTime(detection=2.0, restart=10.0, recomputation=5.0, checkpoint=3.0),
         restarts=1, attempt=1, excluded_nodes=["node1"], faults=faults,
         actions={"skip_step": 2, "relaunch": 1}, steps_lost_to_rollbacks=10, batches_skipped=2,
@@ -74,10 +74,16 @@ def test_unknown_state_still_exported() -> None:
     assert reg.get_sample_value("orchestrator_run_state", {"run": "x", "state": "DRAINING"}) == 1
 
 
+def test_node_step_times(registry: CollectorRegistry) -> None:
+    get = registry.get_sample_value
+    assert get("orchestrator_node_step_time_seconds", {"run": "exp1", "node": "node1"}) == pytest.approx(0.6)
+
+
 def test_no_per_rank_series(registry: CollectorRegistry) -> None:
-    """Cardinality must not grow with the world size: no label other than run/state/kind/action/cause."""
+    """Cardinality must not grow with the ranks: no label other than run/state/kind/action/cause, and node
+    (one series per node, 8x fewer than ranks: what a step-time-per-node panel needs)."""
     labels = {k for fam in registry.collect() for s in fam.samples for k in s.labels}
-    assert labels <= {"run", "state", "kind", "action", "cause", "reason"}
+    assert labels <= {"run", "state", "kind", "action", "cause", "node", "reason"}
 
 
 def test_every_documented_series_is_emitted(registry: CollectorRegistry) -> None:

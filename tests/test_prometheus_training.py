@@ -1,52 +1,203 @@
-"""A real Prometheus scrapes a real training run on the local cluster with injected faults: the series
-appear, NaNLoss and NodeExcluded fire in Prometheus, and our /alerts agrees while the run is live."""
+"""A real Prometheus and a real Alertmanager watch a real training run on the local cluster with injected
+faults (one run for the whole module):
+
+- the series appear, NaNLoss and NodeExcluded fire in Prometheus, and our /alerts agrees while live;
+- every query of the Grafana dashboard (`orchestrator dashboard`) returns data for the run;
+- Alertmanager delivers NaNLoss and NodeExcluded to a webhook receiver this test runs, both as
+  evaluated by Prometheus (from `orchestrator alerts rules`) and as pushed directly by the run
+  (`metrics.alertmanager_url`).
+
+Every server binds 127.0.0.1 on a free port and is stopped at the end of the module.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrator.dashboard import build, queries
 from orchestrator.metrics.alerts import RULES_FILE
 from tests.conftest import RunResult, run_submit
 from tests.test_alerts_promtool import ensure_prometheus_binary
 from tests.test_metrics_prometheus import _ready, api, free_port, poll, prom_firing, query
 
 pytestmark = pytest.mark.prometheus
+RUN = "t"  # tests.conftest.BASE's name
+EXPECTED = {"NaNLoss", "NodeExcluded"}
 
 
-def test_prometheus_sees_a_faulty_training_run(tmp_path: Path) -> None:
-    metrics_port, prom_port = free_port(), free_port()
-    cfg = tmp_path / "prometheus.yml"
+class Webhook:
+    """Alertmanager's webhook receiver: records every notification it is sent (loopback only)."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                size = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+                body = self.rfile.read(size)
+                with hook._lock:
+                    hook.notifications.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+
+    def alerts(self, status: str = "firing") -> list[dict[str, Any]]:
+        with self._lock:
+            return [a for n in self.notifications for a in n.get("alerts", []) if a.get("status") == status]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class Observed:
+    prom: str
+    start: float
+    end: float = 0.0
+    result: RunResult | None = None
+    ours_firing: set[str] = field(default_factory=set)
+    hook: Webhook | None = None
+
+
+def _alertmanager_binary() -> str:
+    """Debian names it prometheus-alertmanager, upstream alertmanager; install the package if neither."""
+    return shutil.which("alertmanager") or ensure_prometheus_binary("prometheus-alertmanager")
+
+
+def _start(stack: ExitStack, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = stack.enter_context(log.open("w"))
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    stack.callback(stop)
+    return proc
+
+
+def _alertmanager(stack: ExitStack, tmp: Path, hook: Webhook) -> int:
+    port = free_port()
+    cfg = tmp / "alertmanager.yml"
+    cfg.write_text("route:\n  receiver: hook\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 1s\n"
+                   "  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n"
+                   f"      - url: '{hook.url}'\n        send_resolved: true\n")
+    proc = _start(stack, [_alertmanager_binary(), f"--config.file={cfg}", f"--storage.path={tmp / 'am-data'}",
+                          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                  tmp / "alertmanager.log")
+    poll("alertmanager ready", lambda: proc.poll() is None and _ready(f"http://127.0.0.1:{port}"))
+    return port
+
+
+def _prometheus(stack: ExitStack, tmp: Path, metrics_port: int, am_port: int) -> str:
+    port = free_port()
+    cfg = tmp / "prometheus.yml"
     cfg.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
                    f"rule_files: ['{RULES_FILE}']\n"
+                   f"alerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
                    "scrape_configs:\n  - job_name: orchestrator\n"
                    f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
-    log = (tmp_path / "prom.log").open("w")
-    proc = subprocess.Popen([ensure_prometheus_binary("prometheus"), f"--config.file={cfg}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{prom_port}"
-    result: list[RunResult] = []
-    overrides = {"metrics": {"enabled": True, "port": metrics_port},
-                 "train": {"steps": 60, "step_sleep_s": 0.15},
-                 "chaos": [{"fault": "nan", "step": 8, "rank": 1}, {"fault": "node_failure", "step": 20, "node": 1}]}
-    try:
-        poll("prometheus ready", lambda: proc.poll() is None and _ready(base))
-        t = threading.Thread(target=lambda: result.append(run_submit(tmp_path, overrides, "promrun")))
+    proc = _start(stack, [ensure_prometheus_binary("prometheus"), f"--config.file={cfg}",
+                          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                  tmp / "prom.log")
+    base = f"http://127.0.0.1:{port}"
+    poll("prometheus ready", lambda: proc.poll() is None and _ready(base))
+    return base
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    tmp = tmp_path_factory.mktemp("promrun")
+    with ExitStack() as stack:
+        hook = Webhook()
+        stack.callback(hook.close)
+        am_port = _alertmanager(stack, tmp, hook)
+        metrics_port = free_port()
+        seen = Observed(_prometheus(stack, tmp, metrics_port, am_port), start=time.time(), hook=hook)
+        overrides = {"metrics": {"enabled": True, "port": metrics_port,
+                                 "alertmanager_url": f"http://127.0.0.1:{am_port}"},
+                     "train": {"steps": 60, "step_sleep_s": 0.15, "eval_every": 20},
+                     "chaos": [{"fault": "nan", "step": 8, "rank": 1}, {"fault": "node_failure", "step": 20, "node": 1}]}
+        results: list[RunResult] = []
+        t = threading.Thread(target=lambda: results.append(run_submit(tmp, overrides, "promrun")), daemon=True)
         t.start()
-        poll("the step series", lambda: query(base, 'orchestrator_step{run="t"} > 0'), 120)
-        poll("NaNLoss and NodeExcluded firing", lambda: {"NaNLoss", "NodeExcluded"} <= prom_firing(base), 120)
+        poll("the step series", lambda: query(seen.prom, f'orchestrator_step{{run="{RUN}"}} > 0'), 120)
+        poll("NaNLoss and NodeExcluded firing", lambda: EXPECTED <= prom_firing(seen.prom), 120)
         ours = api(f"http://127.0.0.1:{metrics_port}", "/alerts")
-        names = {a["labels"]["alertname"] for a in ours["data"]["alerts"] if a["state"] == "firing"}
-        assert {"NaNLoss", "NodeExcluded"} <= names
-        assert query(base, 'orchestrator_faults_total{kind="node_failure"} >= 1')
-        assert query(base, "orchestrator_goodput_ratio")
+        seen.ours_firing = {a["labels"]["alertname"] for a in ours["data"]["alerts"] if a["state"] == "firing"}
         t.join(timeout=300)
-        assert result and result[0].code == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        assert not t.is_alive(), "the training run did not finish in 300 s"
+        seen.end = time.time()
+        seen.result = results[0] if results else None
+        yield seen
+
+
+def range_query(base: str, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+    doc = api(base, "/api/v1/query_range", query=expr, start=f"{start - 5:.3f}", end=f"{end + 5:.3f}", step="1")
+    if not doc or doc.get("status") != "success":
+        raise AssertionError(f"prometheus rejected {expr!r}: {doc}")
+    return [s for s in doc["data"]["result"] if s.get("values")]
+
+
+def test_prometheus_sees_a_faulty_training_run(faulty_run: Observed) -> None:
+    assert faulty_run.result is not None and faulty_run.result.code == 0
+    assert EXPECTED <= faulty_run.ours_firing
+    rq = lambda expr: range_query(faulty_run.prom, expr, faulty_run.start, faulty_run.end)  # noqa: E731
+    assert rq('orchestrator_faults_total{kind="node_failure"} >= 1')
+    assert rq("orchestrator_goodput_ratio")
+
+
+def test_every_dashboard_query_returns_data(faulty_run: Observed) -> None:
+    """Each panel target and annotation of `orchestrator dashboard`, with $run set to the run, has data."""
+    empty = []
+    for where, expr in queries(build()):
+        concrete = expr.replace("$run", RUN)
+        if not range_query(faulty_run.prom, concrete, faulty_run.start, faulty_run.end):
+            empty.append(f"{where}: {concrete}")
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def _delivered(hook: Webhook, via_prometheus: bool) -> set[str]:
+    """Alert names Alertmanager sent firing; Prometheus' copies carry the scrape's job label, pushed ones not."""
+    return {a["labels"]["alertname"] for a in hook.alerts()
+            if a["labels"].get("run") == RUN and ("job" in a["labels"]) == via_prometheus}
+
+
+def test_alertmanager_delivers_prometheus_alerts_to_a_webhook(faulty_run: Observed) -> None:
+    assert faulty_run.hook is not None
+    poll("NaNLoss and NodeExcluded from Prometheus at the webhook",
+         lambda: EXPECTED <= _delivered(faulty_run.hook, via_prometheus=True), 60)
+
+
+def test_direct_push_reaches_the_same_alertmanager(faulty_run: Observed) -> None:
+    """metrics.alertmanager_url: the run pushes its own alerts (a final push when it ends, too)."""
+    assert faulty_run.hook is not None
+    poll("NaNLoss and NodeExcluded pushed by the run at the webhook",
+         lambda: EXPECTED <= _delivered(faulty_run.hook, via_prometheus=False), 60)

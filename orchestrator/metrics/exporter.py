@@ -62,6 +62,7 @@ _COUNTERS: dict[str, tuple[str, str]] = {
 
 SERIES: tuple[str, ...] = tuple(
     [PREFIX + n for n in _GAUGES]
+    + [PREFIX + "node_step_time_seconds"]
     + [PREFIX + n + "_total" for n in _COUNTERS]
     + [PREFIX + n for n in ("run_state", "excluded_nodes", "checkpoint_age_seconds",
                             "last_checkpoint_step", "restart_budget")]
@@ -105,6 +106,7 @@ class SnapshotCollector(Collector):
         yield self._gauge("excluded_nodes", "Nodes excluded from the run.", run,
                           float(len(snap.excluded_nodes)))
         yield from self._checkpoint(snap, run)
+        yield self._node_step_times(snap, run)
         budget = restart_budget_of(snap, self._restart_budget)
         if budget is not None:
             yield self._gauge("restart_budget", "Relaunches allowed (policy.restart_budget).", run,
@@ -148,6 +150,16 @@ class SnapshotCollector(Collector):
         if snap.last_checkpoint_step is not None:
             yield self._gauge("last_checkpoint_step", "Step of the last committed checkpoint.", run,
                               float(snap.last_checkpoint_step))
+
+    @staticmethod
+    def _node_step_times(snap: RunSnapshot, run: str) -> Metric:
+        """One series per active node (its slowest rank): bounded by nodes, not ranks, and what a
+        dashboard's "step time per node" panel shows."""
+        fam = GaugeMetricFamily(PREFIX + "node_step_time_seconds",
+                                "Last step's compute time of each node's slowest rank.", labels=["run", "node"])
+        for node in sorted(snap.node_step_time_s):
+            fam.add_metric([run, node], float(snap.node_step_time_s[node]))
+        return fam
 
     @staticmethod
     def _gauge(name: str, doc: str, run: str, value: float) -> GaugeMetricFamily:

@@ -189,7 +189,11 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and join the threads; safe to call twice."""
+        """Stop serving and join the threads; safe to call twice. With an Alertmanager, push once more
+        first: the end state (RunFailed, a node excluded in the last interval) must reach people even
+        when the run ends between two pushes."""
+        if self._pusher is not None and self._httpd is not None:
+            self.push_once()
         self._stop.set()
         if self._httpd is not None:
             self._httpd.shutdown()
