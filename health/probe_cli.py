@@ -39,18 +39,44 @@ def _one(name: str, cfg: RunConfig | None, checkpoint_dir: Path, node: str) -> l
         from health.probes.node import probe_node
         return [probe_node(checkpoint_dir, node=node)]
     if name == "gpu":
-        from health.probes.gpu import probe_gpu
-        expected = None
-        if cfg is not None and cfg.cluster.device == "cuda":
-            expected = cfg.cluster.slurm.gpus_per_node or cfg.cluster.ranks_per_node
-        return [probe_gpu(expected_count=expected, node=node)]
+        return [_gpu(cfg, node)]
     if name == "collective":
         from health.probes.collective import run_collective_probe
-        world = min(cfg.cluster.ranks_per_node, 8) if cfg is not None else 2
-        backend = "nccl" if cfg is not None and cfg.cluster.device == "cuda" else "gloo"
-        return run_collective_probe(max(world, 2), {r: node for r in range(max(world, 2))}, 60.0,
-                                    backend=backend)
+        world, backend = _collective_shape(cfg)
+        return run_collective_probe(world, {r: node for r in range(world)}, 60.0, backend=backend)
     raise ValueError(f"unknown probe {name!r}; valid probes are: {', '.join(KNOWN_PROBES)}")
+
+
+def host_ranks(cfg: RunConfig) -> int:
+    """Ranks that share one host's GPUs: every simulated node of the local backend is this host."""
+    return cfg.cluster.world_size if cfg.cluster.backend == "local" else cfg.cluster.ranks_per_node
+
+
+def _gpu(cfg: RunConfig | None, node: str) -> ProbeResult:
+    """NVML's view of the GPUs; with ``cluster.device: cuda`` also torch's, so a CPU-only torch build or
+    too few GPUs fail here with the same message the ranks would fail with."""
+    from health.probes.gpu import probe_gpu
+    if cfg is None or cfg.cluster.device != "cuda":
+        return probe_gpu(node=node)
+    result = probe_gpu(expected_count=cfg.cluster.slurm.gpus_per_node or host_ranks(cfg), node=node)
+    from trainer.device import host_gap
+    gap = host_gap("cuda", node, host_ranks(cfg))
+    if gap is None:
+        return result
+    problems = [gap] + [p for p in result.evidence.get("problems", []) if isinstance(p, str)]
+    return ProbeResult("gpu", node, "failed", {**result.evidence, "reason": gap, "problems": problems}, "gpu_error")
+
+
+def _collective_shape(cfg: RunConfig | None) -> tuple[int, str]:
+    """(ranks, backend): NCCL on CUDA with one rank per GPU (it refuses two ranks on one GPU), else gloo."""
+    world = max(min(cfg.cluster.ranks_per_node, 8) if cfg is not None else 2, 2)
+    if cfg is None or cfg.cluster.device == "cpu":
+        return world, "gloo"
+    from trainer.device import cuda_inventory
+    gpus = cuda_inventory().count
+    if gpus == 0 or (cfg.cluster.device == "auto" and gpus < host_ranks(cfg)):
+        return world, "gloo"  # the ranks would train on CPU; a missing GPU under cuda is the gpu probe's
+    return max(min(world, gpus), 1), "nccl"
 
 
 def run_probes(cfg: RunConfig | None, probes: list[str], checkpoint_dir: str | Path | None = None

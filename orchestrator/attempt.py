@@ -81,6 +81,8 @@ class AttemptWatch:
             return
         fc = classify(code, sig, tail)
         evidence["classified"] = fc.evidence
+        if fc.action == "abort":  # the run ends on this: its line is the fault's detail in status
+            evidence["detail"] = fc.evidence
         self.add_candidate(Candidate(fc.kind, float(msg["t"]), rank, node, evidence, fc.action), now)
 
     def stalled_for(self, now: float) -> float:

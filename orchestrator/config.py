@@ -67,7 +67,8 @@ class ClusterConfig(Section):
     nodes: int = Field(2, ge=1, le=4096)
     ranks_per_node: int = Field(2, ge=1, le=64)
     spare_nodes: int = Field(0, ge=0, le=64)
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when every rank on a host gets a GPU, else CPU; cuda: fail without one")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @property
@@ -142,7 +143,8 @@ class CheckpointConfig(Section):
 
 class StragglerConfig(Section):
     window: int = Field(20, ge=4)
-    factor: float = Field(1.5, gt=1.0)
+    factor: float = Field(1.4, gt=1.0, description="a rank this many times slower than the others is a "
+                                                      "straggler; 1.3x is still caught (halfway threshold)")
     min_steps: int = Field(8, ge=2, description="slow steps within the window before a rank is a straggler")
 
 
@@ -202,6 +204,8 @@ class MetricsConfig(Section):
 
 
 class TelemetryConfig(Section):
+    tensorboard: bool = Field(False, description="TensorBoard scalars and fault/recovery text in RUN_DIR/tensorboard, "
+                                                 "written by the supervisor (pip install 'orchestrator[tensorboard]')")
     """Where the supervisor listens for the ranks' datagrams (every one is authenticated with the run's key)."""
 
     bind_host: str | None = Field(None, description="address to bind; default: loopback for the local "

@@ -9,22 +9,34 @@ from types import SimpleNamespace
 from typing import Any
 
 import pynvml
+import pytest
+import torch
 
 from health.probes.gpu import probe_gpu
 
 
+class Handle:
+    """Like pynvml's ctypes handles: a new object on every lookup, and two handles to the same GPU
+    compare unequal (identity equality), so the probe must compare GPUs by UUID or index."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
 class FakeNvml:
-    """Module-like: pynvml's constants and errors, device calls answered from per-GPU dicts."""
+    """Module-like: pynvml's constants and errors, device calls answered from per-GPU dicts.
+
+    ``xids``: an Xid code (raised on GPU 0) or an (Xid, GPU index) pair per event."""
 
     def __init__(self, gpus: list[dict[str, Any]], init_error: Exception | None = None,
-                 xids: list[int] | None = None) -> None:
+                 xids: list[int | tuple[int, int]] | None = None) -> None:
         for name in dir(pynvml):
             if name.startswith(("NVML_", "NVMLError", "nvmlClocks", "nvmlEventType")):
                 setattr(self, name, getattr(pynvml, name))
         self.gpus, self.init_error, self.xids = gpus, init_error, list(xids or [])
 
-    def _get(self, h: int, key: str, default: Any) -> Any:
-        v = self.gpus[h].get(key, default)
+    def _get(self, h: Handle, key: str, default: Any) -> Any:
+        v = self.gpus[h.i].get(key, default)
         if v == "unsupported":
             raise pynvml.NVMLError_NotSupported()
         return v
@@ -35,7 +47,10 @@ class FakeNvml:
 
     def nvmlShutdown(self) -> None: ...
     def nvmlDeviceGetCount(self) -> int: return len(self.gpus)
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int: return i
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> Handle: return Handle(i)
+    def nvmlDeviceGetUUID(self, h: Handle) -> str:
+        return self._get(h, "uuid", f"GPU-{h.i:08d}-fake") if h.i < len(self.gpus) else f"GPU-{h.i:08d}-fake"
+    def nvmlDeviceGetIndex(self, h: Handle) -> int: return h.i
     def nvmlDeviceGetName(self, h: int) -> str: return "NVIDIA H100 80GB HBM3"
 
     def nvmlDeviceGetTotalEccErrors(self, h: int, err: int, counter: int) -> int:
@@ -69,7 +84,9 @@ class FakeNvml:
     def nvmlEventSetWait_v2(self, es: str, ms: int) -> Any:
         if not self.xids:
             raise pynvml.NVMLError_Timeout()
-        return SimpleNamespace(eventData=self.xids.pop(0), device=0, eventType=8)
+        xid = self.xids.pop(0)
+        xid, gpu = xid if isinstance(xid, tuple) else (xid, 0)
+        return SimpleNamespace(eventData=xid, device=Handle(gpu), eventType=8)
 
 
 def test_healthy() -> None:
@@ -112,6 +129,20 @@ def test_missing_gpu_foreign_memory_and_xid() -> None:
     assert "4096 MiB used by other processes [99999]" in probs and "PCIe" in probs
 
 
+def test_xid_attributed_to_the_right_gpu_although_event_handles_are_new_objects() -> None:
+    r = probe_gpu(nvml=FakeNvml([{}, {}, {}], xids=[(79, 2), (48, 0)]))
+    assert r.verdict == "failed"
+    assert r.evidence["xid_events"] == [{"xid": 79, "device": 2}, {"xid": 48, "device": 0}]
+    assert "GPU 2: Xid 79" in r.evidence["problems"] and "GPU 0: Xid 48" in r.evidence["problems"]
+
+
+def test_xid_falls_back_to_the_index_without_uuids_and_never_guesses() -> None:
+    fake = FakeNvml([{"uuid": "unsupported"}, {"uuid": "unsupported"}], xids=[(13, 1)])
+    assert probe_gpu(nvml=fake).evidence["xid_events"] == [{"xid": 13, "device": 1}]
+    fake = FakeNvml([{}], xids=[(13, 5)])  # an event from a GPU we did not enumerate: unknown, not GPU 0
+    assert probe_gpu(nvml=fake).evidence["xid_events"] == [{"xid": 13, "device": -1}]
+
+
 def test_no_driver_skipped_or_failed_when_expected() -> None:
     fake = FakeNvml([], init_error=pynvml.NVMLError_LibraryNotFound())
     r = probe_gpu(nvml=fake)
@@ -122,3 +153,12 @@ def test_no_driver_skipped_or_failed_when_expected() -> None:
 def test_real_pynvml_on_this_machine_never_crashes() -> None:
     r = probe_gpu()
     assert r.verdict in ("skipped", "ok", "degraded", "failed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU and driver (real NVML)")
+def test_real_nvml_probe_on_a_gpu_machine_is_ok_with_real_fields() -> None:
+    r = probe_gpu(expected_count=torch.cuda.device_count())
+    assert r.verdict == "ok", r.evidence["problems"]
+    dev = r.evidence["devices"][0]
+    assert dev["name"] and isinstance(dev["temperature_c"], int) and dev["power_limit_w"] > 0
+    assert isinstance(dev["sm_clock_max_mhz"], int) and r.evidence["count"] == torch.cuda.device_count()

@@ -8,7 +8,7 @@ not change with the layout.
 from __future__ import annotations
 
 import contextlib
-import time
+import math
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from orchestrator.config import RunConfig
+from trainer.device import SpanTimer, flags_tensor
 from trainer.model import GPT, lm_loss
 
 # Flattened optimizer keys (the hybrid engine's format too): a checkpoint written by plain DDP loads into
@@ -27,24 +28,39 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Engine:
-    """Data-parallel engine (DDP over gloo on CPU, NCCL on GPU); every rank holds the whole model."""
+    """Data-parallel engine (DDP over gloo on CPU, NCCL on GPU); every rank holds the whole model.
+
+    Mixed precision: the parameters and AdamW state stay fp32 (the masters); bf16/fp16 is autocast's
+    compute dtype only. fp16 also gets a dynamic loss scaler (its gradients underflow otherwise); DDP
+    averages gradients before unscaling, so every rank sees the same overflow and the same scale.
+    """
 
     dp_rank: int
     dp_size: int
     dp_group: Any = None  # process group over which batches differ (None: the world)
     loss_weight: float = 1.0  # 0 on ranks that compute no loss (early pipeline stages)
-    local_s: float = 0.0  # seconds of local work in the last forward_backward, before any collective
+    timer: SpanTimer | None = None  # times the local work of the last forward_backward
+    last_overflow: bool = False  # fp16: the last step's gradients overflowed (not a data problem)
 
     def __init__(self, cfg: RunConfig, rank: int, world: int, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.dp_rank, self.dp_size = rank, world
+        self.timer = SpanTimer(device)
         torch.manual_seed(cfg.train.seed)
         model = GPT(cfg.model).to(device)
         self.module = model
         self.model: nn.Module = DDP(model) if world > 1 else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay, foreach=False)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+        self._unscaled = False
         self.state_dict()  # initialise optimizer state now, identically in every run (resume equality)
+
+    @property
+    def local_s(self) -> float:
+        """Seconds of local work in the last forward_backward, before any collective (straggler
+        timing); on a GPU this waits for that work, never for what was queued after it."""
+        return self.timer.seconds() if self.timer is not None else 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         prec = self.cfg.train.precision
@@ -58,26 +74,45 @@ class Engine:
         Sets ``local_s``: the seconds of purely local work (the forward pass), before the first
         collective, so a straggler shows up as itself and not as everyone waiting for it.
         """
-        t0 = time.perf_counter()
+        assert self.timer is not None
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.timer.start()
         self.optimizer.zero_grad(set_to_none=True)
+        self._unscaled, self.last_overflow = False, False
         with self.autocast():
-            loss = lm_loss(self.model(x.to(self.device)), y.to(self.device))
+            loss = lm_loss(self.model(x), y)
         if poison:
             loss = loss * float("nan")
-        self.local_s = time.perf_counter() - t0
-        loss.backward()
+        self.timer.stop()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return float(loss.detach())
 
     def clip_grad_norm(self, max_norm: float) -> float:
-        return float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+        """Unscale first (fp16), so the norm and the clip are in true units; an overflow makes the
+        norm non-finite and ``last_overflow`` tells the loop it is the scaler's, not the data's."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+        norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+        self.last_overflow = self.scaler is not None and not torch.isfinite(torch.tensor(norm)).item()
+        return norm
 
     def apply(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._unscaled = False
 
     def discard(self) -> None:
+        """Drop the gradients; with fp16 the scaler still updates (backs off after an overflow)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None and self._unscaled:
+            self.scaler.update()
+            self._unscaled = False
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -86,11 +121,16 @@ class Engine:
 
     def state_dict(self) -> dict[str, Any]:
         msd, osd = get_state_dict(self.module, self.optimizer, options=SD_OPTIONS)
-        return {"model": msd, "optim": osd}
+        state: dict[str, Any] = {"model": msd, "optim": osd}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"], options=SD_OPTIONS)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def tensor_dtypes(self) -> dict[str, str]:
         return {k: str(v.dtype).replace("torch.", "") for k, v in self.module.state_dict().items()}
@@ -121,8 +161,7 @@ def agree_with_counts(local_loss: float, weight: float, local_bad: bool,
     """
     if not dist.is_initialized():
         return local_loss, local_bad, list(counts)
-    t = torch.tensor([local_loss * weight if weight else 0.0, weight, 1.0 if local_bad else 0.0, *counts],
-                     dtype=torch.float64)
+    t = flags_tensor([local_loss * weight if weight else 0.0, weight, 1.0 if local_bad else 0.0, *counts])
     dist.all_reduce(t)
-    mean = float(t[0]) / max(float(t[1]), 1.0)
-    return mean, bool(t[2] > 0) or not torch.isfinite(t[0]).item(), [float(x) for x in t[3:]]
+    v = t.tolist()  # one device-to-host copy
+    return v[0] / max(v[1], 1.0), v[2] > 0 or not math.isfinite(v[0]), [float(x) for x in v[3:]]

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from orchestrator.config import RunConfig
+from trainer import device as placement
 from trainer import preempt
 from trainer.chaos import Chaos
 from trainer.data import Corpus
@@ -81,14 +82,17 @@ def main() -> int:
     ctx = context_from_env()
     cfg = load_run_config(ctx.run_dir)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cuda = cfg.cluster.device == "cuda" and torch.cuda.is_available()
-    device = torch.device("cuda", ctx.local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    try:  # device: cuda without a usable GPU fails here, naming the node and what is missing
+        place = placement.place_rank(cfg.cluster.device, ctx.node, cfg.cluster.ranks_per_node)
+        placement.activate(place, ctx.node)
+    except placement.DeviceUnavailable as exc:
+        print(f"rank {ctx.rank}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    device = place.device
+    print(f"rank {ctx.rank} on {ctx.node}: device {device}, backend {place.backend}", flush=True)
     tel = Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt)
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=ctx.rank, world_size=ctx.world,
-                            timeout=timedelta(minutes=30))
+    placement.init_process_group(place, ctx.rank, ctx.world, timedelta(minutes=30))
     chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)

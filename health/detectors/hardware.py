@@ -43,6 +43,9 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 _LOCAL_PATH = _rx(r"(?<![\w/])/(?:tmp|dev/shm|var/tmp|local|scratch/local|localscratch|raid/local)\b")
 
 _RULES: tuple[_Rule, ...] = (
+    _Rule("config_error", "abort", _rx(r"cluster\.device is cuda but"),
+          "the run asked for GPUs this node cannot give (trainer.device names what is missing); fix the "
+          "node or the config (cluster.device: auto or cpu, fewer ranks_per_node), then resubmit"),
     _Rule("rank_crash", "relaunch", _rx(r"device-side assert"),
           "a device-side assert is a bug in the model or data (e.g. an index out of range), not the "
           "hardware; rerun with CUDA_LAUNCH_BLOCKING=1 to find the kernel"),

@@ -50,13 +50,23 @@ def _wait(work: Any, timeout_s: float) -> None:
     work.wait(timedelta(seconds=timeout_s))
 
 
+def _settle(buf: Any) -> None:
+    """On a GPU the op may still be running after ``wait`` returns (it only orders the CUDA stream):
+    synchronise before reading the clock, or the time is the enqueue time."""
+    if buf.is_cuda:
+        import torch
+        torch.cuda.synchronize(buf.device)
+
+
 def _timed_allreduce(dist: Any, buf: Any, iters: int, timeout_s: float, delay_s: float) -> list[float]:
     out = []
     for i in range(iters + 1):  # first one is a warm-up: connection setup, allocation
+        _settle(buf)
         t0 = time.perf_counter()
         if delay_s:
             time.sleep(delay_s)
         _wait(dist.all_reduce(buf, async_op=True), timeout_s)
+        _settle(buf)
         if i:
             out.append(time.perf_counter() - t0)
     return out
@@ -74,13 +84,17 @@ def _ping_pong(dist: Any, buf: Any, partner: int, first: bool, iters: int, timeo
                 time.sleep(delay_s / 2)  # a slow rank is slow on every message it handles
             op = dist.isend if sending else dist.irecv
             _wait(op(buf, partner), timeout_s)
+            _settle(buf)
         if i:
             times.append(time.perf_counter() - t0)
     return min(times)
 
 
 def _sync(dist: Any, torch: Any, timeout_s: float) -> None:
-    _wait(dist.all_reduce(torch.zeros(1), async_op=True), timeout_s)
+    from trainer.device import collective_device  # NCCL: a CUDA tensor on this rank's GPU
+    flag = torch.zeros(1, device=collective_device())
+    _wait(dist.all_reduce(flag, async_op=True), timeout_s)
+    _settle(flag)
 
 
 def collective_check(node: str, timeout_s: float = 30.0, size_bytes: int = 1 << 18, iters: int = 5,
@@ -95,8 +109,10 @@ def collective_check(node: str, timeout_s: float = 30.0, size_bytes: int = 1 << 
     import torch.distributed as dist
 
     note = progress or (lambda phase: None)
+    from trainer.device import collective_device
+
     rank, n = dist.get_rank(), dist.get_world_size()
-    buf = torch.ones(max(size_bytes // 4, 1), dtype=torch.float32)
+    buf = torch.ones(max(size_bytes // 4, 1), dtype=torch.float32, device=collective_device())
     note("barrier")
     if dist.get_backend() == "gloo":
         dist.monitored_barrier(timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)

@@ -13,6 +13,19 @@ import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _set_gpu(rank: int) -> "torch.device":
+    """NCCL: every rank on its own GPU (all probe ranks run on this host, so the rank is the index);
+    the caller starts at most as many ranks as there are GPUs."""
+    import torch
+    dev = torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
+    torch.cuda.set_device(dev)
+    return dev
 
 
 def main() -> int:
@@ -34,8 +47,9 @@ def main() -> int:
     from health.probes.collective import collective_check
 
     timeout_s = float(os.environ["ORCH_PROBE_TIMEOUT"])
-    dist.init_process_group(os.environ.get("ORCH_PROBE_BACKEND", "gloo"),
-                            timeout=timedelta(seconds=timeout_s))
+    backend = os.environ.get("ORCH_PROBE_BACKEND", "gloo")
+    kwargs = {"device_id": _set_gpu(rank)} if backend == "nccl" else {}
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     note("joined")
     if inject == "hang":
         while True:  # alive but never enters a collective: the parent must kill us

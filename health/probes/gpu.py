@@ -183,6 +183,23 @@ def _links(nvml: Any, h: Any, th: GpuThresholds) -> tuple[dict[str, Any], list[P
     return ev, probs
 
 
+def _device_key(nvml: Any, h: Any) -> str | None:
+    """A stable name for the GPU behind handle ``h``: its UUID, else its index. Handles themselves
+    cannot be compared: nvidia-ml-py returns a new ctypes pointer object for every call, so the handle
+    in an event never equals the one we registered, even for the same GPU."""
+    uuid = _query(nvml, "nvmlDeviceGetUUID", h)
+    if not _na(uuid):
+        return f"uuid:{uuid.decode() if isinstance(uuid, bytes) else uuid}"
+    index = _query(nvml, "nvmlDeviceGetIndex", h)
+    return None if _na(index) else f"index:{int(index)}"
+
+
+def _event_device(nvml: Any, device: Any, index_of: dict[str, int]) -> int:
+    """Our index of the GPU an event names; -1 when it cannot be identified (never a guess)."""
+    key = _device_key(nvml, device)
+    return index_of.get(key, -1) if key is not None else -1
+
+
 def _xid_events(nvml: Any, handles: list[Any], wait_ms: int) -> tuple[list[dict[str, int]], str | None]:
     """Listen briefly for critical Xid events on all devices; (events, note if unavailable)."""
     if wait_ms <= 0:
@@ -195,6 +212,7 @@ def _xid_events(nvml: Any, handles: list[Any], wait_ms: int) -> tuple[list[dict[
             r = _query(nvml, "nvmlDeviceRegisterEvents", h, getattr(nvml, "nvmlEventTypeXidCriticalError", 8), es)
             if _na(r):
                 return [], f"Xid events: {r}"
+        index_of = {k: i for i, k in ((i, _device_key(nvml, h)) for i, h in enumerate(handles)) if k is not None}
         out = []
         wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait
         while True:
@@ -202,8 +220,7 @@ def _xid_events(nvml: Any, handles: list[Any], wait_ms: int) -> tuple[list[dict[
                 data = wait(es, wait_ms)
             except nvml.NVMLError:  # timeout: no (more) events
                 return out, None
-            out.append({"xid": int(data.eventData), "device": handles.index(data.device)
-                        if data.device in handles else -1})
+            out.append({"xid": int(data.eventData), "device": _event_device(nvml, data.device, index_of)})
             wait_ms = 0 if len(out) > 64 else wait_ms
     finally:
         _query(nvml, "nvmlEventSetFree", es)

@@ -149,7 +149,9 @@ class LocalLauncher(Launcher):
             agent_spec = {"node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world,
                           "ranks": list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node)),
                           "master_addr": master, "master_port": port, "run_dir": str(spec.run_dir),
-                          "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir)}
+                          "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
+                          # every simulated node shares this host's GPUs: disjoint host-local ranks
+                          "host_rank_base": i * spec.ranks_per_node, "host_world": spec.world}
             self.agents[node].send(cmd="launch", spec=agent_spec)
         return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port,
                 "master_addr": master}

@@ -48,6 +48,9 @@ def warm_up(run_dir: Path) -> None:
     """
     import tempfile
 
+    # torch.cuda.is_available() (DCP calls it) would initialise CUDA here, and a forked rank cannot use
+    # CUDA after that: ask NVML instead, which does not poison fork.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -105,6 +108,9 @@ def rank_env(s: dict[str, Any], rank: int, local: int) -> dict[str, str]:
            "LOCAL_WORLD_SIZE": str(len(s["ranks"])), "MASTER_ADDR": s["master_addr"],
            "MASTER_PORT": str(s["master_port"]), "ORCH_RUN_DIR": s["run_dir"], "ORCH_ATTEMPT": str(s["attempt"]),
            "ORCH_NODE": s["node"], "ORCH_NODE_INDEX": str(s["node_index"]), "OMP_NUM_THREADS": "1"}
+    # the rank's index among all ranks on this host (trainer.device picks cuda:<it>)
+    env["ORCH_HOST_LOCAL_RANK"] = str(int(s.get("host_rank_base", 0)) + local)
+    env["ORCH_HOST_LOCAL_WORLD"] = str(s.get("host_world", len(s["ranks"])))
     if s.get("telemetry"):
         env["ORCH_TELEMETRY_ADDR"] = s["telemetry"]
         env[ENV_KEY_FILE] = str(key_path(s["run_dir"]))  # the path, never the key, in the environment

@@ -9,7 +9,6 @@ keys do not depend on how parameters were grouped into parts, and DCP can reshar
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.tensor import DTensor
 
 from orchestrator.config import RunConfig
+from trainer.device import SpanTimer
 from trainer.engine import Engine
 from trainer.model import GPT, lm_loss
 from trainer.parallel import grad_norm, pipeline
@@ -55,6 +55,7 @@ class HybridEngine(Engine):
         if errors:
             raise ValueError("invalid parallel layout: " + "; ".join(f"{f}: {m}" for f, m in errors))
         self.cfg, self.device, self.rank = cfg, device, rank
+        self.timer = SpanTimer(device)
         self.mesh = build_mesh(cfg, world, device.type)
         self.dp_rank, self.dp_size = self.mesh["dp"].get_local_rank(), self.mesh["dp"].size()
         self.dp_group = self.mesh["dp"].get_group()
@@ -107,16 +108,17 @@ class HybridEngine(Engine):
         ``local_s`` is the whole forward (and, with pipelining, backward) time: under TP/PP there is no
         collective-free stretch to time, so it includes waiting on peers.
         """
-        t0 = time.perf_counter()
+        assert self.timer is not None
+        self.timer.start()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self._unscaled, self.last_overflow = False, False
         if self.schedule is not None:
             loss = self._run_pipeline(x, y, train=True)
-            self.local_s = time.perf_counter() - t0
+            self.timer.stop()
         else:
             out = lm_loss(self.parts[0](x.to(self.device)), y.to(self.device))
-            self.local_s = time.perf_counter() - t0
+            self.timer.stop()
             (self.scaler.scale(out) if self.scaler is not None else out).backward()
             loss = float(out.detach())
         if poison:

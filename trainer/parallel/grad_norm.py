@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from trainer.device import collective_device
+
 
 def _group_key(g: torch.Tensor) -> str:
     """Rank-independent: every rank must issue the same reductions in the same order."""
@@ -36,6 +38,7 @@ def total_norm(grads: list[torch.Tensor], pp_group: dist.ProcessGroup | None) ->
             n = n.full_tensor()
         sq = sq + n.double() ** 2
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
+        sq = sq.to(collective_device(pp_group))  # NCCL takes CUDA tensors only
         dist.all_reduce(sq, group=pp_group)
     return sq.sqrt()
 
