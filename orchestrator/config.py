@@ -143,8 +143,7 @@ class CheckpointConfig(Section):
 
 class StragglerConfig(Section):
     window: int = Field(20, ge=4)
-    factor: float = Field(1.4, gt=1.0, description="a rank this many times slower than the others is a "
-                                                      "straggler; 1.3x is still caught (halfway threshold)")
+    factor: float = Field(1.5, gt=1.0)
     min_steps: int = Field(8, ge=2, description="slow steps within the window before a rank is a straggler")
 
 
@@ -204,8 +203,6 @@ class MetricsConfig(Section):
 
 
 class TelemetryConfig(Section):
-    tensorboard: bool = Field(False, description="TensorBoard scalars and fault/recovery text in RUN_DIR/tensorboard, "
-                                                 "written by the supervisor (pip install 'orchestrator[tensorboard]')")
     """Where the supervisor listens for the ranks' datagrams (every one is authenticated with the run's key)."""
 
     bind_host: str | None = Field(None, description="address to bind; default: loopback for the local "
