@@ -143,7 +143,8 @@ class CheckpointConfig(Section):
 
 class StragglerConfig(Section):
     window: int = Field(20, ge=4)
-    factor: float = Field(1.5, gt=1.0)
+    factor: float = Field(1.4, gt=1.0, description="a rank this many times slower than the others is a "
+                                                      "straggler; 1.3x is still caught (halfway threshold)")
     min_steps: int = Field(8, ge=2, description="slow steps within the window before a rank is a straggler")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from health.detectors.hardware import classify_exit
@@ -54,6 +55,16 @@ def placement_text(cfg: RunConfig, spec: LaunchSpec) -> str:
     lines = node_map(cfg, spec.world).splitlines()
     named = [spec.nodes[i] + line[line.index(":"):] if i < len(spec.nodes) else line for i, line in enumerate(lines)]
     return f"attempt {spec.attempt}: rank -> node\n  " + "\n  ".join(named)
+
+
+def replica_groups(cfg: RunConfig, world: int) -> np.ndarray | None:
+    """Each rank's data-parallel index when TP/PP make the ranks of a replica wait on each other (the
+    straggler detector then blames the slowest of them, not its peers); None without model parallelism."""
+    if cfg.parallel.tp * cfg.parallel.pp == 1:
+        return None
+    from trainer.parallel.mesh import rank_layout
+    layout = rank_layout(cfg, world)
+    return np.asarray([layout[r][0] for r in range(world)])
 
 
 def shrunk_node_count(cfg: RunConfig, available: int) -> int:
@@ -230,6 +241,7 @@ class Supervisor:
                             resume_step=self.snap.last_checkpoint_step, **info)
         self.watch = AttemptWatch(spec, self.clock())
         self.straggler.reset()
+        self.straggler.set_groups(replica_groups(self.cfg, spec.world))
         if self.say is not None:
             self.say(placement_text(self.cfg, spec))
         if self.sm.state is not RunState.RUNNING:

@@ -73,14 +73,23 @@ class StragglerDetector:
     count of slow steps per rank, so each step is O(ranks) numpy work and nothing in Python per rank.
     """
 
-    def __init__(self, window: int = 20, factor: float = 1.5, min_steps: int = 8) -> None:
+    def __init__(self, window: int = 20, factor: float = 1.4, min_steps: int = 8,
+                 groups: np.ndarray | None = None) -> None:
         if not 1 <= min_steps <= window:
             raise ValueError(f"min_steps={min_steps} must be between 1 and window={window}")
         if factor <= 1.0:
             raise ValueError(f"factor={factor} must be > 1 (a straggler is slower than the others)")
         self.window, self.factor, self.min_steps = window, factor, min_steps
         self.slow_at = 1.0 + (factor - 1.0) / 2.0
+        self.slow_log = float(np.log(self.slow_at))
+        self.groups = groups
         self.reset()
+
+    def set_groups(self, groups: np.ndarray | None) -> None:
+        """Model-parallel group of each rank (e.g. its data-parallel index: the ranks of one replica wait
+        on each other in TP/PP collectives). A rank is not blamed while a slower rank of its own group
+        explains its time; None: every rank stands alone."""
+        self.groups = None if groups is None else np.asarray(groups)
 
     def reset(self) -> None:
         """Forget everything: after a relaunch ranks may sit on other nodes and times start afresh."""
@@ -141,8 +150,40 @@ class StragglerDetector:
         new = np.flatnonzero((self._count >= self.min_steps) & ~self._flagged)
         if new.size == 0:
             return []
+        new = np.asarray([i for i in new.tolist() if self._confirmed(i) and not self._explained_by_peer(i)],
+                         dtype=np.int64)
         self._flagged[new] = True
         return [self._finding(int(i)) for i in new]
+
+    def _confirmed(self, i: int) -> bool:
+        """The k-of-n count is the cheap trigger; a burst (GC, a data-loader stall: a few steps at 2-5x)
+        plus heavy-tailed jitter can fill it. Confirm that the rank is slow *now*: the mean log-ratio of
+        its last 1.5 x ``min_steps`` steps, with the slowest quarter of them dropped (so a burst cannot
+        carry it), must reach the slow threshold. A mean of logs is the efficient statistic for
+        lognormal jitter; the trimming is what makes it robust."""
+        _, ratios, _ = self._ordered(i)
+        recent = ratios[-(self.min_steps + self.min_steps // 2):]
+        recent = np.sort(np.log(recent[np.isfinite(recent) & (recent > 0)]))
+        if recent.size < self.min_steps:
+            return False
+        kept = recent[: recent.size - recent.size // 4]
+        return bool(kept.mean() >= self.slow_log)
+
+    def _explained_by_peer(self, i: int) -> bool:
+        """Under TP/PP a rank's compute time includes waiting on its slow peers: blame only the slowest."""
+        if self.groups is None or i >= len(self.groups):
+            return False
+        peers = np.flatnonzero(self.groups[: len(self._ranks)] == self.groups[i])
+        if peers.size < 2:
+            return False
+        rows = (self._pos - 1 - np.arange(min(self.min_steps, self._seen))) % self.window
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            recent = self._ratio[np.ix_(rows, peers)]
+            med = np.nanmedian(recent, axis=0)  # now: the confirmation's statistic
+            peak = np.nanmax(recent, axis=0)  # a peer's burst shows in its own steps, not in its median
+        mine = peers.tolist().index(i)
+        return bool(np.nanmax(med) > med[mine] * 1.05 or np.nanmax(peak) > peak[mine] * 1.05)
 
     def _ordered(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Column i of the ring buffer, oldest first, only the filled slots."""
