@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from orchestrator.config_load import ConfigError, layout_warnings, load_config
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.base import Launcher
 from orchestrator.progress import ProgressDisplay, summary_table
-from orchestrator.snapshot import read_status
+from orchestrator.snapshot import RunSnapshot, read_status
 
 err = Console(stderr=True)
 
@@ -100,7 +101,8 @@ def supervise(cfg: RunConfig, run_dir: Path, quiet: bool, resume: bool) -> int:
         stack.callback(lock.close)
         journal = stack.enter_context(Journal(run_dir))
         display = stack.enter_context(ProgressDisplay(quiet=quiet))
-        sup = Supervisor(cfg, run_dir, make_launcher(cfg, run_dir), journal, on_update=display.update)
+        on_update = _with_tensorboard(cfg, run_dir, display.update, stack)
+        sup = Supervisor(cfg, run_dir, make_launcher(cfg, run_dir), journal, on_update=on_update)
         if not quiet:
             sup.say = lambda text: print(text, file=sys.stderr, flush=True)
         _start_metrics(cfg, sup, stack)
@@ -112,6 +114,22 @@ def supervise(cfg: RunConfig, run_dir: Path, quiet: bool, resume: bool) -> int:
     if code != 0:
         print(f"FAILED: {sup.snap.reason}", file=sys.stderr)
     return code
+
+
+def _with_tensorboard(cfg: RunConfig, run_dir: Path, update: Callable[[RunSnapshot], None],
+                      stack: ExitStack) -> Callable[[RunSnapshot], None]:
+    """``update`` plus, with ``metrics.tensorboard``, the run's one TensorBoard writer."""
+    if not cfg.metrics.tensorboard:
+        return update
+    from orchestrator.tensorboard_writer import LOG_DIR, TensorBoardSink, open_writer
+    sink = TensorBoardSink(open_writer(run_dir))
+    stack.callback(sink.close)
+    print(f"tensorboard: tensorboard --logdir {run_dir / LOG_DIR}", file=sys.stderr)
+
+    def both(snap: RunSnapshot) -> None:
+        update(snap)
+        sink.update(snap)
+    return both
 
 
 def _start_metrics(cfg: RunConfig, sup: Any, stack: ExitStack) -> None:

@@ -201,6 +201,8 @@ class MetricsConfig(Section):
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     allow_public_bind: bool = Field(False, description="needed to bind anything but loopback")
     alertmanager_url: str | None = None
+    tensorboard: bool = Field(False, description="TensorBoard scalars and fault/recovery text in RUN_DIR/tensorboard, "
+                                                 "written by the supervisor (pip install 'orchestrator[tensorboard]')")
 
 
 class TelemetryConfig(Section):

@@ -6,6 +6,7 @@ one line per problem and exit 2 before anything is launched.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,9 @@ def _check_telemetry(cfg: RunConfig) -> list[ConfigIssue]:
 
 
 def _check_metrics(cfg: RunConfig) -> list[ConfigIssue]:
+    if cfg.metrics.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        return [ConfigIssue("metrics.tensorboard", "needs the tensorboard package: "
+                            "pip install 'orchestrator[tensorboard]' (or set it to false)")]
     host = cfg.metrics.host
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback

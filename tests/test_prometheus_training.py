@@ -5,13 +5,15 @@ faults (one run for the whole module):
 - every query of the Grafana dashboard (`orchestrator dashboard`) returns data for the run;
 - Alertmanager delivers NaNLoss and NodeExcluded to a webhook receiver this test runs, both as
   evaluated by Prometheus (from `orchestrator alerts rules`) and as pushed directly by the run
-  (`metrics.alertmanager_url`).
+  (`metrics.alertmanager_url`);
+- the run's TensorBoard events (`metrics.tensorboard`) hold its curves, faults and recoveries.
 
 Every server binds 127.0.0.1 on a free port and is stopped at the end of the module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -142,7 +144,8 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         metrics_port = free_port()
         seen = Observed(_prometheus(stack, tmp, metrics_port, am_port), start=time.time(), hook=hook)
         overrides = {"metrics": {"enabled": True, "port": metrics_port,
-                                 "alertmanager_url": f"http://127.0.0.1:{am_port}"},
+                                 "alertmanager_url": f"http://127.0.0.1:{am_port}",
+                                 "tensorboard": importlib.util.find_spec("tensorboard") is not None},
                      "train": {"steps": 60, "step_sleep_s": 0.15, "eval_every": 20},
                      "chaos": [{"fault": "nan", "step": 8, "rank": 1}, {"fault": "node_failure", "step": 20, "node": 1}]}
         results: list[RunResult] = []
@@ -201,3 +204,17 @@ def test_direct_push_reaches_the_same_alertmanager(faulty_run: Observed) -> None
     assert faulty_run.hook is not None
     poll("NaNLoss and NodeExcluded pushed by the run at the webhook",
          lambda: EXPECTED <= _delivered(faulty_run.hook, via_prometheus=False), 60)
+
+
+def test_tensorboard_holds_the_runs_curves_faults_and_recoveries(faulty_run: Observed) -> None:
+    pytest.importorskip("tensorboard")
+    from tests.test_tensorboard_writer import read_events, scalars, texts
+    assert faulty_run.result is not None
+    acc = read_events(faulty_run.result.run_dir / "tensorboard")
+    assert len(scalars(acc, "train/loss")) >= 50
+    assert scalars(acc, "eval/loss") and scalars(acc, "run/goodput") and scalars(acc, "train/tokens_per_s")
+    faults = " ".join(t for _, t in texts(acc, "faults"))
+    assert "**nan**" in faults and "**node_failure**" in faults
+    recoveries = [t for _, t in texts(acc, "recoveries")]
+    assert any(t.startswith("running again") for t in recoveries)
+    assert recoveries[-1].startswith("run COMPLETED")
