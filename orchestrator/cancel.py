@@ -1,4 +1,9 @@
-"""``orchestrator cancel RUN_DIR``: stop the ranks of a run's latest attempt, wherever they run."""
+"""``orchestrator cancel RUN_DIR``: stop the ranks of a run's latest attempt, wherever they run.
+
+On Slurm every job the journal names is cancelled if the scheduler still holds it (running, pending or
+requeued), and the command returns once squeue and sacct agree they are gone: a cancelled run leaves
+no job of its own behind.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,19 @@ def cancel_run(run_dir: Path) -> int:
     last = launches[-1]
     launcher = make_launcher(cfg, run_dir)
     spec = LaunchSpec(int(last["attempt"]), list(last["nodes"]), cfg.cluster.ranks_per_node, run_dir, "", run_dir)
-    if launcher.attach(last, spec):
+    stopped = launcher.attach(last, spec)
+    if stopped:
         launcher.stop()
-        with Journal(run_dir) as j:
+    others = launcher.cancel_jobs([str(r["job_id"]) for r in launches[:-1] if r.get("job_id")])
+    with Journal(run_dir) as j:
+        if stopped:
             j.append("cancelled", attempt=last["attempt"])
+        for job_id in others:
+            j.append("leftover_cancelled", job_id=job_id)
+    if stopped:
         print(f"{run_dir}: attempt {last['attempt']} stopped")
     else:
         print(f"{run_dir}: attempt {last['attempt']} is not running")
+    if others:
+        print(f"{run_dir}: also cancelled leftover jobs {', '.join(others)}")
     return 0

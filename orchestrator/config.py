@@ -43,6 +43,9 @@ class SlurmConfig(Section):
     signal_before_s: int = Field(60, ge=1, description="checkpoint this long before the time limit")
     drain_bad_nodes: bool = False
     poll_interval_s: float = Field(1.0, gt=0)
+    requeue_on_preemption: bool = Field(
+        False, description="let Slurm requeue a preempted job (the requeued job is the same attempt); "
+                           "otherwise jobs are submitted --no-requeue and the orchestrator alone relaunches")
 
     @field_validator("extra_sbatch", "exclude")
     @classmethod

@@ -1,15 +1,15 @@
 """Turning rank telemetry into run facts: journal events, per-step metrics, faults found in-step.
 
-Only the supervisor's thread calls this. Messages from an older attempt are ignored (their ranks are
-being stopped); events that every rank sends (skip, rollback, eval, done) are taken from one rank.
+Only the supervisor's thread calls this. Messages from an older attempt (epoch) are rejected and
+counted (``stale_epoch_rejected``, journaled): a fenced attempt never moves the run; events that every
+rank sends (skip, rollback, eval, done) are taken from one rank.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,14 @@ class RunEvents:
         self.metrics_path = sup.run_dir / "metrics.jsonl"
         self._metrics = open(self.metrics_path, "a")
         self.step_t: dict[int, float] = {}
+        self._stale_seen: set[tuple[int, int, str]] = set()
 
     # ---- dispatch --------------------------------------------------------------------------------
     def on_message(self, msg: dict[str, Any], now: float) -> None:
         w = self.sup.watch
         if w is None or msg["attempt"] != w.spec.attempt:
+            if w is not None and isinstance(msg["attempt"], int) and msg["attempt"] < w.spec.attempt:
+                self.reject_stale(msg, w.spec.attempt)
             return
         w.seen(msg, now)
         kind = msg["type"]
@@ -46,6 +49,18 @@ class RunEvents:
                 handler(msg, now)
         elif kind == "rank_exit":
             w.on_rank_exit(msg, self.sup.classify, now)
+
+    def reject_stale(self, msg: dict[str, Any], current: int) -> None:
+        """Count every message of a fenced epoch; journal each step/event, and a rank's first heartbeat."""
+        self.sup.snap.stale_epoch_rejected += 1
+        kind = str(msg.get("kind") or msg["type"])
+        key = (int(msg["attempt"]), int(msg.get("rank", -1)), kind)
+        if msg["type"] == "hb" and key in self._stale_seen:
+            return
+        self._stale_seen.add(key)
+        self.sup.journal.append("stale_epoch_rejected", what=kind, epoch=msg["attempt"], current=current,
+                                rank=msg.get("rank"), step=msg.get("step"),
+                                total=self.sup.snap.stale_epoch_rejected)
 
     def on_step(self, msg: dict[str, Any], now: float) -> None:
         sup, w = self.sup, self.sup.watch
@@ -144,6 +159,13 @@ class RunEvents:
         self.sup.meter.lost.checkpoint += save_s
         self.sup.journal.append("checkpoint", step=int(msg["step"]), path=msg.get("path"), save_s=save_s)
 
+    def ev_stale_checkpoint(self, msg: dict[str, Any], now: float) -> None:
+        """The new epoch's rank 0 refused a checkpoint a dead epoch committed after its fence."""
+        self.sup.snap.stale_epoch_rejected += 1
+        self.sup.journal.append("stale_epoch_rejected", what="checkpoint", epoch=msg.get("epoch"),
+                                current=msg["attempt"], step=msg.get("step"), path=msg.get("path"),
+                                fenced_at=msg.get("fenced_at"), total=self.sup.snap.stale_epoch_rejected)
+
     def ev_checkpoint_loaded(self, msg: dict[str, Any], now: float) -> None:
         self.sup.snap.checkpoint_load_s = float(msg.get("load_s", 0.0))
         self.sup.journal.append("checkpoint_loaded", step=msg.get("step"), load_s=msg.get("load_s"))
@@ -180,10 +202,13 @@ class RunEvents:
 
     # ---- hang attribution ----------------------------------------------------------------------------------
     def attribute_hang(self, c: Candidate) -> Candidate:
-        """Ask every rank for its stack (faulthandler on SIGUSR1); the one not inside a collective hangs."""
+        """Ask every rank for its stack (faulthandler on SIGUSR1, sent by the launcher: through the
+        scheduler on Slurm, never to a pid another host reported); the one not in a collective hangs."""
         w = self.sup.watch
         assert w is not None
-        culprit = hang_culprit(w.pids, w.spec.log_dir, w.rank_node)
+        launcher = self.sup.launcher
+        culprit = hang_culprit(lambda: launcher.dump_stacks(dict(w.pids)), sorted(w.rank_node),
+                               w.spec.log_dir, w.rank_node)
         if culprit is None:
             return c
         c.rank, c.node = culprit, w.rank_node.get(culprit)
@@ -194,20 +219,20 @@ class RunEvents:
 COLLECTIVE_MARKS = ("distributed", "all_reduce", "barrier", "backward", "broadcast", "wait")
 
 
-def hang_culprit(pids: dict[int, int], log_dir: Path, rank_node: dict[int, str]) -> int | None:
-    """Dump each local rank's stack into its log and find the single rank stuck outside a collective."""
+def hang_culprit(dump: Callable[[], bool], ranks: list[int], log_dir: Path,
+                 rank_node: dict[int, str]) -> int | None:
+    """Have every rank dump its stack into its log (``dump``) and find the single rank stuck outside a
+    collective; None when not every rank answers within a few seconds or the answer is not unique."""
     import time as _t
     sizes = {}
-    for rank, pid in pids.items():
+    for rank in ranks:
         log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"
         sizes[rank] = log.stat().st_size if log.exists() else 0
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except (ProcessLookupError, PermissionError):
-            return None
+    if not dump():
+        return None
     deadline = _t.time() + 1.5
     outside: list[int] = []
-    pending = set(pids)
+    pending = set(ranks)
     while pending and _t.time() < deadline:
         for rank in list(pending):
             log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"

@@ -82,6 +82,7 @@ class RunSnapshot:
     straggler_score_max: float | None = None
     telemetry_rejected: int = 0
     telemetry_rejected_by: dict[str, int] = field(default_factory=dict)  # reason → count
+    stale_epoch_rejected: int = 0  # telemetry and checkpoints of a fenced (older) epoch
     started_t: float | None = None
     updated_t: float | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)

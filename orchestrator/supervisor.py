@@ -36,6 +36,7 @@ from orchestrator.state import RunState, StateMachine
 from orchestrator.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import TelemetryServer, endpoints
 from orchestrator.triage import Candidate, root_cause
+from trainer.fence import advance as advance_epoch, checkpoint_root, read_state
 
 SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
 
@@ -230,6 +231,7 @@ class Supervisor:
             self.watch_attempt()
             return
         self.attempt += 1
+        self.fence(self.attempt, "attempt starts")
         nodes = self._preflight(self.choose_nodes())
         spec = LaunchSpec(self.attempt, nodes, self.cfg.cluster.ranks_per_node, self.run_dir,
                           self.telemetry.address, logs_dir(self.run_dir, self.attempt))
@@ -273,11 +275,11 @@ class Supervisor:
             self.exclude(bad, "pre-flight probe failed")
         return self.choose_nodes()
 
-    def exclude(self, node: str, reason: str) -> None:
+    def exclude(self, node: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
         if node in self.excluded:
             return
         self.excluded.append(node)
-        self.journal.append("node_excluded", node=node, reason=reason)
+        self.journal.append("node_excluded", node=node, reason=reason, evidence=evidence or {})
         drain = getattr(self.launcher, "drain", None)
         if drain is not None:
             drain(node, reason)
@@ -307,6 +309,13 @@ class Supervisor:
         self.recovery_started_t = self.clock()
         self.journal.append("resume", attempt=self.attempt + 1, excluded=self.excluded,
                             last_checkpoint_step=self.snap.last_checkpoint_step)
+
+    def _cancel_leftovers(self, records: list[dict[str, Any]]) -> None:
+        """Every job the journal names, except the one re-attached, must be gone before we go on."""
+        keep = str(self.attached_job) if self.attached_job else None
+        ids = [str(r["job_id"]) for r in records if r["event"] == "launch" and r.get("job_id")]
+        for job_id in self.launcher.cancel_jobs([j for j in ids if j != keep]):
+            self.journal.append("leftover_cancelled", job_id=job_id)
 
     def _reattach(self, launch: dict[str, Any]) -> None:
         """A job still running (Slurm) is watched again, never submitted twice: its ranks keep sending
@@ -342,6 +351,8 @@ class Supervisor:
             if w.candidates and now - (w.first_candidate_t or now) >= SETTLE_S:
                 self.recover(root_cause(w.candidates), now)
             if w.ended:
+                if w.done is None and not w.candidates:
+                    w.done = self._done_from_evidence()
                 if w.done is not None and not w.candidates:
                     return
                 if not w.candidates:
@@ -355,9 +366,11 @@ class Supervisor:
         if ev.kind == "node_lost":
             last = w.node_last_seen.get(ev.node or "", w.started_t)
             w.add_candidate(Candidate("node_failure", last, None, ev.node,
-                                      {"detail": ev.detail, "state": ev.state}), now)
+                                      {"detail": ev.detail, "state": ev.state, **ev.info}), now)
         elif ev.kind == "job_ended":
             w.ended = True
+            if ev.state == "CANCELLED" and w.done is None:
+                self._cancelled_outside(ev.detail)
         elif ev.kind == "requeued":
             self.on_requeue(ev, now)
 
@@ -403,7 +416,16 @@ class Supervisor:
         if c.kind == "hang" and self.watch is not None:
             c = self.events.attribute_hang(c)
         c = self._confirm_lost_node(c)
+        if c.kind in ("peer_lost", "rank_crash", "silent"):
+            cancelled = self.launcher.cancelled_outside()
+            if cancelled:
+                self._cancelled_outside(cancelled)
+        self.fence(self.attempt + 1, f"attempt {self.attempt} declared dead ({c.kind})")
         self.launcher.stop()
+        if c.kind == "node_failure" and self.watch is not None:
+            c.evidence.setdefault("silent_ranks_by_node", self._silent_by_node(now))
+        if c.kind == "node_failure" and c.node is None:
+            c = self._blame_by_probe(c)
         if c.node and c.kind == "rank_crash":  # a node whose ranks keep crashing is excluded (policy)
             self.crashes[str(c.node)] += 1
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
@@ -434,6 +456,7 @@ class Supervisor:
 
     def on_requeue(self, ev: LauncherEvent, now: float) -> None:
         """Time limit or preemption after a checkpoint: resubmit without spending restart budget."""
+        self.fence(self.attempt + 1, f"attempt {self.attempt} requeued")
         self.launcher.stop()
         resume = self.snap.last_checkpoint_step or 0
         c = Candidate("preempted", ev.t or now, None, None, {"detail": ev.detail, "state": ev.state})
@@ -447,7 +470,7 @@ class Supervisor:
 
     def _apply(self, d: Decision, c: Candidate, now: float) -> None:
         if d.exclude_node and c.node:
-            self.exclude(str(c.node), d.reason)
+            self.exclude(str(c.node), d.reason, c.evidence)
         if not d.relaunch:
             raise Abort(d.reason if d.action == "abort" else f"{c.kind}: {d.reason}")
         self.recovery_started_t = now
@@ -455,8 +478,70 @@ class Supervisor:
             self.transition(RunState.RECOVERING, d.reason)
         raise Relaunch(d.reason)
 
+    # ---- fencing and evidence -----------------------------------------------------------------------
+    def fence(self, epoch: int, why: str) -> None:
+        """Make ``epoch`` the run's current one (RUN_DIR/EPOCH) before anything of it runs: ranks of
+        older attempts stop before committing, and what they commit later is never loaded."""
+        prev = read_state(self.run_dir)
+        if prev is not None and prev.epoch >= epoch:
+            return
+        state = advance_epoch(self.run_dir, epoch, checkpoint_root(self.run_dir, self.cfg.checkpoint.dir),
+                              self.clock())
+        rec = state.fences[-1] if state.fences and state.fences[-1].epoch == epoch else None
+        self.journal.append("fence", epoch=epoch, reason=why, accepted=list(rec.accepted) if rec else [])
+
+    def _cancelled_outside(self, detail: str) -> None:
+        """Someone cancelled our job (an admin, scancel): respect it, end FAILED, relaunch nothing."""
+        raise Abort(f"the job was cancelled outside the orchestrator ({detail}); nothing was relaunched; "
+                    "`orchestrator resume` continues from the last checkpoint")
+
+    def _done_from_evidence(self) -> dict[str, Any] | None:
+        """The ranks' ``done`` can be lost (sent while no supervisor listened, e.g. before a resumed
+        supervisor bound the port): every rank exited 0 and the final checkpoint is committed is the
+        same fact, read from the run directory."""
+        w = self.watch
+        assert w is not None
+        codes = self.launcher.exit_codes()
+        if len(codes) < w.spec.world or any(code != 0 for code in codes.values()):
+            return None
+        root = checkpoint_root(self.run_dir, self.cfg.checkpoint.dir)
+        total = self.cfg.train.steps
+        if not (root / f"step_{total:08d}" / "COMMITTED").exists():
+            return None
+        self.journal.append("done_from_evidence", attempt=w.spec.attempt, ranks=len(codes), step=total)
+        self.snap.step = total
+        return {"step": total, "eval_loss": self.snap.eval_loss, "evidence": "exit codes + checkpoint"}
+
+    def _silent_by_node(self, now: float) -> dict[str, list[int]]:
+        """The rank map's cross-check of a blamed node: which ranks went quiet, by node."""
+        w = self.watch
+        assert w is not None
+        out: dict[str, list[int]] = {}
+        for r in w.silent_ranks(now, 2 * self.cfg.health.heartbeat_interval_s):
+            out.setdefault(w.rank_node.get(r, "?"), []).append(r)
+        return {n: sorted(rs) for n, rs in sorted(out.items())}
+
+    def _blame_by_probe(self, c: Candidate) -> Candidate:
+        """The controller named no node: say so, probe every node of the allocation, exclude what fails."""
+        w = self.watch
+        nodes = list(w.spec.nodes) if w is not None else []
+        self.journal.append("blame", node="unknown", nodes=nodes, evidence=c.evidence)
+        if self.preflight is None or not nodes:
+            return c
+        failed = self.preflight(nodes)
+        self.journal.append("blame_probe", nodes=nodes, failed=failed)
+        for node in failed[1:]:
+            self.exclude(node, "failed the probe after an unattributed node failure",
+                         {**c.evidence, "probe": "failed"})
+        if failed:
+            c.node = failed[0]
+            c.evidence = {**c.evidence, "probe": "failed", "detail": f"{failed[0]} failed the probe; "
+                          + str(c.evidence.get("detail", ""))}
+        return c
+
     # ---- endings ----------------------------------------------------------------------------------
     def finish_completed(self) -> int:
+        self.launcher.stop()  # the job has ended: confirm squeue and sacct agree before saying COMPLETED
         self.publish(force=True)
         done = self.watch.done if self.watch else None
         self.journal.append("complete", step=self.snap.step, eval_loss=self.snap.eval_loss,
@@ -467,6 +552,7 @@ class Supervisor:
         return 0
 
     def finish_failed(self, reason: str) -> int:
+        self.fence(self.attempt + 1, "run failed")
         self.launcher.stop()
         self.journal.append("failed", reason=reason)
         self.transition(RunState.FAILED, reason)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from datetime import datetime
 
 from slurm.parsers import (
-    SACCT_ARGS, SINFO_ARGS, SQUEUE_ARGS, NodeInfo, NodeStatus, QueueEntry, SacctRecord, job_records,
-    parse_sacct, parse_scontrol_nodes, parse_sinfo_nodes, parse_squeue,
+    SACCT_ARGS, SACCTMGR_EVENT_ARGS, SINFO_ARGS, SQUEUE_ARGS, NodeEvent, NodeInfo, NodeStatus, QueueEntry,
+    SacctRecord, job_records, parse_sacct, parse_sacctmgr_events, parse_scontrol_nodes, parse_sinfo_nodes,
+    parse_squeue,
 )
 
 
@@ -69,3 +71,18 @@ def scancel(job_id: str, signal: str | None = None) -> None:
 def drain(node: str, reason: str) -> None:
     """Take a node out of scheduling until an admin resumes it; the reason is one argv item."""
     run(["scontrol", "update", f"nodename={node}", "state=drain", f"reason={reason}"])
+
+
+def node_events(nodes: Sequence[str], since: datetime) -> list[NodeEvent]:
+    """The controller's event history of ``nodes`` from ``since`` (cluster local time): how a node that
+    is back in service now was DOWN while our job ran."""
+    if not nodes:
+        return []
+    argv = ["sacctmgr", *SACCTMGR_EVENT_ARGS, f"nodes={','.join(nodes)}",
+            f"start={since.strftime('%Y-%m-%dT%H:%M:%S')}"]
+    return parse_sacctmgr_events(run(argv))
+
+
+def signal_steps(job_id: str, signal: str) -> None:
+    """Send ``signal`` to every task of the job's steps, wherever they run (not the batch shell)."""
+    run(["scancel", f"--signal={signal}", job_id])

@@ -2,15 +2,22 @@
 
 submitit pickles a :class:`RankTask` (a module-level dataclass, so it pickles by reference) and calls it
 in every task of the step. The task translates ``SLURM_*`` into the variables ``trainer.rank_main``
-reads, sends the rank's output to the run directory like the local backend does, and leaves a small
-exit marker so the launcher learns "checkpointed for requeue" (exit 75) without waiting for sacct.
+reads, sends the rank's output to the run directory like the local backend does, and runs the rank as
+its child, the way the local node agent does: whatever way the rank ends (return, ``os._exit``, a
+signal), the task sends the supervisor a ``rank_exit`` message with the exit code and the tail of the
+rank's stderr (a GPU Xid there excludes the node, as on the local backend), and leaves the same facts
+in an exit marker so the launcher learns them without telemetry or sacct (exit 75: checkpointed for
+requeue). Signals Slurm sends the task (USR1: dump stacks, USR2: time limit) are passed to the rank.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,28 @@ def node_address(node: str) -> str:
 
 def exit_marker(marker_dir: Path, rank: int) -> Path:
     return marker_dir / f"exit-rank{rank}.json"
+
+
+def tail(path: Path, limit: int = 2000) -> str:
+    """The last ``limit`` bytes of a rank's log: what classify_exit reads for Xid, OOM, NCCL errors."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def read_exit_markers(marker_dir: Path) -> dict[int, dict[str, object]]:
+    """rank -> its exit marker (code, signal, node, stderr tail) for every rank that has exited."""
+    out: dict[int, dict[str, object]] = {}
+    for p in marker_dir.glob("exit-rank*.json"):
+        try:
+            rec = json.loads(p.read_text())
+            out[int(rec["rank"])] = rec
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
 
 
 def read_exit_codes(marker_dir: Path) -> dict[int, int]:
@@ -81,25 +110,73 @@ class RankTask:
             "LOCAL_RANK": slurm_env["SLURM_LOCALID"], "OMP_NUM_THREADS": "1",
         }
 
-    def _redirect_output(self, node: str, rank: str) -> None:
+    def _redirect_output(self, node: str, rank: str) -> Path:
         """The rank's stdout/stderr (and faulthandler stacks) go where the supervisor looks for them."""
         log_dir = Path(self.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log_dir / f"{node}-rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = log_dir / f"{node}-rank{rank}.log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        return log
 
     def __call__(self) -> int:
         first = expand(os.environ["SLURM_JOB_NODELIST"])[0]
         env = self.environment(os.environ, node_address(first))
         os.environ.update(env)
-        self._redirect_output(env["ORCH_NODE"], env["RANK"])
-        from trainer.rank_main import main  # imported here: torch loads only inside the task
-        code = int(main())
-        marker = exit_marker(Path(self.marker_dir), int(env["RANK"]))
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"rank": int(env["RANK"]), "code": code, "node": env["ORCH_NODE"]}))
+        rank, node = int(env["RANK"]), env["ORCH_NODE"]
+        log = self._redirect_output(node, env["RANK"])
+        proc = subprocess.Popen([sys.executable, "-m", "slurm.job"])  # env and fds are inherited
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):  # pass Slurm's signals on; never die of them here
+            signal.signal(sig, lambda signum, _frame: _forward(proc, signum))
+        code = proc.wait()
+        self._report(rank, node, code, tail(log))
         if code != 0:
             raise RankFailed(code)
         return code
+
+    def _report(self, rank: int, node: str, code: int, stderr_tail: str) -> None:
+        """Exit marker first (durable), then the same facts as telemetry (fast, may be lost)."""
+        sig = -code if code < 0 else None
+        info = {"rank": rank, "code": code, "signal": sig, "node": node, "t": time.time(),
+                "stderr_tail": stderr_tail}
+        marker = exit_marker(Path(self.marker_dir), rank)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f".{marker.name}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, marker)
+        from trainer.telemetry import Telemetry  # no torch: safe in the task's own process
+        tel = Telemetry(self.telemetry_addr, rank, node, self.attempt)
+        tel.send("rank_exit", code=code, signal=sig, stderr_tail=stderr_tail[-1500:], stopping=False)
+        tel.close()
+
+
+def _forward(proc: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def rank_process() -> None:
+    """The rank's own process: train, then leave at once with the rank's code. No interpreter teardown:
+    a process group's destructor can block on a peer that already left (what the local node agent's
+    forked ranks avoid the same way)."""
+    code = 1
+    try:
+        from trainer.rank_main import main  # torch loads here, in the child only
+        code = int(main())
+    except SystemExit as exc:  # a fenced rank (trainer.fence) or an argument error
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the traceback goes to the rank's log, the code to the task
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    rank_process()

@@ -6,6 +6,12 @@ what Slurm says back into :class:`LauncherEvent`s: ``node_lost`` (NODE_FAIL, or 
 RESPONDING), ``requeued`` (TIMEOUT/PREEMPTED, or ranks that checkpointed and exited 75 on the warning
 signal) and ``job_ended``. Slurm queries are rate-limited to ``cluster.slurm.poll_interval_s``; the
 exit markers the tasks leave in the run directory are read on every poll because they cost nothing.
+
+The orchestrator owns requeue: jobs are submitted ``--no-requeue`` (sbatch_options), and ``stop()``
+cancels the attempt's job whatever state it is in and returns only once squeue and sacct agree it is
+gone, so no job of an ended attempt can run again behind the supervisor's back. A node is blamed only
+on the controller's word: its state and reason now, or its event history (``sacctmgr show event``)
+when it has already returned to service; never by its position in the job's node list.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +30,7 @@ from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.local import free_port
 from slurm import cmd
 from slurm.job import PREEMPTED_EXIT, RankTask, read_exit_codes
-from slurm.parsers import NODE_FAULT_STATES, SacctRecord
+from slurm.parsers import NODE_FAULT_STATES, SacctRecord, TERMINAL_STATES
 from slurm.preflight import run_probes
 from slurm.sbatch_options import executor_parameters
 
@@ -52,6 +59,9 @@ class SlurmLauncher(Launcher):
         self._next_query = 0.0
         self._pool: list[str] = []
         self.submit_t: float | None = None
+        self.job_start: datetime | None = None  # cluster local time, for the node event history
+        self.gone: set[str] = set()  # job ids squeue and sacct both report finished
+        self.cancelled_by_us: set[str] = set()
 
     # ---- nodes -----------------------------------------------------------------------------------
     def _partition(self) -> list[Any]:
@@ -100,6 +110,7 @@ class SlurmLauncher(Launcher):
         self.job_id, self.attempt, self.ended = job_id, attempt, False
         self.marker_dir = folder / "exit"
         self.job_nodes, self._reported, self._next_query = [], set(), 0.0
+        self.job_start = datetime.now() - timedelta(seconds=2)  # refined from sacct once it started
 
     def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
         """Watch the journaled job again if Slurm still runs (or queues) it; never submits."""
@@ -177,11 +188,10 @@ class SlurmLauncher(Launcher):
     def _ended(self, rec: SacctRecord) -> list[LauncherEvent]:
         events: list[LauncherEvent] = []
         nodes = list(rec.nodes) or self.job_nodes
-        if rec.state in NODE_FAULT_STATES:
-            events += self._dead_nodes(nodes)
-            if not any(e.kind == "node_lost" for e in events) and not any(k == "node_lost" for k, _ in self._reported):
-                events += self._event("node_lost", nodes[0] if nodes else "?", node=nodes[0] if nodes else None,
-                                      state=rec.state, detail=f"job {rec.job_id} ended {rec.state}")
+        if rec.start is not None:
+            self.job_start = rec.start
+        if rec.state in NODE_FAULT_STATES and not any(k == "node_lost" for k, _ in self._reported):
+            events += self._blamed(nodes, rec)
         if rec.state in REQUEUE_STATES or PREEMPTED_EXIT in read_exit_codes(self.marker_dir).values():
             events += self._event("requeued", "checkpointed", state=rec.state,
                                   detail=f"job {rec.job_id} ended {rec.state}; resubmit from the checkpoint")
@@ -191,49 +201,147 @@ class SlurmLauncher(Launcher):
                               info={"exit_code": rec.exit_code, "nodes": nodes})
         return events
 
-    def lost_nodes(self, wait_s: float = 15.0) -> list[str]:
-        """The attempt's nodes Slurm reports DOWN/NOT_RESPONDING, waiting up to ``wait_s`` for it.
+    def _blamed(self, nodes: list[str], rec: SacctRecord) -> list[LauncherEvent]:
+        """node_lost for each node the controller names; one with no node when it names none."""
+        found = self.blame(nodes, rec.end)
+        if not found:
+            return self._event("node_lost", "unknown", node=None, state=rec.state,
+                               detail=f"job {rec.job_id} ended {rec.state}; the controller names no node "
+                                      f"(none of {', '.join(nodes)} DOWN now or in its event history)",
+                               info={"evidence_source": "none", "job_nodes": nodes})
+        events: list[LauncherEvent] = []
+        for node, ev in found.items():
+            events += self._event("node_lost", node, node=node, state=str(ev.get("state")),
+                                  detail=f"{node} {ev.get('state')} per {ev['evidence_source']} "
+                                         f"({ev.get('reason') or 'no reason'}); job {rec.job_id} {rec.state}",
+                                  info=ev)
+        return events
+
+    def blame(self, nodes: list[str], until: datetime | None = None) -> dict[str, dict[str, Any]]:
+        """node -> evidence for each of ``nodes`` the controller says failed while the job ran: DOWN
+        or not responding now (scontrol), else a DOWN/FAIL event in its history (sacctmgr)."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            for n in cmd.scontrol_nodes(nodes):
+                if n.down:
+                    out[n.name] = {"evidence_source": "scontrol", "state": "+".join((n.state, *n.flags)),
+                                   "reason": n.reason}
+        except cmd.SlurmCommandError:
+            pass
+        if out:
+            return out
+        since = self.job_start or datetime.now() - timedelta(hours=1)
+        try:
+            events = cmd.node_events(nodes, since - timedelta(seconds=1))
+        except cmd.SlurmCommandError:
+            return out
+        for e in events:
+            if e.node in nodes and e.dead and e.overlaps(since - timedelta(seconds=1), until):
+                out.setdefault(e.node, {"evidence_source": "sacctmgr event", "state": e.state,
+                                        "reason": e.reason, "event_start": str(e.start), "event_end": str(e.end),
+                                        "by": e.user})
+        return out
+
+    def exit_codes(self) -> dict[int, int]:
+        """rank -> exit code from the markers the tasks left (written even when telemetry was lost)."""
+        return read_exit_codes(self.marker_dir) if self.job_id is not None else {}
+
+    def cancelled_outside(self) -> str | None:
+        """The job was cancelled by someone else (an admin's scancel): sacct says CANCELLED, we did not."""
+        if self.job_id is None or self.job_id in self.cancelled_by_us:
+            return None
+        try:
+            entry = cmd.squeue_job(self.job_id)
+            state = entry.state if entry is not None else None
+            rec = cmd.sacct_job(self.job_id) if state in (None, "CANCELLED", "COMPLETING") else None
+        except cmd.SlurmCommandError:
+            return None
+        if state == "CANCELLED" or (rec is not None and rec.state == "CANCELLED"):
+            who = rec.state_detail if rec is not None else ""
+            return f"job {self.job_id} CANCELLED {who}".strip()
+        return None
+
+    def dump_stacks(self, pids: dict[int, int]) -> bool:
+        """SIGUSR1 to every task of the job's steps through Slurm (the task passes it to its rank):
+        the ranks may run on other hosts, so a pid they reported means nothing here."""
+        if self.job_id is None or self.ended:
+            return False
+        try:
+            cmd.signal_steps(self.job_id, "USR1")
+        except cmd.SlurmCommandError:
+            return False
+        return True
+
+    def lost_nodes(self, wait_s: float = 15.0) -> dict[str, dict[str, Any]]:
+        """The attempt's nodes Slurm reports failed (now, or in its event history since the job started),
+        with the evidence, waiting up to ``wait_s`` for it.
 
         Telemetry sees a dead node first (its ranks go silent) but cannot say which machine failed;
         the controller notices within SlurmdTimeout, so a hang can be confirmed as a node failure.
         """
         deadline = time.monotonic() + wait_s
         while True:
-            try:
-                down = [n.name for n in cmd.scontrol_nodes(self.job_nodes) if n.down]
-            except cmd.SlurmCommandError:
-                down = []
+            down = self.blame(self.job_nodes)
             if down or time.monotonic() >= deadline:
-                return down
+                return {n: down[n] for n in sorted(down, key=node_sort_key)}
             time.sleep(0.5)
 
     # ---- stopping ----------------------------------------------------------------------------------
     def stop(self, grace_s: float = 3.0) -> None:
-        """Kill the job's tasks at once (submitit ignores SIGTERM) and wait until Slurm lets go."""
-        if self.job_id is None or self.ended:
+        """Cancel the attempt's job whatever its state (ended, requeued, pending) and return once squeue
+        and sacct agree it is gone: only then may the next attempt's ranks start."""
+        if self.job_id is None or self.job_id in self.gone:
             return
-        for signal in ("KILL", None):
-            try:
-                cmd.scancel(self.job_id, signal)
-            except cmd.SlurmCommandError:
-                pass
-        deadline = time.monotonic() + grace_s + 30.0
-        while time.monotonic() < deadline and not self._released():
+        self.cancelled_by_us.add(self.job_id)
+        deadline = time.monotonic() + grace_s + 60.0
+        while True:
+            if not self._released():
+                for signal in ("KILL", None):  # tasks first (submitit ignores SIGTERM), then the job
+                    try:
+                        cmd.scancel(self.job_id, signal)
+                    except cmd.SlurmCommandError:
+                        pass
+            if self._released() or time.monotonic() >= deadline:
+                break
             time.sleep(0.25)
         self.ended = True
+        if self._released():
+            self.gone.add(self.job_id)
 
     def _released(self) -> bool:
-        """Gone from the queue, or only still 'completing' on nodes that are dead anyway."""
+        """squeue no longer runs it (gone, or only 'completing' on nodes that are dead anyway) and
+        sacct has its final, terminal record: a requeued or pending job is not released."""
         assert self.job_id is not None
         try:
             entry = cmd.squeue_job(self.job_id)
-            if entry is None:
-                return True
-            if entry.state in ACTIVE_STATES:
+            if entry is not None and entry.state in ACTIVE_STATES:
                 return False
-            return all(n.down for n in cmd.scontrol_nodes(list(entry.nodes))) if entry.nodes else True
+            if entry is not None and entry.state == "COMPLETING" and entry.nodes and \
+                    not all(n.down for n in cmd.scontrol_nodes(list(entry.nodes))):
+                return False
+            rec = cmd.sacct_job(self.job_id)
+            return rec is not None and rec.state in TERMINAL_STATES
         except cmd.SlurmCommandError:
             return False
+
+    def cancel_jobs(self, job_ids: list[str]) -> list[str]:
+        """Cancel each of ``job_ids`` Slurm still holds (running, pending, requeued) and wait until squeue
+        and sacct agree it is gone; the ids that were still there. Used by cancel and resume so that
+        every job the journal names is accounted for."""
+        live: list[str] = []
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                entry = cmd.squeue_job(job_id)
+            except cmd.SlurmCommandError:
+                entry = None
+            if entry is None or entry.state not in ACTIVE_STATES | {"COMPLETING"}:
+                continue
+            live.append(job_id)
+            keep = (self.job_id, self.ended, self.gone)
+            self.job_id, self.ended, self.gone = job_id, False, set()
+            self.stop()
+            self.job_id, self.ended, self.gone = keep
+        return live
 
     def close(self) -> None:
         """Nothing is held between calls: every query is a fresh Slurm command."""

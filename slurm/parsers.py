@@ -371,3 +371,57 @@ def _job_info(raw: dict[str, str], record: str) -> JobInfo:
 def parse_scontrol_jobs(text: str) -> list[JobInfo]:
     """Every job record in ``scontrol show job [ID]`` output."""
     return [_job_info(parse_scontrol_record(r), r) for r in split_scontrol_records(text)]
+
+
+# ``sacctmgr show event``: the controller's node history, kept after a node has returned to service.
+EVENT_FIELDS = ("NodeName", "Start", "End", "State", "Reason", "User")
+SACCTMGR_EVENT_ARGS = ["--noheader", "--parsable2", "show", "event",
+                       f"format={','.join(EVENT_FIELDS)}"]
+# Node states after which the node's jobs were killed (a DRAIN lets them run to their end).
+NODE_DEAD_STATES = frozenset({"DOWN", "FAIL", "FAILING", "NOT_RESPONDING"})
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """One node event: ``node4|2026-11-30T06:45:00|2026-11-30T06:45:00|DOWN|Not responding|root(0)``.
+
+    ``end`` is None while the node is still in that state (sacctmgr prints ``Unknown``).
+    """
+
+    node: str
+    start: datetime | None
+    end: datetime | None
+    state: str
+    reason: str
+    user: str
+
+    @property
+    def dead(self) -> bool:
+        """The node was DOWN/FAIL (its jobs were killed), not merely drained."""
+        return any(part in NODE_DEAD_STATES for part in self.state.rstrip(_STATE_SUFFIXES).upper().split("+"))
+
+    def overlaps(self, since: datetime, until: datetime | None) -> bool:
+        """The event was open at some moment of [since, until] (until None: up to now)."""
+        if self.start is not None and until is not None and self.start > until:
+            return False
+        return self.end is None or self.end >= since
+
+
+def parse_sacctmgr_events(text: str) -> list[NodeEvent]:
+    """Output of ``sacctmgr`` run with :data:`SACCTMGR_EVENT_ARGS`; cluster events (no node) are skipped.
+
+    The reason is free text and may contain '|': the fields after it (User) are taken from the right.
+    """
+    out: list[NodeEvent] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cols = line.split("|")
+        if len(cols) < len(EVENT_FIELDS):
+            raise SlurmParseError(f"sacctmgr event line has {len(cols)} fields, want {len(EVENT_FIELDS)}: {line!r}")
+        if not cols[0].strip():
+            continue  # a cluster event (TRES registered), not a node's
+        out.append(NodeEvent(node=cols[0].strip(), start=parse_timestamp(cols[1]), end=parse_timestamp(cols[2]),
+                             state=cols[3].strip().upper(), reason="|".join(cols[4:-1]).strip(),
+                             user=cols[-1].strip()))
+    return out

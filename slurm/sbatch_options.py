@@ -31,6 +31,7 @@ RESERVED_OPTIONS: dict[str, str] = {
     "exclude": "cluster.slurm.exclude", "signal": "cluster.slurm.signal_before_s",
     "output": "the launcher (logs go to the run directory)", "error": "the launcher",
     "open-mode": "the launcher", "array": "the launcher", "wrap": "the launcher",
+    "requeue": "cluster.slurm.requeue_on_preemption", "no-requeue": "cluster.slurm.requeue_on_preemption",
 }
 _OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?:=(.*))?", re.DOTALL)
 _SECOND_OPTION = re.compile(r"\s--?[A-Za-z]")
@@ -102,8 +103,9 @@ def executor_parameters(cfg: RunConfig, excluded: Sequence[str] = (),
     nodes = excluded_nodes(cfg, excluded)
     if nodes:
         params["exclude"] = compress(nodes)
-    if extras:
-        params["additional_parameters"] = {k: True if v is None else v for k, v in extras.items()}
+    # The orchestrator owns requeue: Slurm must not run a failed attempt again behind its back.
+    requeue = "requeue" if cfg.cluster.slurm.requeue_on_preemption else "no-requeue"
+    params["additional_parameters"] = {requeue: True, **{k: True if v is None else v for k, v in extras.items()}}
     return params
 
 

@@ -47,7 +47,17 @@ def test_parameters_map_every_field() -> None:
         "job_name": "demo-a1", "nodes": 2, "ntasks_per_node": 2, "time": "00:30:00",
         "signal_delay_s": 45, "partition": "main", "cpus_per_task": 2, "mem": "4G", "account": "ml",
         "qos": "high", "constraint": "fast", "exclude": "node[2-3,7-8]",
-        "additional_parameters": {"reservation": "maint", "exclusive": True}}
+        "additional_parameters": {"no-requeue": True, "reservation": "maint", "exclusive": True}}
+
+
+def test_orchestrator_owns_requeue() -> None:
+    """--no-requeue unless requeue-on-preemption is asked for; extra_sbatch cannot override it."""
+    assert sbatch_arguments(make_cfg())[-1] == "--no-requeue"
+    assert "--requeue" in sbatch_arguments(make_cfg(requeue_on_preemption=True))
+    assert "--no-requeue" not in sbatch_arguments(make_cfg(requeue_on_preemption=True))
+    for item in ("--requeue", "--no-requeue"):
+        with pytest.raises(SbatchOptionError, match="requeue_on_preemption"):
+            parse_extra_option(item)
 
 
 def test_unset_fields_stay_unset() -> None:

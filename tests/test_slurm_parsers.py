@@ -155,3 +155,27 @@ def test_scontrol_record_drain_flags() -> None:
 def test_scontrol_rejects_other_records() -> None:
     with pytest.raises(SlurmParseError):
         parse_scontrol_nodes(read("scontrol_show_job_running.txt"))
+
+
+def test_sacctmgr_events_recorded() -> None:
+    """Node event history recorded on the local cluster (22.05): a node set DOWN by an admin while its
+    slurmd stayed up, back in service within the second (ReturnToService=2); the cluster's own event
+    (no node name) is skipped."""
+    from slurm.parsers import parse_sacctmgr_events
+    (ev,) = parse_sacctmgr_events(read("sacctmgr_events.txt"))
+    assert ev.node == "node4" and ev.state == "DOWN" and ev.reason == "test-down probe"
+    assert ev.start == ev.end == datetime(2026, 11, 30, 6, 45, 0) and ev.user == "root(0)"
+    assert ev.dead and ev.overlaps(datetime(2026, 11, 30, 6, 44, 59), None)
+    assert not ev.overlaps(datetime(2026, 11, 30, 6, 45, 1), None)
+    assert not ev.overlaps(datetime(2026, 11, 30, 6, 40), datetime(2026, 11, 30, 6, 44))
+
+
+def test_sacctmgr_events_open_drain_and_pipes() -> None:
+    from slurm.parsers import SlurmParseError, parse_sacctmgr_events
+    text = ("node2|2026-11-30T07:00:00|Unknown|DOWN*|Not responding|slurm(64030)\n"
+            "node3|2026-11-30T07:01:00|Unknown|DRAIN|disk|check|root(0)\n")
+    down, drain = parse_sacctmgr_events(text)
+    assert down.end is None and down.dead and down.overlaps(datetime(2026, 11, 30, 8), None)
+    assert drain.reason == "disk|check" and not drain.dead
+    with pytest.raises(SlurmParseError):
+        parse_sacctmgr_events("node1|2026-11-30T07:00:00\n")

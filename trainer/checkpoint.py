@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,19 @@ def _agree(ok: bool) -> bool:
 
 
 def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], rank: int,
-         fault: str | None = None) -> float:
+         fault: str | None = None, fence: Callable[[], None] | None = None) -> float:
     """Collective save of ``state`` (a DCP state dict) plus rank 0's ``extra`` JSON; returns seconds.
 
     ``fault`` injects a failure: "disk_full" raises ENOSPC at rank 0's write, "ckpt_crash" kills the
-    rank after its shards are written and before the commit.
+    rank after its shards are written and before the commit. ``fence`` raises in a rank whose attempt
+    was declared dead (trainer.fence): it runs before anything is touched and right before the commit.
     """
     t0 = time.perf_counter()
     path = step_dir(root, step)
     if (path / COMMITTED).exists():
         return 0.0
+    if fence is not None:
+        fence()
     _fresh_dir(path, rank)
     err: BaseException | None = None
     try:
@@ -203,6 +207,8 @@ def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], ra
         kind = "disk_full" if isinstance(err, OSError) and err.errno == errno.ENOSPC else "checkpoint_error"
         raise CheckpointFailed(kind, f"save at step {step} failed: {err or 'on another rank'}")
     if rank == 0:
+        if fence is not None:
+            fence()
         write_manifest(path)
         atomic_write(path / COMMITTED, f"{step}\n".encode())
     if dist.is_initialized():
@@ -273,19 +279,28 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
                        staging=resp.staging_completion)
 
 
-def commit(p: PendingSave, rank: int) -> float:
-    """After every rank's write finished (agreed by the caller): manifest + COMMITTED on rank 0."""
+def commit(p: PendingSave, rank: int, fence: Callable[[], None] | None = None) -> float:
+    """After every rank's write finished (agreed by the caller): manifest + COMMITTED on rank 0, unless
+    ``fence`` says this attempt was declared dead (it raises)."""
     if rank == 0:
+        if fence is not None:
+            fence()
         write_manifest(p.path)
         atomic_write(p.path / COMMITTED, f"{p.step}\n".encode())
     return time.perf_counter() - p.t0
 
 
-def choose_for_load(root: Path, rank: int, on_bad: Any = None) -> CheckpointRef | None:
-    """Rank 0 picks the newest checkpoint that verifies (marking bad ones); everyone gets its choice."""
+def choose_for_load(root: Path, rank: int, on_bad: Any = None,
+                    admit: Callable[[CheckpointRef], bool] | None = None) -> CheckpointRef | None:
+    """Rank 0 picks the newest checkpoint that verifies (marking bad ones); everyone gets its choice.
+
+    ``admit`` (epoch fencing) refuses a checkpoint outright, e.g. one a dead attempt committed late.
+    """
     choice: list[Any] = [None]
     if rank == 0:
         for ref in reversed(committed(root)):
+            if admit is not None and not admit(ref):
+                continue
             reason = verify(ref.path)
             if reason is None:
                 choice[0] = (ref.step, str(ref.path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
 from trainer import preempt
 from trainer.engine import Engine, agree_with_counts, all_ranks_agree
+from trainer.fence import EpochGuard, Fenced, quarantine, read_state
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
 
@@ -56,9 +58,9 @@ class LoopState:
     sampler: Sampler = field(default_factory=Sampler)
     good_losses: list[float] = field(default_factory=list)
 
-    def to_extra(self, precision: str, dtypes: dict[str, str]) -> dict[str, Any]:
+    def to_extra(self, precision: str, dtypes: dict[str, str], epoch: int | None = None) -> dict[str, Any]:
         return {"step": self.step, "sampler": self.sampler.state(), "good_losses": self.good_losses,
-                "precision": precision, "dtypes": dtypes}
+                "precision": precision, "dtypes": dtypes, "epoch": epoch}
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> LoopState:
@@ -68,8 +70,10 @@ class LoopState:
 
 class TrainLoop:
     def __init__(self, cfg: RunConfig, engine: Engine, corpus: Corpus, tel: Telemetry, chaos: Chaos,
-                 ckpt_root: Path, rank: int, world: int = 1, ckpt_group: Any = None) -> None:
+                 ckpt_root: Path, rank: int, world: int = 1, ckpt_group: Any = None,
+                 guard: EpochGuard | None = None) -> None:
         self.cfg, self.engine, self.corpus, self.tel, self.chaos = cfg, engine, corpus, tel, chaos
+        self.guard = guard or EpochGuard(None, tel.attempt)  # epoch fencing (trainer.fence)
         self.root, self.rank, self.world = ckpt_root, rank, world
         self.ckpt_group = ckpt_group  # a separate gloo group: async saves never share the training one
         self.pending: ckpt.PendingSave | None = None
@@ -92,7 +96,7 @@ class TrainLoop:
 
         def on_bad(ref: ckpt.CheckpointRef, reason: str) -> None:
             self.tel.event("checkpoint_bad", step=ref.step, path=str(ref.path), reason=reason)
-        ref = ckpt.choose_for_load(self.root, self.rank, on_bad)
+        ref = ckpt.choose_for_load(self.root, self.rank, on_bad, self._admit)
         if ref is None:
             return None
         t0 = time.perf_counter()
@@ -105,6 +109,24 @@ class TrainLoop:
         self.st.sampler.skip |= skip
         self.tel.event("checkpoint_loaded", step=ref.step, load_s=time.perf_counter() - t0)
         return ref.step
+
+    def _admit(self, ref: ckpt.CheckpointRef) -> bool:
+        """Refuse (and move aside) a checkpoint its epoch committed after being declared dead."""
+        if self.guard.path is None:
+            return True
+        state = read_state(self.guard.path.parent)
+        if state is None:
+            return True
+        try:
+            epoch = json.loads((ref.path / ckpt.EXTRA).read_text()).get("epoch")
+        except (OSError, ValueError):
+            return True  # unreadable: verify() decides
+        if state.admits(None if epoch is None else int(epoch), ref.path.name):
+            return True
+        moved = quarantine(ref.path, int(epoch))
+        self.tel.event("stale_checkpoint", step=ref.step, epoch=epoch, path=str(moved),
+                       fenced_at=state.fence_for(int(epoch)).t)  # type: ignore[union-attr]
+        return False
 
     def save_checkpoint(self, blocking: bool = False) -> None:
         """Save now: synchronously, or (checkpoint.async_save) stage and let DCP write in the
@@ -134,8 +156,9 @@ class TrainLoop:
         dtypes = self.engine.tensor_dtypes()
         if self.st.step == 0:
             self._audit(dtypes, None, 0)
-        extra = self.st.to_extra(self.cfg.train.precision, dtypes)
+        extra = self.st.to_extra(self.cfg.train.precision, dtypes, self.guard.epoch)
         fault = self.chaos.during_checkpoint(self.st.step)
+        self.guard.check()
         if self.ckpt_group is not None and not blocking:
             if self.stager is None:
                 self.stager = ckpt.background_stager()
@@ -143,7 +166,8 @@ class TrainLoop:
                                             self.rank, self.ckpt_group, fault, self.stager)
             return
         try:
-            secs = ckpt.save(self.root, self.st.step, self.engine.state_dict(), extra, self.rank, fault)
+            secs = ckpt.save(self.root, self.st.step, self.engine.state_dict(), extra, self.rank, fault,
+                             fence=self.guard.check)
         except ckpt.CheckpointFailed as exc:
             self._checkpoint_failed(self.st.step, exc.kind, str(exc))
             return
@@ -176,7 +200,7 @@ class TrainLoop:
             kind = "disk_full" if _is_enospc(p.local_error) or _is_enospc(_exc(p.fut)) else "checkpoint_error"
             self._checkpoint_failed(p.step, kind, f"async save at step {p.step} failed")
             return
-        total = ckpt.commit(p, self.rank)
+        total = ckpt.commit(p, self.rank, fence=self.guard.check)
         self._committed(p.step, p.blocked_s, total)
 
     def finish_pending(self) -> None:
@@ -303,6 +327,14 @@ class TrainLoop:
         self.tel.event("eval", step=self.st.step, eval_loss=mean)
         return mean
 
+    def _fence_check(self) -> None:
+        """Stop before the next step once the supervisor has moved to a newer epoch (one stat)."""
+        try:
+            self.guard.check()
+        except Fenced as exc:
+            self.tel.event("fenced", step=self.st.step, epoch=exc.mine, current=exc.current)
+            raise
+
     def run(self) -> float | None:
         """Train to the end and return the final eval loss; None when preempted (checkpoint saved)."""
         total, every = self.cfg.train.steps, self.cfg.checkpoint.every_steps
@@ -310,6 +342,7 @@ class TrainLoop:
         if self.st.step == 0 and not ckpt.committed(self.root):
             self.save_checkpoint()  # step 0: something to roll back to
         while self.st.step < total:
+            self._fence_check()
             if preempt.requested():
                 self.save_checkpoint(blocking=True)  # time limit or preemption: save, then requeue
                 self.tel.event("preempted", step=self.st.step)

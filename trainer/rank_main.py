@@ -25,6 +25,7 @@ from trainer import preempt
 from trainer.chaos import Chaos
 from trainer.data import Corpus
 from trainer.engine import build_engine
+from trainer.fence import EpochGuard
 from trainer.loop import TrainLoop
 from trainer.telemetry import Telemetry
 
@@ -98,7 +99,7 @@ def main() -> int:
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
     ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None
     loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank,
-                     ctx.world, ckpt_group)
+                     ctx.world, ckpt_group, guard=EpochGuard(ctx.run_dir, ctx.attempt))
     resumed = loop.restore()
     tel.event("started", resume_step=resumed, pid=os.getpid())
     final = loop.run()

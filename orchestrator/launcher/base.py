@@ -71,3 +71,33 @@ class Launcher(ABC):
 
     def close(self) -> None:
         """Release what the launcher holds (the attempt must be stopped first)."""
+
+    def cancel_jobs(self, job_ids: list[str]) -> list[str]:
+        """Stop scheduler jobs an earlier supervisor of this run left behind; the ids still running."""
+        return []
+
+    def lost_nodes(self, wait_s: float = 15.0) -> dict[str, dict[str, Any]]:
+        """node -> the scheduler's evidence, for the current attempt's nodes it says failed; waits up to
+        ``wait_s`` for it. A backend without a scheduler has nothing to add to telemetry."""
+        return {}
+
+    def exit_codes(self) -> dict[int, int]:
+        """rank -> exit code of the current attempt's ranks that have exited, where the backend keeps
+        them outside telemetry (Slurm: exit markers); lets the supervisor read an end it did not hear."""
+        return {}
+
+    def cancelled_outside(self) -> str | None:
+        """Why, if the scheduler says someone else cancelled the current attempt; None otherwise."""
+        return None
+
+    def dump_stacks(self, pids: dict[int, int]) -> bool:
+        """Ask every rank for its stack (faulthandler on SIGUSR1). Here the ranks are this host's
+        processes (local backend); a scheduler backend signals through the scheduler instead."""
+        import os
+        import signal
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except (ProcessLookupError, PermissionError):
+                return False
+        return bool(pids)

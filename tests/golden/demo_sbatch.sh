@@ -9,6 +9,7 @@
 #SBATCH --exclusive
 #SBATCH --job-name=demo-a1
 #SBATCH --mem=4G
+#SBATCH --no-requeue
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=2
 #SBATCH --open-mode=append
