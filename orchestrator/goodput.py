@@ -2,32 +2,68 @@
 
 Productive time is the duration of every optimizer step that the final model keeps. A step redone after
 a rollback or relaunch moves its first duration to ``recomputation``; a skipped step's time is lost too.
+While a straggler holds the run back, each kept step's excess over the recent normal step time is lost
+to ``straggler``: the step is kept, its slowness is not productive.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from statistics import median
+
 from orchestrator.snapshot import LostTime
+
+NORMAL_WINDOW = 32  # recent step durations that set what a normal step costs
 
 
 class GoodputMeter:
-    def __init__(self, t0: float) -> None:
+    def __init__(self, t0: float, straggling_since: Callable[[], int | None] = lambda: None) -> None:
+        """``straggling_since``: the first slow step of the current straggler episode, None when none."""
         self.t0 = t0
         self.kept: dict[int, float] = {}
         self.lost = LostTime()
+        self.straggling_since = straggling_since
+        self._normal: deque[float] = deque(maxlen=NORMAL_WINDOW)
+        self._charged: set[int] = set()
 
-    def on_step(self, step: int, seconds: float, skipped: bool) -> None:
+    def on_step(self, step: int, seconds: float, skipped: bool, ckpt_wait_s: float = 0.0) -> None:
+        """``ckpt_wait_s``: the part of the step spent waiting for an async checkpoint's staging copy,
+        which is checkpoint time, not training."""
+        wait = min(max(ckpt_wait_s, 0.0), seconds)
+        self.lost.checkpoint += wait
+        seconds -= wait
         if skipped:
             self.lost.recomputation += seconds
             return
         if step in self.kept:  # redone without a rollback we saw: count the earlier one as lost
             self.lost.recomputation += self.kept[step]
+            self._charged.discard(step)
         self.kept[step] = seconds
+        since = self.straggling_since()
+        if since is None:
+            self._normal.append(seconds)
+        else:
+            self._charge_straggler(since)
+
+    def _charge_straggler(self, since: int) -> None:
+        """Move the excess of every kept step from the episode's first slow step on (detection comes a
+        few steps after the slowdown) to lost time, against the median of recent normal steps."""
+        if not self._normal:
+            return
+        normal = median(self._normal)
+        for s in [s for s in self.kept if s >= since and s not in self._charged]:
+            excess = max(0.0, self.kept[s] - normal)
+            self.kept[s] -= excess
+            self.lost.straggler += excess
+            self._charged.add(s)
 
     def rewind(self, resume_step: int) -> int:
         """Steps from ``resume_step`` on will be redone; returns how many were lost."""
         gone = [s for s in self.kept if s >= resume_step]
         for s in gone:
             self.lost.recomputation += self.kept.pop(s)
+            self._charged.discard(s)
         return len(gone)
 
     @property

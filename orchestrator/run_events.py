@@ -80,7 +80,7 @@ class RunEvents:
             began = sup.recovery_started_t if sup.recovery_started_t is not None else sup.meter.t0
             sup.meter.lost.restart += max(0.0, now - began - secs)
             sup.recovery_started_t = None
-        sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")))
+        sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")), float(msg.get("ckpt_wait_s") or 0.0))
         snap = sup.snap
         if not msg.get("skipped"):
             snap.step = int(msg["step"]) + 1

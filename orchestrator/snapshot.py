@@ -41,9 +41,10 @@ class LostTime:
     restart: float = 0.0
     recomputation: float = 0.0
     checkpoint: float = 0.0
+    straggler: float = 0.0  # the excess of steps held back by a straggler over a normal step
 
     def total(self) -> float:
-        return self.detection + self.restart + self.recomputation + self.checkpoint
+        return self.detection + self.restart + self.recomputation + self.checkpoint + self.straggler
 
 
 @dataclass

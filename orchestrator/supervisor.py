@@ -100,7 +100,7 @@ class Supervisor:
         self.clock, self.sleep, self.on_update = clock, sleep, on_update
         self.sm = StateMachine()
         self.snap = RunSnapshot(name=cfg.name, total_steps=cfg.train.steps)
-        self.meter = GoodputMeter(clock())
+        self.meter = GoodputMeter(clock(), straggling_since=lambda: self.straggler.episode_since())
         self.telemetry = self._open_telemetry()
         self.events = RunEvents(self)
         s = cfg.health.straggler

@@ -77,3 +77,24 @@ def test_placement_text_names_nodes_and_coordinates() -> None:
     cfg = RunConfig.model_validate({"parallel": {"tp": 2, "dp_mode": "fsdp"}})
     text = placement_text(cfg, LaunchSpec(1, ["node0", "node2"], 2, Path("."), "", Path(".")))
     assert "node2: r2(dp1,pp0,tp0) r3(dp1,pp0,tp1)" in text and text.startswith("attempt 1")
+
+
+def test_straggler_excess_is_lost_time_not_productive() -> None:
+    """Steps of 1 s, then a straggler doubles them from step 10; it is flagged at step 14 (since 10)."""
+    from orchestrator.goodput import GoodputMeter
+    since: list[int | None] = [None]
+    m = GoodputMeter(t0=0.0, straggling_since=lambda: since[0])
+    for step in range(20):
+        if step == 14:
+            since[0] = 10
+        m.on_step(step, 2.0 if step >= 10 else 1.0, skipped=False)
+    assert abs(m.lost.straggler - 10.0) < 1e-9  # steps 10..19, 1 s excess each, 10-13 charged back
+    assert abs(m.productive - 20.0) < 1e-9
+    assert m.rewind(15) == 5 and abs(m.lost.recomputation - 5.0) < 1e-9  # the kept 1 s of 15..19
+
+
+def test_waiting_for_checkpoint_staging_is_checkpoint_time() -> None:
+    from orchestrator.goodput import GoodputMeter
+    m = GoodputMeter(t0=0.0)
+    m.on_step(0, 1.5, skipped=False, ckpt_wait_s=0.5)
+    assert abs(m.productive - 1.0) < 1e-9 and abs(m.lost.checkpoint - 0.5) < 1e-9

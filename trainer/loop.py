@@ -237,6 +237,7 @@ class TrainLoop:
         x, y = self.corpus.batch(shard(idx, self.engine.dp_rank, self.engine.dp_size))
         x, y = self.chaos.corrupt_batch(step, x, y)
         slept = self._straggle(step)
+        ckpt_wait_s = 0.0
         if self.cfg.train.step_sleep_s:
             time.sleep(self.cfg.train.step_sleep_s)
         pre_s = time.perf_counter() - t0  # data, injected slowness
@@ -259,17 +260,19 @@ class TrainLoop:
             self.bad_run.append(idx)
         else:
             if self.pending is not None:
+                t_wait = time.perf_counter()
                 self.pending.wait_staged()  # the checkpoint's copy must be taken before weights change
+                ckpt_wait_s = time.perf_counter() - t_wait
             self.engine.apply(lr)
             self.st.step += 1
             self.st.good_losses = (self.st.good_losses + [g_loss])[-self.spike.window:]
             self.bad_run = []
         step_s = time.perf_counter() - t0
-        own = step_s - slept  # the EMA excludes injected slowness, or the straggler would snowball
+        own = step_s - slept - ckpt_wait_s  # the EMA excludes injected slowness, or the straggler would snowball
         self.ema_step_s = own if not self.ema_step_s else 0.9 * self.ema_step_s + 0.1 * own
         self.tel.step, self.tel.phase = self.st.step, "step"
         self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
-                      compute_time=compute_s, sync_time=sync_s,
+                      compute_time=compute_s, sync_time=sync_s, ckpt_wait_s=ckpt_wait_s,
                       tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule)
         if verdict.bad:
             self.tel.event("skip_step", step=step, rule=verdict.rule, detail=verdict.detail,

@@ -100,6 +100,7 @@ class StragglerDetector:
         self._steps = np.full(self.window, -1, dtype=np.int64)
         self._count = np.zeros(0, dtype=np.int64)
         self._flagged = np.zeros(0, dtype=bool)
+        self._since = np.zeros(0, dtype=np.int64)
         self._pos = 0
         self._seen = 0
         self._nodes: Mapping[int, str] = {}
@@ -116,6 +117,7 @@ class StragglerDetector:
         self._slow = np.zeros((self.window, n), dtype=bool)
         self._count = np.zeros(n, dtype=np.int64)
         self._flagged = np.zeros(n, dtype=bool)
+        self._since = np.zeros(n, dtype=np.int64)
 
     def observe(self, step: int, times: Mapping[int, float],
                 nodes: Mapping[int, str]) -> list[StragglerFinding]:
@@ -153,7 +155,9 @@ class StragglerDetector:
         new = np.asarray([i for i in new.tolist() if self._confirmed(i) and not self._explained_by_peer(i)],
                          dtype=np.int64)
         self._flagged[new] = True
-        return [self._finding(int(i)) for i in new]
+        found = [self._finding(int(i)) for i in new]
+        self._since[new] = [f.since_step for f in found]
+        return found
 
     def _confirmed(self, i: int) -> bool:
         """The k-of-n count is the cheap trigger; a burst (GC, a data-loader stall: a few steps at 2-5x)
@@ -219,6 +223,13 @@ class StragglerDetector:
             return None
         rank = max(sc, key=lambda r: sc[r])
         return str(self._nodes.get(rank, "?")), sc[rank]
+
+    def episode_since(self) -> int | None:
+        """The first slow step of the oldest straggler episode still open; None when nobody is flagged."""
+        if not self._flagged.any():
+            return None
+        since = self._since[self._flagged]
+        return int(since.min())
 
     def flagged(self) -> list[int]:
         """Ranks currently considered stragglers (raised and not yet cleared)."""
