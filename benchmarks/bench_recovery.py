@@ -54,6 +54,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="examples/local.yaml")
     ap.add_argument("--only", choices=["single", "all"], default=None)
+    ap.add_argument("--record", action="store_true", help="write hang detection to benchmarks/measured.json")
     args = ap.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
     base["metrics"] = {"enabled": False}
@@ -66,6 +67,10 @@ def main() -> int:
                 table += [r | {"run": fault["fault"]} for r in rows_of(run(base | {"chaos": [fault]}, work, f"f{i}"))]
         if args.only != "single":
             table += [r | {"run": "all"} for r in rows_of(run(base | {"chaos": chaos}, work, "all"))]
+    hang = [r["detect_s"] for r in table if r["fault"] == "hang" and r["detect_s"] is not None]
+    if args.record and hang:
+        from benchmarks.measured import record
+        record({"ours_hang_detect_s": sorted(hang)[len(hang) // 2]}, f"bench_recovery.py --config {args.config}")
     cols = ["run", "fault", "step", "detect_s", "detect_steps", "recover_s", "recomputed", "goodput", "state"]
     print(" | ".join(cols))
     for r in table:

@@ -9,9 +9,10 @@ drowned in the noise between histories).
 * ours: NaN/spike skipped in-step (one step lost); crash / node loss / hang relaunched after detection,
   a warm spare replaces a lost node (spares come back after repair), async checkpoints at the Young/Daly
   interval for the *blocking* cost; a checkpoint is durable only after its background write finished.
-* baseline (torchrun-like): every fault is a full job restart: detection (a hang, and a dead node whose
-  peers sit in collectives, wait for the collective timeout), a scheduler requeue for lost nodes, start-up,
-  checkpoint load; synchronous checkpoints every ``--baseline-interval-min``.
+* baseline (torchrun-like), at its best: every fault is a full job restart: detection (a hang waits for
+  a realistic watchdog), start-up, checkpoint load; the same warm spares as ours (a lost node waits for the
+  requeue only when no spare is free); synchronous checkpoints at *its own* Young/Daly optimum for its
+  synchronous save cost (``--baseline-interval-min`` overrides).
 * bound: the first-order Young/Daly goodput 1 - C/tau - (tau/2 + R)/M at tau* = sqrt(2CM), for each
   policy's own C and mean R (orchestrator.plan.reliability).
 
@@ -34,18 +35,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import save_json, table  # noqa: E402
+from benchmarks.measured import values as measured_values  # noqa: E402
 from orchestrator.plan.reliability import (LLAMA3_DAYS, LLAMA3_GPUS, LLAMA3_INTERRUPTIONS,  # noqa: E402
                                            goodput as yd_goodput, young_daly_interval)
 
 KINDS = ("hardware", "crash", "hang", "soft")
 
-# Costs in seconds. "measured": this repository's benchmarks on a 2-core machine (BENCHMARKS.md), i.e.
-# a tiny model: start-up and checkpoints are cheap. "at-scale": documented assumptions for 16k GPUs.
+# Costs in seconds. "measured": read from benchmarks/measured.json, which the benchmarks write (each
+# entry with its source, date and machine): a tiny model on a 2-core machine. "at-scale": documented
+# assumptions for 16k GPUs.
+COST_KEYS = ("ours_detect_s", "ours_hang_detect_s", "ours_relaunch_s", "base_detect_s", "base_node_detect_s",
+             "base_hang_detect_s", "base_restart_s", "requeue_s", "load_s", "async_block_s", "sync_save_s",
+             "step_s")
 PRESETS: dict[str, dict[str, float]] = {
-    "measured": {"ours_detect_s": 1.0, "ours_hang_detect_s": 3.0, "ours_relaunch_s": 4.0,
-                 "base_detect_s": 1.0, "base_node_detect_s": 1.0, "base_hang_detect_s": 120.0,
-                 "base_restart_s": 12.0, "requeue_s": 60.0, "load_s": 4.31, "async_block_s": 3.26,
-                 "sync_save_s": 8.93, "step_s": 0.2},  # checkpoint: bench_checkpoint 1 GB (2 ranks)
+    "measured": measured_values(),
     "at-scale": {"ours_detect_s": 10.0, "ours_hang_detect_s": 60.0, "ours_relaunch_s": 120.0,
                  "base_detect_s": 30.0, "base_node_detect_s": 600.0, "base_hang_detect_s": 600.0,
                  "base_restart_s": 600.0, "requeue_s": 900.0, "load_s": 120.0, "async_block_s": 3.0,
@@ -145,9 +148,11 @@ def policies(a: argparse.Namespace, mtbf_s: float) -> dict[str, Costs]:
     ours = Costs({"hardware": a.ours_detect_s, "crash": a.ours_detect_s, "hang": a.ours_hang_detect_s,
                   "soft": 0.0}, a.ours_relaunch_s, a.load_s, a.async_block_s, max(a.sync_save_s, a.async_block_s),
                  ours_interval, a.requeue_s, a.spares, a.repair_h * 3600, True, a.step_s)
+    base_interval = (a.baseline_interval_min * 60 if a.baseline_interval_min is not None
+                     else young_daly_interval(a.sync_save_s, mtbf_s))
     base = Costs({"hardware": a.base_node_detect_s, "crash": a.base_detect_s, "hang": a.base_hang_detect_s,
                   "soft": a.base_detect_s}, a.base_restart_s, a.load_s, a.sync_save_s, a.sync_save_s,
-                 a.baseline_interval_min * 60, a.requeue_s, 0, 0.0, False, a.step_s)
+                 base_interval, a.requeue_s, a.spares, a.repair_h * 3600, False, a.step_s)
     return {"ours": ours, "baseline": base}
 
 
@@ -156,6 +161,22 @@ def mean_recovery(c: Costs, a: argparse.Namespace, soft: bool) -> float:
     mix = {"hardware": a.hw_frac, "hang": a.hang_frac, "crash": 1 - a.hw_frac - a.hang_frac}
     r = sum(w * (c.detect_s[k] + c.restart_s + c.load_s) for k, w in mix.items())
     return r + (0.0 if c.spares else a.hw_frac * c.requeue_s)
+
+
+def sensitivity(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Goodput of both policies with the MTBF and every restart cost halved and doubled (same draws)."""
+    out = []
+    for label, mtbf_x, restart_x in (("as measured", 1.0, 1.0), ("MTBF x0.5", 0.5, 1.0), ("MTBF x2", 2.0, 1.0),
+                                     ("restart x0.5", 1.0, 0.5), ("restart x2", 1.0, 2.0)):
+        b = argparse.Namespace(**vars(a))
+        b.mtbf_scale = a.mtbf_scale * mtbf_x
+        for k in ("ours_relaunch_s", "base_restart_s", "requeue_s"):
+            setattr(b, k, getattr(a, k) * restart_x)
+        rows = {r["policy"]: r for r in run(b, quiet=True) if r["policy"] in ("ours", "baseline")}
+        out.append({"case": label, "ours": rows["ours"]["goodput_mean"], "baseline": rows["baseline"]["goodput_mean"],
+                    "ours_interval_min": rows["ours"]["interval_min"],
+                    "baseline_interval_min": rows["baseline"]["interval_min"]})
+    return out
 
 
 def summarize(name: str, xs: list[dict[str, float]], interval_s: float) -> dict[str, Any]:
@@ -167,9 +188,9 @@ def summarize(name: str, xs: list[dict[str, float]], interval_s: float) -> dict[
             "lost_work_h": statistics.fmean(x["lost_work_h"] for x in xs)}
 
 
-def run(a: argparse.Namespace) -> list[dict[str, Any]]:
+def run(a: argparse.Namespace, quiet: bool = False) -> list[dict[str, Any]]:
     rate = LLAMA3_INTERRUPTIONS / (LLAMA3_DAYS * 86400 * LLAMA3_GPUS)  # per GPU-second
-    mtbf = 1.0 / (rate * a.gpus)
+    mtbf = a.mtbf_scale / (rate * a.gpus)
     horizon = a.days * 86400
     pols = policies(a, mtbf)
     res: dict[str, list[dict[str, float]]] = {k: [] for k in pols}
@@ -184,8 +205,11 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
         tau = young_daly_interval(c.block_s, mtbf)
         rows.append({"policy": f"young-daly bound ({k} costs)", "interval_min": round(tau / 60, 2),
                      "goodput_mean": yd_goodput(tau, c.block_s, mtbf, r)})
-    print(f"job MTBF {mtbf / 3600:.2f} h on {a.gpus} GPUs; {a.trials} trials of {a.days:g} days; "
-          f"our interval (Young/Daly, C={a.async_block_s:g}s blocking) {pols['ours'].interval_s / 60:.2f} min")
+    if not quiet:
+        print(f"job MTBF {mtbf / 3600:.2f} h on {a.gpus} GPUs; {a.trials} trials of {a.days:g} days; both policies "
+              f"at their Young/Daly interval: ours {pols['ours'].interval_s / 60:.2f} min (C={a.async_block_s:g}s "
+              f"blocking), baseline {pols['baseline'].interval_s / 60:.2f} min (C={a.sync_save_s:g}s sync); "
+              f"{a.spares} spares each")
     return rows
 
 
@@ -201,14 +225,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--soft-per-day", type=float, default=1.0, help="NaN/loss-spike events per day")
     ap.add_argument("--spares", type=int, default=4)
     ap.add_argument("--repair-h", type=float, default=24.0)
-    ap.add_argument("--baseline-interval-min", type=float, default=30.0)
-    for k in PRESETS["measured"]:
+    ap.add_argument("--baseline-interval-min", type=float, default=None,
+                    help="default: the baseline's own Young/Daly optimum")
+    ap.add_argument("--mtbf-scale", type=float, default=1.0, help="multiply the Llama 3 MTBF")
+    ap.add_argument("--sensitivity", action="store_true", help="also MTBF and restart cost x0.5 / x2")
+    for k in COST_KEYS:
         ap.add_argument("--" + k.replace("_", "-"), type=float, default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     for k, v in PRESETS[a.preset].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    missing = [k for k in COST_KEYS if getattr(a, k) is None]
+    if missing:
+        ap.error(f"no value for {', '.join(missing)}: run the benchmarks that write benchmarks/measured.json "
+                 f"or pass --{missing[0].replace('_', '-')}")
     return a
 
 
@@ -217,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(a)
     print(table(rows, ["policy", "interval_min", "goodput_mean", "goodput_sd", "p5", "p95", "interruptions",
                        "down_h", "lost_work_h"]))
-    save_json(a.json, "sim_at_scale", {"args": vars(a), "rows": rows})
+    sens = sensitivity(a) if a.sensitivity else []
+    if sens:
+        print(table(sens, ["case", "ours", "baseline", "ours_interval_min", "baseline_interval_min"]))
+    save_json(a.json, "sim_at_scale", {"args": vars(a), "rows": rows, "sensitivity": sens})
     return 0
 
 

@@ -6,6 +6,7 @@ against the code they measure, so BENCHMARKS.md can always be regenerated. Heavy
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,8 +21,22 @@ from benchmarks.common import ledger_from_rows  # noqa: E402
 def test_sim_prints_policies_and_bound(capsys: pytest.CaptureFixture[str]) -> None:
     assert sim_at_scale.main(["--trials", "5", "--days", "2"]) == 0
     out = capsys.readouterr().out
-    for name in ("| ours |", "| baseline |", "young-daly bound (ours costs)", "our interval"):
+    for name in ("| ours |", "| baseline |", "young-daly bound (ours costs)", "at their Young/Daly interval"):
         assert name in out
+
+
+def test_sim_baseline_at_its_best_and_sensitivity(capsys: pytest.CaptureFixture[str]) -> None:
+    """Same spares for both; the baseline checkpoints at its own optimum; costs come from measured.json."""
+    from benchmarks.measured import values
+    a = sim_at_scale.parse(["--trials", "5", "--days", "2"])
+    assert a.sync_save_s == values()["sync_save_s"]  # not a constant in the script
+    pols = sim_at_scale.policies(a, 3600.0)
+    assert pols["baseline"].spares == pols["ours"].spares == a.spares
+    assert pols["baseline"].interval_s == sim_at_scale.young_daly_interval(a.sync_save_s, 3600.0)
+    rows = sim_at_scale.sensitivity(a)
+    assert [r["case"] for r in rows] == ["as measured", "MTBF x0.5", "MTBF x2", "restart x0.5", "restart x2"]
+    by = {r["case"]: r for r in rows}
+    assert by["MTBF x0.5"]["ours"] < by["as measured"]["ours"] < by["MTBF x2"]["ours"]
 
 
 def test_sim_is_seeded_and_ours_beats_baseline() -> None:
@@ -65,3 +80,19 @@ def test_goodput_vs_torchrun_clean(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import bench_goodput_vs_torchrun
     assert bench_goodput_vs_torchrun.main(["--scenarios", "clean", "--steps", "12"]) == 0
     assert "| clean | torchrun |" in capsys.readouterr().out
+
+
+def test_measured_costs_are_recorded_with_their_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.measured import load, record, values
+    from benchmarks.record_measured import checkpoint_costs
+    p = tmp_path / "measured.json"
+    record({"load_s": 1.5}, "unit test", path=p)
+    record({"sync_save_s": 2.0}, "unit test 2", path=p)
+    assert values(p) == {"load_s": 1.5, "sync_save_s": 2.0}
+    entry = load(p)["load_s"]
+    assert entry["source"] == "unit test" and entry["date"] and entry["machine"]["nproc"]
+    ck = tmp_path / "ck.json"
+    ck.write_text(json.dumps({"bench": "checkpoint", "rows": [
+        {"size_mb": 10, "sync_save_s": 0.1, "load_s": 0.05, "bg_staging_until_staged_s": 0.01},
+        {"size_mb": 1000, "sync_save_s": 0.7, "load_s": 0.6, "bg_staging_until_staged_s": 0.26}]}) + "\n")
+    assert checkpoint_costs(ck) == {"sync_save_s": 0.7, "load_s": 0.6, "async_block_s": 0.26}
