@@ -158,6 +158,9 @@ class HealthConfig(Section):
     probes: list[Literal["node", "gpu", "collective"]] = Field(default_factory=lambda: ["node", "gpu"])
     straggler: StragglerConfig = Field(default_factory=StragglerConfig)
     startup_timeout_s: float = Field(120.0, gt=0, description="launch to first step")
+    collective_timeout_s: float = Field(1800.0, gt=0, description="the process group's timeout (a rank "
+                                        "stuck in a collective raises after it); hangs are found from "
+                                        "heartbeats long before, this is the last line of defence")
     lemon_nodes: bool | None = Field(None, description="remember troubled nodes across runs; default: on "
                                                        "for Slurm, off for the simulated local nodes")
     lemon_db: str | None = Field(None, description="SQLite file; default: nodes.db beside the run directory")

@@ -93,7 +93,7 @@ def main() -> int:
     print(f"rank {ctx.rank} on {ctx.node}: device {device}, backend {place.backend}", flush=True)
     tel = Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt)
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
-    placement.init_process_group(place, ctx.rank, ctx.world, timedelta(minutes=30))
+    placement.init_process_group(place, ctx.rank, ctx.world, timedelta(seconds=cfg.health.collective_timeout_s))
     chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
