@@ -9,7 +9,13 @@ part (staging, until ``async_save`` returns) and completion (``future.result()``
 and a load. Times are the slowest rank's (an all_reduce MAX), medians over repeats, files in a temp dir
 on local disk. The machine is shared, so the async/sync ratio within one run is the number to quote.
 
+On a CUDA machine it also measures staging from GPU memory (``--gpu-sizes-gb``, default 1,10; one rank):
+the state lives on the GPU and ``async_save`` copies it out through the trainer's background stager, into
+pinned host buffers (allocated and pinned at the first save, reused by the next) and, for comparison,
+into pageable memory. ``until_staged_s`` is what the next optimizer step waits for.
+
 Usage: .venv/bin/python benchmarks/bench_checkpoint.py [--sizes-mb 10,100,1000] [--repeats 3]
+       [--gpu-sizes-gb 1,10] [--gpu-repeats 2] [--no-gpu]
 """
 
 from __future__ import annotations
@@ -38,17 +44,19 @@ WORLD = 2
 WIDTH = 1024  # each layer is WIDTH x WIDTH fp32 = 4 MiB of weights
 
 
-def build(size_bytes: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def build(size_bytes: float, device: torch.device | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A stack of linear layers whose weights + AdamW moments come to about ``size_bytes``."""
     params = max(1, int(size_bytes / 12))  # 4 B weight + 8 B Adam moments per parameter
     layers = max(1, round(params / (WIDTH * WIDTH)))
     width = WIDTH if params >= WIDTH * WIDTH else max(8, int(params ** 0.5))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False, device=device) for _ in range(layers)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     opt.step()  # materialise exp_avg / exp_avg_sq
+    for p in model.parameters():
+        p.grad = None  # not part of a checkpoint; on a GPU it would only take memory
     return model, opt
 
 
@@ -102,6 +110,47 @@ def one_size(size_mb: float, repeats: int, root: Path, ckpt_pg: Any) -> dict[str
             "bg_staging_until_staged_s": med(staged_wait)}
 
 
+def gpu_one(size_gb: float, pinned: bool, repeats: int, root: Path, pg: Any) -> list[dict[str, Any]]:
+    """Async saves of a GPU-resident state of ``size_gb`` with the trainer's stager; a row per repeat
+    (the first pays for allocating and pinning the host buffers, later ones reuse them)."""
+    from trainer.checkpoint import background_stager
+    dev = torch.device("cuda", torch.cuda.current_device())
+    model, opt = build(size_gb * 1e9, dev)
+    state = dict(zip(("model", "optim"), get_state_dict(model, opt)))
+    nbytes = sum(p.numel() * 4 * 3 for p in model.parameters())
+    stager = background_stager(cuda=True) if pinned else DefaultStager(StagingOptions(
+        use_pinned_memory=False, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=False))
+    rows = []
+    for i in range(repeats):
+        d = root / f"gpu-{size_gb:g}-{int(pinned)}-{i}"
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        resp = dcp.async_save(state, checkpoint_id=str(d), process_group=pg, async_stager=stager)
+        call = time.perf_counter() - t0
+        resp.staging_completion.result()
+        staged = time.perf_counter() - t0
+        resp.upload_completion.result()
+        rows.append({"size_gb": size_gb, "host_memory": "pinned" if pinned else "pageable", "save": i + 1,
+                     "state_gb": round(nbytes / 1e9, 2), "call_s": call, "until_staged_s": staged,
+                     "copy_gb_s": round(nbytes / 1e9 / staged, 2), "until_written_s": time.perf_counter() - t0})
+        shutil.rmtree(d, ignore_errors=True)
+    stager.close()
+    del model, opt, state
+    torch.cuda.empty_cache()
+    return rows
+
+
+def gpu_rows(sizes_gb: list[float], repeats: int, root: Path) -> list[dict[str, Any]]:
+    """One rank on GPU 0 (gloo group for DCP's planning collectives, as the trainer's async saves use)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    torch.cuda.set_device(0)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        return [r for gb in sizes_gb for pinned in (True, False) for r in gpu_one(gb, pinned, repeats, root, None)]
+    finally:
+        dist.destroy_process_group()
+
+
 def worker(rank: int, port: int, sizes: list[float], repeats: int, root: str, out: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -127,19 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir on local disk)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--gpu-sizes-gb", default="1,10", help="GPU staging sizes (only where CUDA is available)")
+    ap.add_argument("--gpu-repeats", type=int, default=2)
+    ap.add_argument("--no-gpu", action="store_true", help="skip the GPU staging part")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU staging part")
     a = ap.parse_args(argv)
     print("machine:", machine(), flush=True)
-    sizes = [float(x) for x in a.sizes_mb.split(",")]
+    rows: list[dict[str, Any]] = []
+    if not a.gpu_only:
+        rows = cpu_rows([float(x) for x in a.sizes_mb.split(",")], a.repeats, a.dir)
+        print(table(rows, ["size_mb", "state_mb", "sync_save_s", "async_block_s", "async_total_s", "block_ratio",
+                           "load_s", "write_mb_s", "bg_staging_call_s", "bg_staging_ratio",
+                           "bg_staging_until_staged_s"]))
+    gpu: list[dict[str, Any]] = []
+    if torch.cuda.is_available() and not a.no_gpu:
+        with tempfile.TemporaryDirectory(prefix="bench-ckpt-gpu-", dir=a.dir) as root:
+            gpu = gpu_rows([float(x) for x in a.gpu_sizes_gb.split(",")], a.gpu_repeats, Path(root))
+        print(table(gpu, ["size_gb", "host_memory", "save", "state_gb", "call_s", "until_staged_s", "copy_gb_s",
+                          "until_written_s"]))
+    elif a.gpu_only:
+        print("no GPU: nothing to measure")
+    save_json(a.json, "checkpoint", {"args": vars(a), "rows": rows, "gpu_rows": gpu})
+    return 0
+
+
+def cpu_rows(sizes: list[float], repeats: int, where: str | None) -> list[dict[str, Any]]:
+    """The two-rank CPU table (gloo, forked workers)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=a.dir) as root:
-        mp.start_processes(worker, args=(free_port(), sizes, a.repeats, root, q), nprocs=WORLD,
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=where) as root:
+        mp.start_processes(worker, args=(free_port(), sizes, repeats, root, q), nprocs=WORLD,
                            start_method="spawn", join=False)
-        rows = q.get()
-    print(table(rows, ["size_mb", "state_mb", "sync_save_s", "async_block_s", "async_total_s", "block_ratio",
-                       "load_s", "write_mb_s", "bg_staging_call_s", "bg_staging_ratio", "bg_staging_until_staged_s"]))
-    save_json(a.json, "checkpoint", {"args": vars(a), "rows": rows})
-    return 0
+        return list(q.get())
 
 
 if __name__ == "__main__":
