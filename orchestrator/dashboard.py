@@ -83,7 +83,7 @@ def panels() -> list[Panel]:
     ]
 
 
-def annotations() -> list[dict[str, Any]]:
+def fault_annotations() -> list[dict[str, Any]]:
     """Faults and restarts as annotations on every time panel (query: a counter that just moved)."""
     return [_annotation("Faults", f'changes({_m("faults_total")}[1m]) > 0', "fault: {{kind}}", "red"),
             _annotation("Restarts", f'changes({_m("restarts_total")}[1m]) > 0', "restart", "orange")]
@@ -139,7 +139,7 @@ def build(title: str = "orchestrator run", uid: str = UID) -> dict[str, Any]:
         "annotations": {"list": [{"builtIn": 1, "name": "Annotations & Alerts", "type": "dashboard",
                                   "datasource": {"type": "grafana", "uid": "-- Grafana --"},
                                   "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)"},
-                                 *annotations()]},
+                                 *fault_annotations()]},
         "panels": _layout(panels()),
     }
 

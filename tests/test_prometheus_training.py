@@ -194,16 +194,18 @@ def _delivered(hook: Webhook, via_prometheus: bool) -> set[str]:
 
 
 def test_alertmanager_delivers_prometheus_alerts_to_a_webhook(faulty_run: Observed) -> None:
-    assert faulty_run.hook is not None
+    hook = faulty_run.hook
+    assert hook is not None
     poll("NaNLoss and NodeExcluded from Prometheus at the webhook",
-         lambda: EXPECTED <= _delivered(faulty_run.hook, via_prometheus=True), 60)
+         lambda: EXPECTED <= _delivered(hook, via_prometheus=True), 60)
 
 
 def test_direct_push_reaches_the_same_alertmanager(faulty_run: Observed) -> None:
     """metrics.alertmanager_url: the run pushes its own alerts (a final push when it ends, too)."""
-    assert faulty_run.hook is not None
+    hook = faulty_run.hook
+    assert hook is not None
     poll("NaNLoss and NodeExcluded pushed by the run at the webhook",
-         lambda: EXPECTED <= _delivered(faulty_run.hook, via_prometheus=False), 60)
+         lambda: EXPECTED <= _delivered(hook, via_prometheus=False), 60)
 
 
 def test_tensorboard_holds_the_runs_curves_faults_and_recoveries(faulty_run: Observed) -> None:
