@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from typing import Any
 
-from orchestrator.telemetry_auth import HEADER, ReplayGuard, unseal
+from orchestrator.telemetry_auth import ReplayGuard, unseal
 
 MAX_MESSAGE = 8192  # the whole datagram, header included
 TYPES = {"hb", "step", "event", "rank_exit"}
