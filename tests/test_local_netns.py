@@ -92,3 +92,15 @@ def test_stale_namespaces_of_a_dead_owner_are_removed() -> None:
 def test_network_faults_are_refused_on_slurm() -> None:
     with pytest.raises(ConfigError, match="chaos.0.fault: partition would cut"):
         load_config_data({"cluster": {"backend": "slurm"}, "chaos": [{"fault": "partition", "step": 3, "node": 1}]})
+
+
+def test_without_namespaces_nodes_are_plain_processes_and_it_is_said_once(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.launcher import local
+    monkeypatch.setenv("ORCH_LOCAL_NETNS", "0")
+    monkeypatch.setattr(local, "_said_plain", False)
+    first, second = local.LocalLauncher(2, 0), local.LocalLauncher(2, 0)
+    assert first.cluster_address() is None and second.cluster_address() is None
+    assert capsys.readouterr().err.count("plain processes on one loopback (ORCH_LOCAL_NETNS=0)") == 1
+    first.close()
+    second.close()
