@@ -110,6 +110,7 @@ class Supervisor:
         self.attempt = -1
         self.say: Callable[[str], None] | None = None  # where to print the rank → node map at launch
         self.attached: LaunchSpec | None = None  # set by restore() when the last attempt still runs
+        self.attached_job: Any = None
         self.requeues = 0  # relaunches after a time limit or preemption: not failures, no budget spent
         self.watch: AttemptWatch | None = None
         self.recovery_started_t: float | None = None
@@ -304,6 +305,8 @@ class Supervisor:
                 self.snap.actions[r["action"]] = self.snap.actions.get(r["action"], 0) + 1
         if last_launch is not None:
             self._reattach(last_launch)
+        self._cancel_leftovers(records)
+        self.snap.step = self.snap.last_checkpoint_step or 0  # where a resumed run stands, not step 0
         self.sm = StateMachine(RunState.RECOVERING)
         self.snap.state = RunState.RECOVERING.value
         self.recovery_started_t = self.clock()
@@ -334,6 +337,7 @@ class Supervisor:
         self.telemetry.close()
         self.telemetry = server
         self.attached = spec
+        self.attached_job = launch.get("job_id")
         self.journal.append("reattached", attempt=spec.attempt, telemetry=addr)
 
     # ---- watching one attempt -------------------------------------------------------------------
@@ -364,7 +368,8 @@ class Supervisor:
         w = self.watch
         assert w is not None
         if ev.kind == "node_lost":
-            last = w.node_last_seen.get(ev.node or "", w.started_t)
+            last = (w.node_last_seen.get(ev.node, w.started_t) if ev.node
+                    else max(w.node_last_seen.values(), default=w.started_t))
             w.add_candidate(Candidate("node_failure", last, None, ev.node,
                                       {"detail": ev.detail, "state": ev.state, **ev.info}), now)
         elif ev.kind == "job_ended":
@@ -442,17 +447,20 @@ class Supervisor:
         self._apply(d, c, now)
 
     def _confirm_lost_node(self, c: Candidate) -> Candidate:
-        """Telemetry notices a dead node (ranks go silent) before the scheduler does; ask the scheduler
-        which node it was, so the right node is excluded."""
-        lost_nodes = getattr(self.launcher, "lost_nodes", None)
-        if c.kind not in ("hang", "silent", "peer_lost") or c.node is not None or lost_nodes is None:
+        """Telemetry notices a dead node (ranks go silent, or are killed and their peers lose them)
+        before the scheduler says so; ask the scheduler which node it was, so the right node is
+        excluded. A peer_lost's node is only where the surviving rank ran: not evidence."""
+        if c.kind not in ("hang", "silent", "peer_lost") or (c.node is not None and c.kind != "peer_lost"):
             return c
-        lost = lost_nodes(wait_s=3 * self.cfg.health.hang_timeout_s)
+        lost = self.launcher.lost_nodes(wait_s=3 * self.cfg.health.hang_timeout_s)
         if not lost:
             return c
-        return Candidate("node_failure", c.t_fault, None, lost[0],
-                         {**c.evidence, "detail": f"{lost[0]} DOWN/NOT_RESPONDING in the scheduler; "
-                                                  + str(c.evidence.get("detail", ""))})
+        first, *others = lost
+        for node in others:
+            self.exclude(node, "failed in the scheduler during the same attempt", lost[node])
+        return Candidate("node_failure", c.t_fault, None, first,
+                         {**c.evidence, **lost[first], "detail": f"{first} {lost[first].get('state')} per "
+                          f"{lost[first].get('evidence_source')}; " + str(c.evidence.get("detail", ""))})
 
     def on_requeue(self, ev: LauncherEvent, now: float) -> None:
         """Time limit or preemption after a checkpoint: resubmit without spending restart budget."""

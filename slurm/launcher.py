@@ -37,6 +37,7 @@ from slurm.sbatch_options import executor_parameters
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING",
                            "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"})
 REQUEUE_STATES = frozenset({"TIMEOUT", "PREEMPTED"})
+BLAME_WAIT_S = 10.0  # how long a NODE_FAIL waits for the controller's node event to reach accounting
 
 
 def node_sort_key(name: str) -> tuple[Any, ...]:
@@ -202,8 +203,13 @@ class SlurmLauncher(Launcher):
         return events
 
     def _blamed(self, nodes: list[str], rec: SacctRecord) -> list[LauncherEvent]:
-        """node_lost for each node the controller names; one with no node when it names none."""
+        """node_lost for each node the controller names; one with no node when it names none. The
+        controller writes its node events to accounting a moment after acting, so ask a few times."""
+        deadline = time.monotonic() + BLAME_WAIT_S
         found = self.blame(nodes, rec.end)
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = self.blame(nodes, rec.end)
         if not found:
             return self._event("node_lost", "unknown", node=None, state=rec.state,
                                detail=f"job {rec.job_id} ended {rec.state}; the controller names no node "
