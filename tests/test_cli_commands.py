@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
+from orchestrator.metrics.exporter import LOST_CAUSES
 from tests.conftest import BASE, RunResult
 
 
@@ -20,7 +21,7 @@ def test_status_json_has_the_documented_fields(clean_run: RunResult, capsys: pyt
                 "faults", "lost"):
         assert key in st, key
     assert st["state"] == "COMPLETED" and st["step"] == st["total_steps"] == 60
-    assert 0 < st["goodput"] <= 1 and set(st["lost"]) == {"detection", "restart", "recomputation", "checkpoint"}
+    assert 0 < st["goodput"] <= 1 and set(st["lost"]) == set(LOST_CAUSES)
 
 
 def test_status_of_a_non_run_is_exit_2(tmp_path: Path) -> None:
