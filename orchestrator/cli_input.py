@@ -24,6 +24,8 @@ from orchestrator.journal import JOURNAL_FILE
 from orchestrator.snapshot import STATUS_FILE, RunSnapshot
 
 CONFIG_FILE = rundir.CONFIG_FILE
+#: files a command reads from a run directory; each must be a regular file (a FIFO would block a read)
+RUN_FILES = (CONFIG_FILE, JOURNAL_FILE, STATUS_FILE, "metrics.jsonl")
 
 
 class BadInput(Exception):
@@ -57,7 +59,20 @@ def existing_dir(path: str | Path, what: str = "run directory") -> Path:
         raise BadInput(f"{p}: is a file, not a {what} (give the directory, e.g. runs/<name>)")
     if not os.access(p, os.R_OK | os.X_OK):
         raise BadInput(f"{p}: permission denied: owned by {owner_of(p)} and not readable by you")
+    _only_regular_files(p)
     return p
+
+
+def _only_regular_files(run_dir: Path) -> None:
+    """A FIFO, socket or device where a run file belongs would hang or mislead a reader: refuse it."""
+    for name in RUN_FILES:
+        try:
+            mode = (run_dir / name).stat().st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise BadInput(f"{run_dir / name}: not a regular file; this is not a run directory written by "
+                           "orchestrator")
 
 
 def run_dir_arg(path: str | Path, *, started: bool = False, writable: bool = False,

@@ -215,6 +215,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.report import compare_main
+    for arg in (args.run, args.reference):
+        if Path(arg).is_dir():
+            existing_dir(arg)
     return int(compare_main(args.run, args.reference, args.tolerance, args.json))
 
 

@@ -68,7 +68,7 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
 
 
 def _is_run(p: Path) -> bool:
-    return any((p / m).is_file() for m in MARKERS)
+    return any((p / m).exists() for m in MARKERS)
 
 
 def read_row(run: Path, root: Path) -> RunRow:
@@ -82,10 +82,15 @@ def read_row(run: Path, root: Path) -> RunRow:
         _fill_from_status(row, status)
     elif (run / JOURNAL_FILE).is_file():
         _fill_from_journal(row, run)
+    elif (run / STATUS_FILE).exists() or (run / JOURNAL_FILE).exists():
+        regular = all((run / f).is_file() for f in (STATUS_FILE, JOURNAL_FILE) if (run / f).exists())
+        row.state, row.note = UNREADABLE, "status.json unreadable" if regular else "not regular files"
     return row
 
 
 def _status(run: Path) -> dict[str, Any] | None:
+    if not (run / STATUS_FILE).is_file():  # missing, or a FIFO that would block the read
+        return None
     try:
         doc = json.loads((run / STATUS_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

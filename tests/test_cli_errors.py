@@ -48,6 +48,11 @@ def _make_workspace(ws: Path) -> None:
     (torn / "status.json").write_text('{"name": "t", "state": "RUNN')
     (torn / "journal.jsonl").write_text('{"seq":0,"t":1.0,"event":"run_st')
     (torn / "metrics.jsonl").write_text('{"step": 1, "lo')
+    fifo = ws / "fifo"  # run files that are FIFOs: a naive read would block forever
+    fifo.mkdir()
+    (fifo / "config.yaml").write_text(resolved)
+    for name in ("journal.jsonl", "status.json", "metrics.jsonl"):
+        os.mkfifo(fifo / name)
     creating = ws / "creating"
     creating.mkdir()
     (creating / ".config.yaml.tmp").write_text(resolved[:40])
@@ -104,12 +109,14 @@ CASES: list[tuple[str, str]] = [
                                         ("{never} {never}", "no journal"), ("{torn} {torn}", "no journal"),
                                         ("{good} {good}", "not an orchestrator trace")]],
     ("dashboard --uid ../x", "grafana uid"), ("dashboard --out {empty}", "is a directory"),
+    *[(f"{cmd} {{fifo}}", "not a regular file") for cmd in ("status", "resume", "cancel", "report", "export-trace",
+                                                             "ls", "compare {fifo}")],
     ("frobnicate", "invalid choice"),
 ]
 
 
 def _argv(spec: str, ws: Path) -> list[str]:
-    names = {n: str(ws / n) for n in ("file", "empty", "never", "torn", "creating")}
+    names = {n: str(ws / n) for n in ("file", "empty", "never", "torn", "creating", "fifo")}
     names |= {"missing": str(ws / "missing"), "ws": str(ws), "good": str(ws / "good.yaml"),
               "bad": str(ws / "bad.yaml"), "evil": str(ws / "evil.yaml"), "binary": str(ws / "binary.yaml")}
     return [part.format(**names) for part in spec.split()]

@@ -48,6 +48,8 @@ def runs(tmp_path: Path) -> Path:
     (root / "binary").mkdir()
     (root / "binary" / "status.json").write_bytes(b"\xff\xfe\x00garbage")
     (root / "notes.txt").write_text("not a run\n")
+    (root / "fifo").mkdir()
+    os.mkfifo(root / "fifo" / "status.json")  # reading it would block: must be skipped, not read
     (root / "loop").symlink_to(root)
     (root / "empty").mkdir()
     return root
@@ -55,7 +57,8 @@ def runs(tmp_path: Path) -> Path:
 
 def test_ls_lists_every_run_and_survives_garbage(runs: Path) -> None:
     rows = {r.path: r for r in list_runs(runs)}
-    assert set(rows) == {"done", "group/torn", "never", "weird", "listy", "binary"}
+    assert set(rows) == {"done", "group/torn", "never", "weird", "listy", "binary", "fifo"}
+    assert (rows["fifo"].state, rows["fifo"].note) == ("UNREADABLE", "not regular files")
     d = rows["done"]
     assert (d.state, d.step, d.total_steps, d.goodput, d.faults, d.restarts) == ("COMPLETED", 60, 60, 0.8, 1, 1)
     t = rows["group/torn"]
@@ -64,7 +67,7 @@ def test_ls_lists_every_run_and_survives_garbage(runs: Path) -> None:
     assert rows["never"].state == NOT_STARTED
     assert (rows["weird"].state, rows["weird"].step, rows["weird"].faults, rows["weird"].goodput) == \
         ("RUNNING", None, None, None)
-    assert rows["listy"].state == NOT_STARTED and rows["binary"].state == NOT_STARTED
+    assert {(rows[r].state, rows[r].note) for r in ("listy", "binary")} == {("UNREADABLE", "status.json unreadable")}
 
 
 def test_ls_cli_json_and_table_change_nothing(runs: Path, capsys: pytest.CaptureFixture[str],
