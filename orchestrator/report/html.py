@@ -22,7 +22,7 @@ REPORT_DIR = "report"
 CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
        "text-align:left}th{background:#f3f3f3}img{max-width:100%}h2{margin-top:1.6em}"
-       ".fault{color:#b00}")
+       ".fault{color:#b00}code{white-space:pre-wrap;background:#f7f7f7}")
 EVENT_COLUMNS = ("time", "event", "step", "kind / action", "rank", "node", "lost steps", "lost s",
                  "detail")
 
@@ -55,7 +55,7 @@ def _page(run: RunData, sections: list[str]) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{name}: run report</title><style>{CSS}</style></head><body>"
             f"<h1>Run report: {name}</h1>{_summary(run)}{''.join(sections)}"
-            f"<h2>Faults and actions</h2>{_events_table(run)}"
+            f"<h2>Faults and actions</h2>{_events_table(run)}{_samples_section(run)}"
             f"<p><small>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from "
             f"{html.escape(str(run.run_dir))}</small></p></body></html>\n")
 
@@ -95,6 +95,23 @@ def _event_row(e: dict[str, Any], start: float) -> str:
              detail if isinstance(detail, str) else repr(detail)]
     cls = ' class="fault"' if ev == "fault" else ""
     return f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _samples_section(run: RunData) -> str:
+    """Greedy continuations of fixed prompts at each evaluation (``samples`` journal events), so a
+    reader sees what the model learned and when it broke; nothing when the run recorded none."""
+    rows = []
+    for e in run.of("samples"):
+        samples = e.get("samples")
+        for s in samples if isinstance(samples, list) else []:
+            if isinstance(s, dict):
+                rows.append((e.get("step", ""), str(s.get("prompt", "")), str(s.get("text", ""))))
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{html.escape(str(step))}</td><td><code>{html.escape(prompt)}</code></td>"
+                   f"<td><code>{html.escape(text)}</code></td></tr>" for step, prompt, text in rows)
+    return (f"<h2>Samples</h2><p>Greedy continuations of fixed prompts at each evaluation.</p>"
+            f"<table><tr><th>step</th><th>prompt</th><th>continuation</th></tr>{body}</table>")
 
 
 def _fmt(v: Any) -> str:
