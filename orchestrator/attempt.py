@@ -52,8 +52,11 @@ class AttemptWatch:
             phase = msg.get("phase")
             if isinstance(phase, str) and phase not in ("step", "start"):
                 self.busy[rank] = phase[:32]
-            else:
-                self.busy.pop(rank, None)
+            elif self.busy.pop(rank, None) is not None:
+                # a finished save/eval/restore is progress: the stall clock must not include its
+                # duration, or a long checkpoint reads as a hang the moment it ends
+                self.last_progress[rank] = now
+                self.last_progress_max = now
 
     def progressed(self, rank: int, now: float) -> None:
         self.last_progress[rank] = now

@@ -62,7 +62,7 @@ def test_guard_stops_an_older_epoch_and_costs_a_stat(tmp_path: Path) -> None:
     for _ in range(n):
         guard.check()
     per_call = (time.perf_counter() - t0) / n
-    assert per_call < 50e-6, per_call  # measured ~2 µs: cheap enough for every step
+    assert per_call < 1e-3, per_call  # measured 2-5 µs on a quiet core; a step is milliseconds
     advance(tmp_path, 1, root)
     with pytest.raises(Fenced) as exc:
         guard.check()
@@ -99,19 +99,33 @@ def test_checkpoint_committed_after_the_fence_is_never_loaded(tmp_path: Path) ->
     assert [r.step for r in ckpt.committed(root)] == [10]
 
 
+def lineage_starts(r: RunResult) -> list[tuple[int, int]]:
+    """(attempt, step it started from) per attempt: the checkpoint its ranks loaded (journal order)."""
+    out: list[tuple[int, int]] = []
+    for e in r.journal:
+        if e["event"] == "launch":
+            out.append((int(e["attempt"]), int(e.get("resume_step") or 0)))
+        elif e["event"] == "checkpoint_loaded" and out:
+            out[-1] = (out[-1][0], int(e["step"]))
+    return out
+
+
 def applied_once(r: RunResult) -> None:
     """Every step 0..N-1 was applied exactly once in the lineage the final model kept: each attempt's
-    rows from where it resumed up to where the next one resumed, with no step twice in one attempt."""
+    steps from the checkpoint it loaded up to the one the next attempt loaded, no step twice. A row of
+    a fenced epoch counts only through its ``stale_epoch_rejected`` journal line (rejected, not lost)."""
     rows = [json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
-    launches = r.events("launch")
-    starts = [int(launch.get("resume_step") or 0) for launch in launches] + [r.status["total_steps"]]
+    seen = {(row["attempt"], row["step"]) for row in rows if not row["skipped"] and row["attempt"] is not None}
+    seen |= {(e["epoch"], e["step"]) for e in r.events("stale_epoch_rejected") if e["what"] == "step"}
+    lineage = lineage_starts(r)
+    bounds = [s for _, s in lineage[1:]] + [r.status["total_steps"]]
     kept: list[int] = []
-    for i, launch in enumerate(launches):
-        mine = [row["step"] for row in rows if row["attempt"] == launch["attempt"] and not row["skipped"]
-                and starts[i] <= row["step"] < starts[i + 1]]
-        assert len(mine) == len(set(mine)), (launch["attempt"], mine)
-        kept += mine
-    assert sorted(kept) == list(range(r.status["total_steps"])), kept
+    for (attempt, start), stop in zip(lineage, bounds):
+        mine = [row["step"] for row in rows if row["attempt"] == attempt and not row["skipped"]
+                and start <= row["step"] < stop]
+        assert len(mine) == len(set(mine)), (attempt, mine)
+        kept += [step for step in range(start, stop) if (attempt, step) in seen]
+    assert sorted(kept) == list(range(r.status["total_steps"])), (lineage, kept)
 
 
 def test_relaunch_advances_the_epoch(tmp_path: Path) -> None:
