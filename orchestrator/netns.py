@@ -119,7 +119,7 @@ class NodeNetwork:
         return f"{NS_PREFIX}{self.token}-n{self.nodes.index(node)}"
 
     def host_if(self, node: str) -> str:
-        """The root-namespace end of the node's veth pair (what ``tc``/``ip link`` act on from outside)."""
+        """The root-namespace end of the node's veth pair, on the bridge."""
         return f"ov{self.token}n{self.nodes.index(node)}"
 
     @property
@@ -170,10 +170,6 @@ class NodeNetwork:
         ip("-n", ns, "addr", "add", f"{self.addr(node)}/24", "dev", NODE_IF)
         ip("-n", ns, "link", "set", NODE_IF, "up")
         ip("-n", ns, "link", "set", "lo", "up")
-
-    def set_link(self, node: str, up: bool) -> None:
-        """Cut the node off the network (or reconnect it) from the outside; its processes keep running."""
-        ip("link", "set", self.host_if(node), "up" if up else "down")
 
     def close(self) -> None:
         """Remove every namespace (their veth pairs go with them) and the bridge. Idempotent."""
