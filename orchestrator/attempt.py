@@ -86,7 +86,7 @@ class AttemptWatch:
         evidence["classified"] = fc.evidence
         if fc.action == "abort":  # the run ends on this: its line is the fault's detail in status
             evidence["detail"] = fc.evidence
-        self.add_candidate(Candidate(fc.kind, float(msg["t"]), rank, node, evidence, fc.action), now)
+        self.add_candidate(Candidate(fc.kind, float(msg["t"]), rank, node, evidence), now)
 
     def stalled_for(self, now: float) -> float:
         """Seconds since any rank last made progress (or since launch, before the first step)."""

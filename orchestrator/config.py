@@ -13,10 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-FAULT_KINDS = ("nan", "loss_spike", "rank_crash", "node_failure", "hang", "straggler",
-               "ckpt_crash", "disk_full", "gpu_error", "collective_timeout", "partition", "slow_link")
-#: faults that act on a node's network link: only where nodes are namespaced (local backend, root)
-NET_FAULT_KINDS = ("partition", "slow_link")
+from spec.faults import CHAOS_KINDS as FAULT_KINDS  # the chaos faults run.yaml may name
+from spec.faults import NET_CHAOS_KINDS as NET_FAULT_KINDS  # only where nodes are namespaced
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

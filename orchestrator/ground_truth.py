@@ -13,21 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# chaos fault -> the fault kinds a correct detection of it may carry
-DETECTED_AS: dict[str, frozenset[str]] = {
-    "nan": frozenset({"nan"}),
-    "loss_spike": frozenset({"loss_spike", "divergence"}),
-    "rank_crash": frozenset({"rank_crash"}),
-    "node_failure": frozenset({"node_failure", "silent", "hang"}),
-    "hang": frozenset({"hang", "silent"}),
-    "straggler": frozenset({"straggler"}),
-    "ckpt_crash": frozenset({"rank_crash"}),
-    "disk_full": frozenset({"disk_full"}),
-    "gpu_error": frozenset({"gpu_error"}),
-    "collective_timeout": frozenset({"collective_timeout"}),
-    "partition": frozenset({"node_failure", "silent", "hang"}),
-    "slow_link": frozenset({"straggler", "slow_link"}),
-}
+from spec.faults import CHAOS
+
+# chaos fault -> the fault kinds a correct detection of it may carry (from the fault vocabulary)
+DETECTED_AS: dict[str, frozenset[str]] = {name: c.detected_as for name, c in CHAOS.items()}
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.config import PolicyConfig
-
-EXCLUDE_KINDS = {"node_failure", "gpu_error", "io_error", "lustre_error", "probe_failed"}
-RELAUNCH_KINDS = {"rank_crash", "hang", "collective_timeout", "nccl_error", "silent"}
-ABORT_KINDS = {"oom", "config_error"}
-IN_STEP = {"nan": "skip_step", "loss_spike": "skip_step", "divergence": "rollback",
-           "disk_full": "alert", "checkpoint_error": "alert", "checkpoint_bad": "fallback_checkpoint",
-           "precision_mismatch": "alert"}
+from spec.faults import Action, spec
 
 
 @dataclass(frozen=True)
@@ -38,15 +32,19 @@ class Decision:
 
 
 def decide(kind: str, node: str | None, policy: PolicyConfig, s: Situation) -> Decision:
-    """Map a fault to an action, honouring the restart budget and the nodes left."""
-    if kind in IN_STEP:
-        return Decision(IN_STEP[kind], False, False, "handled inside the training step")
-    if kind in ABORT_KINDS:
-        return Decision("abort", False, False, f"{kind} will recur on relaunch; fix the job")
+    """Map a fault to an action (its default from the fault vocabulary), honouring the restart budget
+    and the nodes left."""
+    fs = spec(kind)
+    if fs.in_step:
+        return Decision(fs.action.value, False, False, "handled inside the training step")
+    if fs.action is Action.ABORT:
+        return Decision("abort", False, False, f"{kind} will recur on relaunch: {fs.advice}")
     if kind == "straggler" and policy.straggler_action == "alert":
         return Decision("alert", False, False, "straggler_action is 'alert'")
+    if fs.action is Action.ALERT and kind != "straggler":
+        return Decision("alert", False, False, fs.advice)
     exclude = node is not None and (
-        kind in EXCLUDE_KINDS or kind == "straggler"
+        fs.node_bound
         or (kind == "rank_crash" and (policy.exclude_on_crash or s.crashes_on_node >= 2)))
     if s.restarts_used >= policy.restart_budget:
         return Decision("abort", exclude, False,

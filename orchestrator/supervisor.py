@@ -36,6 +36,7 @@ from orchestrator.state import RunState, StateMachine
 from orchestrator.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import TelemetryServer, endpoints
 from orchestrator.triage import Candidate, root_cause
+from spec.faults import spec
 from trainer.fence import advance as advance_epoch, checkpoint_root, read_state
 
 SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
@@ -172,12 +173,12 @@ class Supervisor:
                             detected_after_s=f.detected_after_s, injected_t=f.injected_t, detected_t=detected_t,
                             injected=None if inj is None else {"index": inj.index, "fault": inj.fault,
                                                                "step": inj.step, "rank": inj.rank},
-                            evidence=c.evidence)
+                            advice=spec(c.kind).advice, evidence=c.evidence)
         self.journal.append("action", action=action, kind=f.kind, step=f.step, rank=f.rank, node=f.node,
                             lost_steps=lost_steps, lost_s=round(f.lost_s, 4))
         self.snap.faults.append(f)
         self.snap.actions[action] = self.snap.actions.get(action, 0) + 1
-        if self.lemons is not None and f.node and c.kind not in ("nan", "loss_spike", "divergence"):
+        if self.lemons is not None and f.node and not spec(c.kind).in_step:
             if c.kind == "straggler":
                 self.lemons.record_straggler(f.node, float(c.evidence.get("score", 0.0)), detected_t)
             else:

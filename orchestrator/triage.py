@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from spec.faults import spec
+
 PEER_PATTERNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
                  "Connection refused", "connectFullMesh failed")
-PRIORITY = {"node_failure": 0, "gpu_error": 1, "io_error": 1, "lustre_error": 1, "oom": 1, "disk_full": 1,
-            "collective_timeout": 2, "nccl_error": 2, "rank_crash": 3, "hang": 4, "silent": 4,
-            "straggler": 5, "peer_lost": 9}
 
 
 @dataclass
@@ -25,7 +24,6 @@ class Candidate:
     rank: int | None = None
     node: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
-    action_hint: str | None = None
 
 
 def is_peer_failure(stderr_tail: str, signal: int | None) -> bool:
@@ -36,4 +34,5 @@ def is_peer_failure(stderr_tail: str, signal: int | None) -> bool:
 
 
 def root_cause(cands: list[Candidate]) -> Candidate:
-    return min(cands, key=lambda c: (PRIORITY.get(c.kind, 3), c.t_fault))
+    """The candidate with the highest priority in the fault vocabulary; the earliest among equals."""
+    return min(cands, key=lambda c: (spec(c.kind).priority, c.t_fault))

@@ -36,7 +36,7 @@ CASES = [
     (1, None, "OSError: [Errno 28] No space left on device: '/shared/ckpt/step_00000200/.metadata'",
      "disk_full", "abort"),
     (1, None, "OSError: [Errno 28] No space left on device: '/tmp/torchinductor_root/abc.so'",
-     "disk_full", "exclude_node"),
+     "local_disk_full", "exclude_node"),
     (1, None, "../aten/src/ATen/native/cuda/IndexKernel.cu:92: Assertion failed.\nRuntimeError: CUDA "
      "error: device-side assert triggered", "rank_crash", "relaunch"),
     (1, None, "Traceback (most recent call last):\n  File \"train.py\", line 3\nValueError: bad shape",

@@ -7,6 +7,8 @@ not (relaunch), and an out-of-memory or a full shared file system fails identica
 
 Rules are a table checked in order; the first match wins, so the more specific, hardware-level
 evidence (Xid, ECC) outranks the generic text it often comes with ("CUDA error", "NCCL error").
+The classifier only finds evidence and names the kind; what each kind calls for (its action and
+advice) comes from the one fault vocabulary, :mod:`spec.faults`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 import signal as _signal
 from dataclasses import dataclass
 from typing import Literal
+
+from spec.faults import spec
 
 Action = Literal["exclude_node", "relaunch", "abort"]
 
@@ -30,9 +34,14 @@ class FaultClass:
 @dataclass(frozen=True)
 class _Rule:
     kind: str
-    action: Action
     pattern: re.Pattern[str]
-    advice: str
+    advice: str | None = None  # more specific than the kind's own advice, when the evidence says more
+
+
+def _class(kind: str, evidence: str, advice: str | None = None) -> FaultClass:
+    """A finding with the action and advice the fault vocabulary gives its kind."""
+    fs = spec(kind)
+    return FaultClass(kind, fs.action.value, evidence, advice or fs.advice)  # type: ignore[arg-type]
 
 
 def _rx(*alternatives: str) -> re.Pattern[str]:
@@ -43,46 +52,35 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 _LOCAL_PATH = _rx(r"(?<![\w/])/(?:tmp|dev/shm|var/tmp|local|scratch/local|localscratch|raid/local)\b")
 
 _RULES: tuple[_Rule, ...] = (
-    _Rule("config_error", "abort", _rx(r"cluster\.device is cuda but"),
+    _Rule("config_error", _rx(r"cluster\.device is cuda but"),
           "the run asked for GPUs this node cannot give (trainer.device names what is missing); fix the "
           "node or the config (cluster.device: auto or cpu, fewer ranks_per_node), then resubmit"),
-    _Rule("rank_crash", "relaunch", _rx(r"device-side assert"),
+    _Rule("rank_crash", _rx(r"device-side assert"),
           "a device-side assert is a bug in the model or data (e.g. an index out of range), not the "
           "hardware; rerun with CUDA_LAUNCH_BLOCKING=1 to find the kernel"),
-    _Rule("gpu_error", "exclude_node",
+    _Rule("gpu_error",
           _rx(r"\bXid\b", r"fallen off the bus", r"uncorrectable ECC", r"ECC error",
               r"CUDA error: (?:unspecified launch failure|an illegal instruction|uncorrectable)",
               r"cudaErrorECCUncorrectable", r"GPU is lost", r"NVML_ERROR_GPU_IS_LOST",
-              r"row remapping failure"),
-          "the GPU reported a hardware fault; the node is excluded and should be drained and checked "
-          "(nvidia-smi -q, dmesg for Xid)"),
-    _Rule("oom", "abort",
+              r"row remapping failure")),
+    _Rule("oom",
           _rx(r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
-              r"oom-kill", r"Out of memory: Kill(?:ed)? process", r"MemoryError"),
-          "the job needs more memory than a device/node has; reduce the micro-batch size, enable "
-          "activation checkpointing, or shard more (fsdp / tp); relaunching as is fails the same way"),
-    _Rule("lustre_error", "exclude_node", _rx(r"LustreError", r"\blustre\b.*(?:error|evict)"),
-          "this node lost its Lustre client connection; exclude it and check `lctl dl` / dmesg"),
-    _Rule("io_error", "exclude_node",
-          _rx(r"Input/output error", r"\bEIO\b", r"\[Errno 5\]", r"Stale file handle", r"ESTALE"),
-          "an I/O error on this node (local disk or file-system client); exclude it and check dmesg"),
-    _Rule("disk_full", "abort",
+              r"oom-kill", r"Out of memory: Kill(?:ed)? process", r"MemoryError")),
+    _Rule("lustre_error", _rx(r"LustreError", r"\blustre\b.*(?:error|evict)")),
+    _Rule("io_error",
+          _rx(r"Input/output error", r"\bEIO\b", r"\[Errno 5\]", r"Stale file handle", r"ESTALE")),
+    _Rule("disk_full",
           _rx(r"No space left on device", r"\bENOSPC\b", r"\[Errno 28\]", r"Disk quota exceeded",
-              r"\bEDQUOT\b"),
-          "the checkpoint file system is full or over quota; free space, lower checkpoint.keep, or "
-          "point checkpoint.dir elsewhere, then resume"),
-    _Rule("collective_timeout", "relaunch",
+              r"\bEDQUOT\b")),
+    _Rule("collective_timeout",
           _rx(r"Watchdog caught collective operation timeout", r"collective operation timeout",
               r"Timed out waiting .* for (?:send|recv)", r"gloo.*timed? ?out", r"NCCL.*timed? ?out",
-              r"monitoredBarrier", r"DistStoreError.*[Tt]imeout", r"Socket Timeout"),
-          "a collective timed out, usually because another rank died or hung first; look at the "
-          "first rank to fail"),
-    _Rule("nccl_error", "relaunch",
+              r"monitoredBarrier", r"DistStoreError.*[Tt]imeout", r"Socket Timeout")),
+    _Rule("nccl_error",
           _rx(r"NCCL error", r"ncclSystemError", r"ncclInternalError", r"ncclRemoteError",
               r"ncclUnhandledCudaError", r"ncclInvalidUsage", r"Connection closed by peer",
-              r"Connection reset by peer"),
-          "a communication error; relaunching usually clears it, repeated ones point at the network"),
-    _Rule("gpu_error", "exclude_node", _rx(r"CUDA error", r"cudaError\w*", r"CUBLAS_STATUS_EXECUTION_FAILED"),
+              r"Connection reset by peer")),
+    _Rule("gpu_error", _rx(r"CUDA error", r"cudaError\w*", r"CUBLAS_STATUS_EXECUTION_FAILED"),
           "a CUDA runtime error; if it repeats on the same node, that GPU is bad"),
 )
 
@@ -119,23 +117,15 @@ def classify_exit(code: int | None, signal: int | None, stderr_tail: str) -> Fau
         m = rule.pattern.search(text)
         if m is None:
             continue
-        if rule.kind == "disk_full":
-            return _disk_full(text, m, rule)
-        return FaultClass(rule.kind, rule.action, _evidence_line(text, m), rule.advice)
+        line = _evidence_line(text, m)
+        if rule.kind == "disk_full" and _LOCAL_PATH.search(line):
+            # a full node-local disk is the node's problem (exclude it); a full shared checkpoint file
+            # system is everybody's (abort: every relaunch would hit it again)
+            return _class("local_disk_full", line)
+        return _class(rule.kind, line, rule.advice)
     how = f"killed by {_signal_name(sig)}" if sig is not None else f"exit code {code}"
     if sig == _signal.SIGKILL:
-        return FaultClass("rank_crash", "relaunch", f"{how}, no error text",
-                          "SIGKILL with no message is often the kernel OOM killer or the scheduler; "
-                          "check dmesg and the job's memory limit")
-    return FaultClass("rank_crash", "relaunch", how, "the rank crashed; its log has the traceback")
-
-
-def _disk_full(text: str, m: re.Match[str], rule: _Rule) -> FaultClass:
-    """A full node-local disk (/tmp, /dev/shm, local scratch) is the node's problem: exclude it.
-    A full shared checkpoint file system is everybody's: abort, because every relaunch hits it again."""
-    line = _evidence_line(text, m)
-    if _LOCAL_PATH.search(line):
-        return FaultClass("disk_full", "exclude_node", line,
-                          "a node-local disk (/tmp, /dev/shm or local scratch) is full on this node; "
-                          "exclude it and clean it up")
-    return FaultClass(rule.kind, rule.action, line, rule.advice)
+        return _class("rank_crash", f"{how}, no error text",
+                      "SIGKILL with no message is often the kernel OOM killer or the scheduler; "
+                      "check dmesg and the job's memory limit")
+    return _class("rank_crash", how)

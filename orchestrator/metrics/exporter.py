@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.config import FAULT_KINDS
+from spec.faults import FAULTS
 from orchestrator.snapshot import RunSnapshot
 from orchestrator.state import RunState
 
@@ -112,7 +112,7 @@ class SnapshotCollector(Collector):
             yield self._gauge("restart_budget", "Relaunches allowed (policy.restart_budget).", run,
                               float(budget))
         yield self._labelled_counter("faults", "Faults detected, by kind.", run, "kind",
-                                     _with_zeros(snap.faults_by_kind(), FAULT_KINDS))
+                                     _with_zeros(snap.faults_by_kind(), tuple(FAULTS)))
         yield self._labelled_counter("actions", "Recovery actions taken, by action.", run, "action",
                                      _with_zeros(snap.actions, ACTIONS))
         lost = {c: float(getattr(snap.lost, c)) for c in LOST_CAUSES}

@@ -1,0 +1,1 @@
+"""The run spec at the bottom of the dependency graph: imports nothing of ours."""
