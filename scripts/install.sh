@@ -21,5 +21,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c 'import torch, orchestrator; print("installed: torch", torch.__version__)'

@@ -78,7 +78,8 @@ def test_checkpoint_benchmark_small(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_goodput_vs_torchrun_clean(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import bench_goodput_vs_torchrun
-    assert bench_goodput_vs_torchrun.main(["--scenarios", "clean", "--steps", "12"]) == 0
+    assert bench_goodput_vs_torchrun.main(["--scenarios", "clean", "--steps", "12", "--repeats", "1",
+                                           "--launchers", "orchestrator,torchrun"]) == 0
     assert "| clean | torchrun |" in capsys.readouterr().out
 
 

@@ -26,6 +26,7 @@ from trainer.chaos import Chaos
 from trainer.data import Corpus
 from trainer.engine import build_engine
 from trainer.fence import EpochGuard
+from trainer.ft_heartbeat import attach as attach_ft_heartbeat
 from trainer.loop import TrainLoop
 from trainer.telemetry import Telemetry
 
@@ -91,7 +92,7 @@ def main() -> int:
         return 1
     device = place.device
     print(f"rank {ctx.rank} on {ctx.node}: device {device}, backend {place.backend}", flush=True)
-    tel = Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt)
+    tel = attach_ft_heartbeat(Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt))
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
     placement.init_process_group(place, ctx.rank, ctx.world, timedelta(seconds=cfg.health.collective_timeout_s))
     chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt)
