@@ -19,6 +19,16 @@ from orchestrator.config import RunConfig
 from orchestrator.journal import Journal
 
 
+def _require_gpus(nodes: list[str], ranks_per_node: int) -> None:
+    """``device: cuda`` on a host that cannot give every rank a GPU is a config error, not a bad node:
+    end the run with the line each rank would fail with, instead of excluding healthy nodes."""
+    from orchestrator.supervisor import Abort
+    from trainer.device import host_gap
+    gap = host_gap("cuda", ", ".join(nodes), len(nodes) * ranks_per_node)  # local nodes share this host
+    if gap is not None:
+        raise Abort(gap)
+
+
 def make_preflight(cfg: RunConfig, run_dir: Path, journal: Journal) -> Callable[[list[str]], list[str]]:
     ckpt = Path(cfg.checkpoint.dir)
     ckpt_dir = ckpt if ckpt.is_absolute() else run_dir / ckpt
@@ -26,6 +36,8 @@ def make_preflight(cfg: RunConfig, run_dir: Path, journal: Journal) -> Callable[
 
     def preflight(nodes: list[str]) -> list[str]:
         t0 = time.perf_counter()
+        if cfg.cluster.device == "cuda":
+            _require_gpus(nodes, cfg.cluster.ranks_per_node)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         results = []
         if "node" in cfg.health.probes:

@@ -160,11 +160,24 @@ def test_engine_fp16_has_a_loss_scaler_and_fp32_masters() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a usable GPU")
 def test_submit_with_cuda_and_no_gpu_aborts_at_once_naming_node_and_gap(tmp_path: Path) -> None:
-    """No relaunches: the first rank exit is a config_error, and the run fails with the rank's line."""
+    """No relaunches: the first rank exit is a config_error, and the run fails with the rank's line
+    (pre-flight off, so the ranks themselves meet the missing GPU, as under Slurm)."""
     from tests.conftest import run_submit
     r = run_submit(tmp_path, {"cluster": {"nodes": 1, "ranks_per_node": 1, "spare_nodes": 0, "device": "cuda"},
-                              "train": {"steps": 10}, "checkpoint": {"every_steps": 5}})
+                              "health": {"preflight": False}, "train": {"steps": 10},
+                              "checkpoint": {"every_steps": 5}})
     assert r.code == 1 and r.status["state"] == "FAILED"
     assert [(f["kind"], f["action"], f["node"]) for f in r.status["faults"]] == [("config_error", "abort", "node0")]
     assert "node0: cluster.device is cuda but no usable GPU" in r.status["faults"][0]["detail"]
     assert len(r.events("launch")) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a usable GPU")
+def test_local_preflight_stops_a_cuda_run_with_the_same_line_instead_of_excluding_nodes(tmp_path: Path) -> None:
+    from tests.conftest import run_submit
+    r = run_submit(tmp_path, {"cluster": {"nodes": 2, "ranks_per_node": 1, "spare_nodes": 1, "device": "cuda"},
+                              "health": {"probes": ["node", "gpu"]}, "train": {"steps": 10},
+                              "checkpoint": {"every_steps": 5}})
+    assert r.code == 1 and r.status["state"] == "FAILED"
+    assert r.status["reason"].startswith("node0, node1: cluster.device is cuda but no usable GPU")
+    assert r.events("launch") == [] and r.status.get("excluded_nodes", []) == []
