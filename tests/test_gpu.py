@@ -44,3 +44,12 @@ def test_two_ranks_share_one_gpu_over_gloo(tmp_path: Path, monkeypatch: pytest.M
     assert ("nan", "skip_step") in {(f["kind"], f["action"]) for f in r.status["faults"]}
     lines = rank_lines(r)
     assert len(lines) == 2 and all("device cuda:0, backend gloo" in line for line in lines), lines
+
+
+def test_collective_probe_over_nccl_on_cuda_buffers() -> None:
+    """One rank per GPU (at most 2): the probe's worker sets its device and times synchronised ops."""
+    from health.probes.collective import run_collective_probe
+    world = min(torch.cuda.device_count(), 2)
+    results = run_collective_probe(world, {r: "gpu-node" for r in range(world)}, 90.0, backend="nccl")
+    assert [r.verdict for r in results] == ["ok"], [r.evidence for r in results]
+    assert results[0].evidence["allreduce_ms"] > 0
