@@ -190,6 +190,9 @@ class RunEvents:
         self.sup.snap.eval_loss = msg.get("eval_loss")
         self.sup.journal.append("eval", step=msg.get("step"), eval_loss=msg.get("eval_loss"))
 
+    def ev_samples(self, msg: dict[str, Any], now: float) -> None:
+        self.sup.journal.append("samples", step=msg.get("step"), samples=msg.get("samples"))
+
     def ev_done(self, msg: dict[str, Any], now: float) -> None:
         w = self.sup.watch
         assert w is not None

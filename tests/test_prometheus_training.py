@@ -6,7 +6,8 @@ faults (one run for the whole module):
 - Alertmanager delivers NaNLoss and NodeExcluded to a webhook receiver this test runs, both as
   evaluated by Prometheus (from `orchestrator alerts rules`) and as pushed directly by the run
   (`metrics.alertmanager_url`);
-- the run's TensorBoard events (`metrics.tensorboard`) hold its curves, faults and recoveries.
+- the run's TensorBoard events (`metrics.tensorboard`) hold its curves, faults and recoveries;
+- each evaluation's greedy samples of fixed prompts are in the journal and the report.
 
 Every server binds 127.0.0.1 on a free port and is stopped at the end of the module.
 """
@@ -220,3 +221,18 @@ def test_tensorboard_holds_the_runs_curves_faults_and_recoveries(faulty_run: Obs
     recoveries = [t for _, t in texts(acc, "recoveries")]
     assert any(t.startswith("running again") for t in recoveries)
     assert recoveries[-1].startswith("run COMPLETED")
+
+
+def test_samples_at_each_evaluation_in_the_journal_and_report(faulty_run: Observed, tmp_path: Path) -> None:
+    from orchestrator.report import write_report
+    from trainer.samples import PROMPTS
+    assert faulty_run.result is not None
+    events = faulty_run.result.events("samples")
+    steps, evals = {e["step"] for e in events}, {e["step"] for e in faulty_run.result.events("eval")}
+    # eval_every 20 and the final one; the node failure at step 20 may take rank 0 down between the
+    # eval event and its samples, so 20 can be missing
+    assert steps <= evals and {40, 60} <= steps
+    for e in events:
+        assert [s["prompt"] for s in e["samples"]] == list(PROMPTS) and all(s["text"] for s in e["samples"])
+    page = write_report(faulty_run.result.run_dir, tmp_path / "report.html").read_text()
+    assert "<h2>Samples</h2>" in page

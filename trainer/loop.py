@@ -27,6 +27,7 @@ from orchestrator.config import RunConfig
 from trainer import checkpoint as ckpt
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
+from trainer.samples import eval_samples
 from trainer import preempt
 from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.fence import EpochGuard, Fenced, quarantine, read_state
@@ -328,6 +329,8 @@ class TrainLoop:
         loss = self.engine.eval_loss(x, y)
         mean, _ = all_ranks_agree(loss, self.engine.loss_weight, False)
         self.tel.event("eval", step=self.st.step, eval_loss=mean)
+        if self.engine.dp_rank == 0 and (samples := eval_samples(self.engine)) is not None:
+            self.tel.event("samples", step=self.st.step, samples=samples)  # greedy, fixed prompts
         return mean
 
     def _fence_check(self) -> None:
