@@ -421,11 +421,11 @@ class Supervisor:
         """Stop the attempt, record the fault and the decision, then relaunch (raise) or abort."""
         if c.kind == "hang" and self.watch is not None:
             c = self.events.attribute_hang(c)
-        c = self._confirm_lost_node(c)
-        if c.kind in ("peer_lost", "rank_crash", "silent"):
+        if c.kind in ("peer_lost", "rank_crash", "silent"):  # killed by an admin's scancel?
             cancelled = self.launcher.cancelled_outside()
             if cancelled:
                 self._cancelled_outside(cancelled)
+        c = self._confirm_lost_node(c)
         self.fence(self.attempt + 1, f"attempt {self.attempt} declared dead ({c.kind})")
         self.launcher.stop()
         if c.kind == "node_failure" and self.watch is not None:

@@ -183,7 +183,8 @@ class SlurmLauncher(Launcher):
             if n.down:
                 state = "+".join((n.state, *n.flags))
                 events += self._event("node_lost", n.name, node=n.name, state=state,
-                                      detail=f"{n.name} is {state} in scontrol ({n.reason or 'no reason'})")
+                                      detail=f"{n.name} is {state} in scontrol ({n.reason or 'no reason'})",
+                                      info={"evidence_source": "scontrol", "reason": n.reason})
         return events
 
     def _ended(self, rec: SacctRecord) -> list[LauncherEvent]:
