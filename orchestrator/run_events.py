@@ -112,6 +112,11 @@ class RunEvents:
                     times[r] = max(secs, floor)
             for f in sup.straggler.observe_array(row.step, times, w.rank_node):
                 self._straggler(f, now)
+            compute = float(np.median(list(row.compute.values()))) if row.compute else 0.0
+            step_s = float(lead.get("step_time") or 0.0) - float(lead.get("ckpt_wait_s") or 0.0)
+            comm = sup.comm.observe(row.step, step_s, compute)
+            if comm is not None:
+                sup.on_comm_slowdown(comm, now)
 
     def _straggler(self, f: Any, now: float) -> None:
         sup = self.sup

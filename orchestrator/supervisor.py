@@ -21,6 +21,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponen
 from health.detectors.hardware import classify_exit
 from health.detectors.lemon import LemonNodeStore
 from health.detectors.silence import silent_nodes
+from health.detectors.comm_slowdown import CommSlowdown, CommSlowdownDetector
 from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
 from orchestrator.config import RunConfig
@@ -29,6 +30,7 @@ from orchestrator.ground_truth import GroundTruth
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.local import logs_dir
+from orchestrator.link_probe import LinkProbe, LinkVerdict
 from orchestrator.policy import Decision, Situation, decide
 from orchestrator.run_events import RunEvents
 from orchestrator.snapshot import FaultRecord, RunSnapshot, write_status
@@ -119,6 +121,9 @@ class Supervisor:
         self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
         self.lemons = open_lemon_store(cfg, run_dir)
         self.ground_truth = GroundTruth(run_dir)
+        self.comm = CommSlowdownDetector()  # every rank slower while compute is not: a slow link
+        probing = "collective" in cfg.health.probes  # the collective probe is opt-in, here as in pre-flight
+        self.link_probe = LinkProbe(launcher.link_probe_runner(cfg.cluster.ranks_per_node) if probing else None)
 
     def _open_telemetry(self, port: int = 0, advertise: str | None = None) -> TelemetryServer:
         """The authenticated telemetry socket, on an address the nodes can reach (``telemetry`` config,
@@ -246,6 +251,7 @@ class Supervisor:
         self.watch = AttemptWatch(spec, self.clock())
         self.straggler.reset()
         self.straggler.set_groups(replica_groups(self.cfg, spec.world))
+        self.comm.reset()
         if self.say is not None:
             self.say(placement_text(self.cfg, spec))
         if self.sm.state is not RunState.RUNNING:
@@ -352,6 +358,8 @@ class Supervisor:
                 self.events.on_message(msg, now)
             for ev in self.launcher.poll():
                 self.on_launcher_event(ev, now)
+            for verdict in self.link_probe.verdicts():
+                self.on_link_verdict(verdict, now)
             self.check_liveness(now)
             if w.candidates and now - (w.first_candidate_t or now) >= SETTLE_S:
                 self.recover(root_cause(w.candidates), now)
@@ -364,6 +372,29 @@ class Supervisor:
                     w.add_candidate(Candidate("rank_crash", now, None, None,
                                               {"detail": "ranks ended without completing"}), now)
             self.publish()
+
+    def on_comm_slowdown(self, f: CommSlowdown, now: float) -> None:
+        """Every rank slowed while compute did not: probe the links in the background to name the node."""
+        nodes = list(self.watch.spec.nodes) if self.watch is not None else []
+        # a third node tells which end of a slow link is at fault: add an idle spare when there is one
+        nodes += [n for n in self.launcher.pool() if n not in nodes and n not in self.excluded][:1]
+        started = self.link_probe.start(f, nodes)
+        self.journal.append("comm_slowdown", since_step=f.since_step, step_ratio=round(f.step_ratio, 3),
+                            compute_ratio=round(f.compute_ratio, 3),
+                            probe="started" if started else
+                            ("busy" if self.link_probe.available else "not available on this backend"))
+
+    def on_link_verdict(self, v: LinkVerdict, now: float) -> None:
+        """The probe named the slow link's node(s): a slow_link fault each (alert); none: a global stall."""
+        self.journal.append("link_probe", since_step=v.finding.since_step, nodes=v.nodes, slow_nodes=v.slow_nodes,
+                            error=v.error)
+        began = self.events.step_t.get(v.finding.since_step, now)
+        for node in v.slow_nodes:
+            c = Candidate("slow_link", began, None, node,
+                          {"detail": f"all ranks {v.finding.step_ratio:.2f}x slower, compute "
+                                     f"{v.finding.compute_ratio:.2f}x; the pairwise probe names {node}",
+                           "probe": v.evidence.get(node)})
+            self.record_fault(c, now, "alert", step=v.finding.since_step)
 
     def on_launcher_event(self, ev: LauncherEvent, now: float) -> None:
         w = self.watch

@@ -43,6 +43,10 @@ class CollectiveReport:
     scores: dict[int, float]  # pair_s / median over ranks
     slow_ranks: list[int] = field(default_factory=list)
     size_bytes: int = 0
+    # a slow *link* (not a slow rank): each node's cross-node pair times against the cross-node pairs
+    # that do not involve it; the node whose every cross-node pair is slow is at the slow link's end
+    link_scores: dict[str, float] = field(default_factory=dict)
+    slow_link_nodes: list[str] = field(default_factory=list)
 
 
 def _wait(work: Any, timeout_s: float) -> None:
@@ -146,7 +150,29 @@ def analyse(gathered: list[tuple[str, float, dict[int, float]]], size_bytes: int
     scores = {r: (v / med if med > 0 else 1.0) for r, v in pair_s.items()}
     slow = sorted(r for r, s in scores.items() if s >= slow_threshold) if n > 2 else []
     busbw = (size_bytes / ar) * 2 * (n - 1) / n / 1e9 if ar > 0 and n > 1 else 0.0
-    return CollectiveReport(n, nodes, ar, busbw, pair_s, scores, slow, size_bytes)
+    links = link_scores(gathered)
+    slow_links = sorted(nd for nd, sc in links.items() if sc >= slow_threshold)
+    return CollectiveReport(n, nodes, ar, busbw, pair_s, scores, slow, size_bytes, links, slow_links)
+
+
+def link_scores(gathered: list[tuple[str, float, dict[int, float]]]) -> dict[str, float]:
+    """node -> median time of its cross-node pairs / median of the cross-node pairs that do not involve
+    it. Needs three nodes or more: with two, both ends of the one link look the same. Pure."""
+    cross: list[tuple[str, str, float]] = []
+    for r, (node, _, pairs) in enumerate(gathered):
+        for partner, t in pairs.items():
+            if r < partner < len(gathered) and gathered[partner][0] != node:
+                cross.append((node, gathered[partner][0], t))
+    nodes = sorted({n for a, b, _ in cross for n in (a, b)})
+    if len(nodes) < 3:
+        return {}
+    out = {}
+    for nd in nodes:
+        mine = [t for a, b, t in cross if nd in (a, b)]
+        others = [t for a, b, t in cross if nd not in (a, b)]
+        if mine and others and statistics.median(others) > 0:
+            out[nd] = statistics.median(mine) / statistics.median(others)
+    return out
 
 
 def report_to_results(rep: CollectiveReport) -> list[ProbeResult]:
@@ -160,8 +186,12 @@ def report_to_results(rep: CollectiveReport) -> list[ProbeResult]:
               "pair_ms": {str(r): round(rep.pair_s[r] * 1e3, 3) for r in ranks if r in rep.pair_s},
               "scores": {str(r): round(rep.scores[r], 2) for r in ranks if r in rep.scores},
               "slow_ranks": slow}
+        if node in rep.slow_link_nodes:
+            ev["link_score"] = round(rep.link_scores[node], 2)
         if slow:
             out.append(ProbeResult("collective", node, "degraded", ev, "straggler"))
+        elif node in rep.slow_link_nodes:
+            out.append(ProbeResult("collective", node, "degraded", ev, "slow_link"))
         else:
             out.append(ProbeResult("collective", node, "ok", ev))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,11 @@ class Launcher(ABC):
         """rank -> exit code of the current attempt's ranks that have exited, where the backend keeps
         them outside telemetry (Slurm: exit markers); lets the supervisor read an end it did not hear."""
         return {}
+
+    def link_probe_runner(self, ranks_per_node: int) -> Callable[[list[str]], list[Any]] | None:
+        """A function that runs the pairwise collective probe with each node's ranks placed on that node
+        (to name a slow link), or None where the backend cannot place probe ranks on its nodes."""
+        return None
 
     def cancelled_outside(self) -> str | None:
         """Why, if the scheduler says someone else cancelled the current attempt; None otherwise."""

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,22 @@ class LocalLauncher(Launcher):
             print(f"local cluster: nodes are plain processes on one loopback ({reason}); run as root with "
                   "iproute2 for one network namespace per node", file=sys.stderr)
         return None
+
+    def link_probe_runner(self, ranks_per_node: int) -> Callable[[list[str]], list[Any]] | None:
+        """The pairwise collective probe with each node's ranks inside its own namespace; only namespaced
+        nodes have links of their own to measure (plain processes share one loopback)."""
+        net = self.net
+        if net is None:
+            return None
+
+        def run(nodes: list[str]) -> list[Any]:
+            from health.probes.collective import run_collective_probe
+            world = len(nodes) * ranks_per_node
+            env = [f"{k}={v}" for k, v in netns.node_env().items()]  # gloo on the node's own link
+            return run_collective_probe(world, {r: nodes[r // ranks_per_node] for r in range(world)},
+                                        timeout_s=60.0, master_addr=net.addr(nodes[0]),
+                                        node_argv={n: net.exec_argv(n) + ["env", *env] for n in nodes})
+        return run
 
     def cluster_address(self) -> str | None:
         net = self.network()

@@ -1,0 +1,43 @@
+"""A communication straggler on the namespaced local cluster: one node's link rate-limited (tc tbf) slows
+every rank equally, so per-rank step times cannot name it; the supervisor sees all ranks slower while
+compute is not, runs the pairwise probe in the background (with the idle spare as a third node) and
+names the slow link's node. Also the probe's link analysis on recorded pair times (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from health.probes.collective import analyse, link_scores
+from orchestrator import netns
+from tests.conftest import run_submit
+
+needs_netns = pytest.mark.skipif(netns.unavailable_reason() is not None,
+                                 reason=f"namespaced nodes need root and iproute2: {netns.unavailable_reason()}")
+
+
+def test_link_scores_name_the_node_at_the_slow_end() -> None:
+    # 3 nodes x 1 rank, hypercube pairs: 0-1 (n0-n1), 0-2 (n0-n2); n1's link is slow
+    gathered = [("n0", 0.01, {1: 0.40, 2: 0.010}), ("n1", 0.01, {0: 0.40}), ("n2", 0.01, {0: 0.011})]
+    assert link_scores(gathered)["n1"] > 10
+    rep = analyse(gathered, 1 << 18, slow_threshold=2.0)
+    assert rep.slow_link_nodes == ["n1"]
+    assert link_scores(gathered[:2]) == {}  # two nodes: both ends of one link look the same
+
+
+@needs_netns
+def test_slow_link_is_named_by_the_background_probe(tmp_path: Path) -> None:
+    r = run_submit(tmp_path, {"cluster": {"ranks_per_node": 1},
+                              "train": {"steps": 90, "global_batch": 4, "step_sleep_s": 0.1},
+                              "checkpoint": {"every_steps": 80},
+                              "health": {"probes": ["node", "collective"], "preflight": False, "hang_timeout_s": 20.0},
+                              "chaos": [{"fault": "slow_link", "step": 15, "node": 1, "steps": 70,
+                                         "rate_kbit": 2000}]})
+    assert r.code == 0, r.status.get("reason")
+    assert r.events("comm_slowdown"), [e["event"] for e in r.journal]
+    verdicts = r.events("link_probe")
+    assert verdicts and verdicts[0]["slow_nodes"] == ["node1"], verdicts
+    found = [f for f in r.status["faults"] if f["kind"] == "slow_link"]
+    assert found and found[0]["node"] == "node1" and found[0]["action"] == "alert", r.status["faults"]
+    assert r.status["excluded_nodes"] == []  # an alert: the run goes on
