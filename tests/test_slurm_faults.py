@@ -250,3 +250,13 @@ def test_admin_cancel_ends_the_run_failed(cluster: None, tmp_path: Path) -> None
     assert len(r.events("launch")) == 1
     check_run(r, [])
 
+
+def test_hang_is_named_through_slurm_stack_dumps(cluster: None, tmp_path: Path) -> None:
+    """A rank stuck outside any collective: the stacks come from ``scancel --signal=USR1`` (the task
+    passes it to its rank), never from a signal to a pid another host reported; that rank is named."""
+    r = run_submit(tmp_path, slurm_overrides({**FAST, "chaos": [{"fault": "hang", "step": 10, "rank": 2}]}))
+    table(r, "one rank hangs (outside a collective)")
+    assert r.code == 0, r.status.get("reason")
+    check_run(r, [])
+    hang = next(f for f in r.status["faults"] if f["kind"] == "hang")
+    assert hang["rank"] == 2 and hang["node"] == node_of(r.events("launch")[0], 2), hang
