@@ -58,6 +58,17 @@ def test_partitioned_node_is_excluded_and_run_completes_on_spare(tmp_path: Path)
 
 
 @needs_netns
+def test_a_short_partition_is_ridden_out_without_a_relaunch(tmp_path: Path) -> None:
+    """A blip of about 3 steps' time: TCP retransmits carry the collective over it, no rank goes silent
+    for long, nothing is excluded or relaunched."""
+    res = run_submit(tmp_path, {"train": {"steps": 24}, "health": {"hang_timeout_s": 10.0},  # slack for load
+                                "chaos": [{"fault": "partition", "step": 12, "node": 1, "steps": 3}]})
+    assert res.code == 0, res.status["reason"]
+    assert (res.run_dir / "chaos" / "fired-0").exists()
+    assert not res.events("fault") and not res.events("node_excluded") and len(res.events("launch")) == 1
+
+
+@needs_netns
 def test_slow_link_slows_the_steps_it_covers(tmp_path: Path) -> None:
     res = run_submit(tmp_path, {"train": {"steps": 24},
                                 "chaos": [{"fault": "slow_link", "step": 12, "node": 1, "steps": 5,
