@@ -27,7 +27,7 @@ from slurm import cmd
 pytestmark = pytest.mark.slurm
 
 SLURM = {"cluster": {"backend": "slurm", "slurm": {"partition": "main", "poll_interval_s": 0.5}},
-         "train": {"steps": 40}, "health": {"startup_timeout_s": 90}}
+         "train": {"steps": 40}, "health": {"startup_timeout_s": 240}}  # 2 shared cores: slow start-up
 
 
 def slurm_overrides(extra: dict[str, Any] | None = None) -> dict[str, Any]:
