@@ -20,7 +20,10 @@ The agents (``benchmarks/goodput_launchers.py``), and why they look like this on
   300 s by default, as NCCL users set their watchdogs to 5-10 min): the peers raise, exit, and torchrun
   restarts the group. ft_launcher's rank monitors kill ranks whose per-step heartbeats
   (``trainer.ft_heartbeat``) stop for ``health.hang_timeout_s`` (the orchestrator's own hang timeout;
-  initial timeout = ``health.startup_timeout_s``), and the agent restarts the group in-job.
+  initial timeout = ``health.startup_timeout_s``), and the agent restarts the group in-job. ft's docs
+  warn that no heartbeats come during checkpoint saves and loads; our supervisor gives those phases the
+  start-up timeout. ``--ft-mode sections`` gives ft the same rule through its sections API (a ``step``
+  section per step with our hang timeout; checkpoint/restore/eval and start-up with our start-up timeout).
   ``--hang-cap-s`` (off by default) is only a harness safety net and is reported.
 Per-step times come from the trainer's own UDP telemetry (a TelemetryServer in this process) for the
 agents and from metrics.jsonl for the orchestrator; all are scored by benchmarks.common.ledger_from_rows.
@@ -45,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, median, save_json, table  # noqa: E402
-from benchmarks.goodput_launchers import ft_launcher_available, run_elastic, run_orchestrator  # noqa: E402
+from benchmarks.goodput_launchers import FT_MODES, ft_launcher_available, run_elastic, run_orchestrator  # noqa: E402
 
 LAUNCHERS = ("orchestrator", "torchrun", "ft_launcher")
 BASE: dict[str, Any] = {
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hang-cap-s", type=float, default=float("inf"))
     ap.add_argument("--collective-timeout-s", type=float, default=300.0,
                     help="health.collective_timeout_s for every launcher's trainer (a realistic watchdog)")
+    ap.add_argument("--ft-mode", choices=FT_MODES, default="heartbeats",
+                    help="how ft_launcher times ranks: per-step heartbeats, or sections that mirror our phases")
     ap.add_argument("--replace-delay-s", type=float, default=0.0)
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--json", default=None, help="append results as JSON lines here")

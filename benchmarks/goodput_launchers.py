@@ -5,7 +5,8 @@
   :class:`ElasticJob`; rows from the trainer's own UDP telemetry, collected by a TelemetryServer here.
   ``ft_launcher`` (NVIDIA nvidia-resiliency-ext) is torchrun plus a rank monitor per local rank that
   SIGKILLs a rank whose heartbeats stop (the trainer sends one per step through
-  ``trainer.ft_heartbeat``); the agent then restarts the worker group in-job.
+  ``trainer.ft_heartbeat``), or, with ``ft_mode="sections"``, whose step/busy/setup section outlives
+  our hang or start-up timeout; the agent then restarts the worker group in-job.
 
 Both agent kinds get the same harness: c10d rendezvous on a store hosted by this process
 (``is_host=false``, like an external etcd, so losing a node does not take the rendezvous with it),
@@ -34,8 +35,10 @@ from benchmarks.common import REPO, ledger_from_rows
 
 PY = sys.executable
 ELASTIC = ("torchrun", "ft_launcher")
-# What the rank monitor logs when it kills a rank for missing heartbeats (nvidia-resiliency-ext 0.4.1).
-FT_TIMEOUT_MARKS = ("Did not get subsequent heartbeat", "Did not get initial heartbeat")
+# What the rank monitor logs when it kills a rank for a timeout (nvidia-resiliency-ext 0.4.1).
+FT_TIMEOUT_MARKS = ("Did not get subsequent heartbeat", "Did not get initial heartbeat", "has been open for",
+                    "Was out of section for")
+FT_MODES = ("heartbeats", "sections")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -83,9 +86,9 @@ class ElasticJob:
     """One agent per node on this machine, their workers, and the faults only a harness can play."""
 
     def __init__(self, kind: str, cfg: dict[str, Any], run_dir: Path, max_restarts: int, tel_addr: str,
-                 store_port: int) -> None:
-        assert kind in ELASTIC, kind
-        self.kind, self.cfg, self.run_dir = kind, cfg, run_dir
+                 store_port: int, ft_mode: str = "heartbeats") -> None:
+        assert kind in ELASTIC and ft_mode in FT_MODES, (kind, ft_mode)
+        self.kind, self.cfg, self.run_dir, self.ft_mode = kind, cfg, run_dir, ft_mode
         self.max_restarts, self.tel_addr, self.store_port = max_restarts, tel_addr, store_port
         self.agents: list[Agent] = []
         self.notes: list[str] = []
@@ -103,17 +106,22 @@ class ElasticJob:
         if self.kind == "torchrun":
             return [PY, "-m", "torch.distributed.run", *common, "--module", "trainer.rank_main"]
         h = self.cfg["health"]
-        # Heartbeat timeout = our hang timeout; initial = our start-up timeout (launch to first step);
-        # the monitor checks as often as our ranks heartbeat (its default, 5 s, would only slow it down).
-        ft = [f"--ft-rank-heartbeat-timeout={h['hang_timeout_s']}",
-              f"--ft-initial-rank-heartbeat-timeout={h.get('startup_timeout_s', 120.0)}",
-              f"--ft-workload-check-interval={h['heartbeat_interval_s']}"]
+        hang, startup = h["hang_timeout_s"], h.get("startup_timeout_s", 120.0)
+        # The monitor checks as often as our ranks heartbeat (its default, 5 s, would only slow it down).
+        ft = [f"--ft-workload-check-interval={h['heartbeat_interval_s']}"]
+        if self.ft_mode == "heartbeats":  # heartbeat timeout = our hang timeout; initial = our start-up one
+            ft += [f"--ft-rank-heartbeat-timeout={hang}", f"--ft-initial-rank-heartbeat-timeout={startup}"]
+        else:  # our supervisor's rule as ft sections (trainer.ft_heartbeat); heartbeats only a backstop
+            ft += [f"--ft-rank-heartbeat-timeout={startup}", f"--ft-initial-rank-heartbeat-timeout={startup}",
+                   f"--ft-rank-section-timeouts=setup:{startup},step:{hang},busy:{startup}",
+                   f"--ft-rank-out-of-section-timeout={hang}"]
         return [str(Path(PY).with_name("ft_launcher")), *common, *ft, "-m", "trainer.rank_main"]
 
     def start_agent(self, node: int) -> None:
         env = child_env({"ORCH_RUN_DIR": str(self.run_dir), "ORCH_TELEMETRY_ADDR": self.tel_addr,
                          "ORCH_TELEMETRY_KEY_FILE": str(self.run_dir / "telemetry.key"),
-                         "ORCH_NODE": f"node{node}", "ORCH_NODE_INDEX": str(node)})
+                         "ORCH_NODE": f"node{node}", "ORCH_NODE_INDEX": str(node),
+                         "ORCH_FT_SECTIONS": "1" if self.ft_mode == "sections" else "0"})
         path = self.log_dir / f"agent{node}-{len(self.agents)}.log"
         with open(path, "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(self.command(), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -146,7 +154,7 @@ class ElasticJob:
         return [a for a in self.agents if a.proc.poll() is not None and a.proc.returncode < 0 and not a.replaced]
 
     def ft_timed_out(self) -> bool:
-        """Did an ft rank monitor kill a rank for missing heartbeats? (its warning in the agents' logs)"""
+        """Did an ft rank monitor kill a rank for a timeout? (its warning in the agents' logs)"""
         text = "".join(a.log.read_text(errors="replace") for a in self.agents if a.log.exists())
         return any(m in text for m in FT_TIMEOUT_MARKS)
 
@@ -169,7 +177,8 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
 def run_elastic(kind: str, cfg: dict[str, Any], work: Path, name: str, args: argparse.Namespace,
                 rows_out: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Drive the agents, play node failure and the hang cap, collect rank 0's step datagrams
-    (into ``rows_out`` too, when given). ``args`` needs max_restarts, hang_cap_s, replace_delay_s, timeout_s."""
+    (into ``rows_out`` too, when given). ``args``: max_restarts, hang_cap_s, replace_delay_s, timeout_s and,
+    for ft_launcher, ft_mode (heartbeats: default)."""
     from torch.distributed import TCPStore
     from orchestrator.telemetry_auth import create_or_load_key
     from orchestrator.telemetry_server import TelemetryServer
@@ -177,7 +186,8 @@ def run_elastic(kind: str, cfg: dict[str, Any], work: Path, name: str, args: arg
     prepare_run_dir(cfg, run_dir)
     srv = TelemetryServer(create_or_load_key(run_dir))  # ranks find the key as ORCH_RUN_DIR/telemetry.key
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)
-    job = ElasticJob(kind, cfg, run_dir, args.max_restarts, srv.address, store.port)
+    job = ElasticJob(kind, cfg, run_dir, args.max_restarts, srv.address, store.port,
+                     getattr(args, "ft_mode", "heartbeats"))
     rows: list[dict[str, Any]] = rows_out if rows_out is not None else []
     try:
         wall, done = drive(job, srv, rows, args)
@@ -188,7 +198,7 @@ def run_elastic(kind: str, cfg: dict[str, Any], work: Path, name: str, args: arg
     ok = done is not None and all(a.proc.returncode == 0 for a in job.agents if not a.replaced)
     hb = kind == "ft_launcher" and job.ft_timed_out()
     return score(rows, wall, done.get("eval_loss") if done else None, ok,
-                 {"detected": "hang (heartbeat timeout)" if hb else "-", "relaunches": "agent restarts",
+                 {"detected": f"hang (ft {job.ft_mode} timeout)" if hb else "-", "relaunches": "agent restarts",
                   "capped": job.capped, "notes": "; ".join(job.notes), "logs": str(job.log_dir)})
 
 
