@@ -40,7 +40,9 @@ def test_dead_rank_named_and_nothing_hangs() -> None:
 def test_hung_rank_killed_at_deadline_and_named() -> None:
     t0 = time.monotonic()
     results = run_collective_probe(2, {0: "nodeA", 1: "nodeB"}, timeout_s=6, hang_rank=1)
-    assert time.monotonic() - t0 < 12
+    # the 6 s start once both ranks joined; start-up (torch import under load) has its own budget, so
+    # this bound only proves the hang did not wait for gloo's 30-minute default
+    assert time.monotonic() - t0 < 120
     by = {r.node: r for r in results}
     assert (by["nodeB"].verdict, by["nodeB"].fault_kind) == ("failed", "collective_timeout")
     assert by["nodeB"].evidence["phase"] == {"1": "joined"}

@@ -208,7 +208,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, inject: dict[int, str],
            delay_s: float, slow_rank: int | None, backend: str, master_addr: str = "127.0.0.1",
-           node_argv: Mapping[str, list[str]] | None = None) -> list[subprocess.Popen[bytes]]:
+           node_argv: Mapping[str, list[str]] | None = None,
+           startup_s: float = 0.0) -> list[subprocess.Popen[bytes]]:
     """``master_addr``: rank 0's address as the other ranks reach it; ``node_argv``: a prefix that runs a
     rank inside its node (e.g. ``ip netns exec NS``), so the collective crosses the nodes' network."""
     port = _free_port(master_addr) if not node_argv else _free_port()
@@ -221,6 +222,7 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
                # ranks time out later than the parent's deadline, so the parent (which can see
                # every rank) judges first, not a healthy rank that gave up on a hung peer
                "ORCH_PROBE_TIMEOUT": str(timeout_s + 10.0),
+               "ORCH_PROBE_INIT_TIMEOUT": str(startup_s + timeout_s + 10.0),
                "ORCH_PROBE_BACKEND": backend, "ORCH_PROBE_INJECT": inject.get(r, ""),
                "ORCH_PROBE_DELAY": str(delay_s if r == slow_rank else 0.0),
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
@@ -232,15 +234,23 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
     return procs
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float,
-              grace_s: float = 1.0) -> tuple[bool, dict[int, float]]:
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float, grace_s: float = 1.0,
+              workdir: Path | None = None, startup_s: float = 0.0) -> tuple[bool, dict[int, float]]:
     """Wait until all exit or the deadline; once one rank fails the rest are blocked on it, so give
     them ``grace_s`` and stop. Kills whatever is left. Returns (every rank exited by itself, the
-    time each rank was first seen to have exited with an error)."""
-    deadline = time.monotonic() + timeout_s
+    time each rank was first seen to have exited with an error).
+
+    Start-up (importing torch, joining the process group) has its own budget, ``startup_s``: on a busy
+    node it takes seconds, and a slow import is not a slow network; ``timeout_s`` starts once every
+    rank has joined (seen in ``workdir``'s phase files)."""
+    deadline = time.monotonic() + startup_s + timeout_s
+    joined = workdir is None
     failed_at: dict[int, float] = {}
     while time.monotonic() < deadline:
         codes = [p.poll() for p in procs]
+        if not joined and all(c is not None or _phase(workdir, r) >= 1  # type: ignore[arg-type]
+                              for r, c in enumerate(codes)):
+            joined, deadline = True, min(deadline, time.monotonic() + timeout_s)
         for r, c in enumerate(codes):
             if c not in (None, 0) and r not in failed_at:
                 failed_at[r] = time.monotonic()
@@ -306,7 +316,8 @@ def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, s
                          slow_rank: int | None = None, slow_factor: float = 4.0,
                          dead_rank: int | None = None, hang_rank: int | None = None,
                          nominal_op_s: float = 0.005, backend: str = "gloo", master_addr: str = "127.0.0.1",
-                         node_argv: Mapping[str, list[str]] | None = None) -> list[ProbeResult]:
+                         node_argv: Mapping[str, list[str]] | None = None,
+                         startup_s: float = 120.0) -> list[ProbeResult]:
     """Spawn ``world_size`` local ranks, run :func:`collective_check`, and judge every node.
 
     Test hooks: ``slow_rank`` sleeps ``(slow_factor - 1) * nominal_op_s`` in every operation,
@@ -319,8 +330,8 @@ def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, s
     with tempfile.TemporaryDirectory(prefix="orch-collective-") as tmp:
         workdir = Path(tmp)
         procs = _spawn(world_size, nodes, workdir, timeout_s, inject, delay, slow_rank, backend, master_addr,
-                       node_argv)
-        clean, failed_at = _wait_all(procs, timeout_s)
+                       node_argv, startup_s)
+        clean, failed_at = _wait_all(procs, timeout_s, workdir=workdir, startup_s=startup_s)
         result = workdir / "result.json"
         if clean and result.exists() and all(p.returncode == 0 for p in procs):
             data = json.loads(result.read_text())

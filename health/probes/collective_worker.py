@@ -49,7 +49,8 @@ def main() -> int:
     timeout_s = float(os.environ["ORCH_PROBE_TIMEOUT"])
     backend = os.environ.get("ORCH_PROBE_BACKEND", "gloo")
     kwargs = {"device_id": _set_gpu(rank)} if backend == "nccl" else {}
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    init_s = float(os.environ.get("ORCH_PROBE_INIT_TIMEOUT", timeout_s))  # peers may still be importing
+    dist.init_process_group(backend, timeout=timedelta(seconds=init_s), **kwargs)
     note("joined")
     if inject == "hang":
         while True:  # alive but never enters a collective: the parent must kill us
