@@ -22,6 +22,9 @@ def cancel_run(run_dir: Path) -> int:
         print(f"{run_dir}: nothing was launched")
         return 0
     last = launches[-1]
+    # A supervisor still watching the run reads this when it sees its job CANCELLED: our cancel,
+    # not an admin's (resume removes it).
+    (run_dir / "CANCEL_REQUESTED").write_text(f"{last.get('job_id') or last['attempt']}\n")
     launcher = make_launcher(cfg, run_dir)
     spec = LaunchSpec(int(last["attempt"]), list(last["nodes"]), cfg.cluster.ranks_per_node, run_dir, "", run_dir)
     stopped = launcher.attach(last, spec)

@@ -314,6 +314,7 @@ class Supervisor:
             self._reattach(last_launch)
         self._cancel_leftovers(records)
         self.snap.step = self.snap.last_checkpoint_step or 0  # where a resumed run stands, not step 0
+        (self.run_dir / "CANCEL_REQUESTED").unlink(missing_ok=True)  # a resume overrides a cancel
         self.sm = StateMachine(RunState.RECOVERING)
         self.snap.state = RunState.RECOVERING.value
         self.recovery_started_t = self.clock()
@@ -531,8 +532,11 @@ class Supervisor:
         self.journal.append("fence", epoch=epoch, reason=why, accepted=list(rec.accepted) if rec else [])
 
     def _cancelled_outside(self, detail: str) -> None:
-        """Someone cancelled our job (an admin, scancel): respect it, end FAILED, relaunch nothing."""
-        raise Abort(f"the job was cancelled outside the orchestrator ({detail}); nothing was relaunched; "
+        """Someone cancelled our job (an admin, scancel, or `orchestrator cancel`, which leaves
+        CANCEL_REQUESTED in the run directory first): respect it, end FAILED, relaunch nothing."""
+        who = ("by `orchestrator cancel`" if (self.run_dir / "CANCEL_REQUESTED").exists()
+               else "outside the orchestrator")
+        raise Abort(f"the job was cancelled {who} ({detail}); nothing was relaunched; "
                     "`orchestrator resume` continues from the last checkpoint")
 
     def _done_from_evidence(self) -> dict[str, Any] | None:

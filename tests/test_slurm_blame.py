@@ -74,3 +74,30 @@ def test_unknown_blame_probes_and_excludes_only_what_fails(tmp_path: Path) -> No
     (excluded,) = [r for r in records if r["event"] == "node_excluded"]
     assert excluded["node"] == "node1" and excluded["evidence"]["probe"] == "failed"
     assert "node1" not in launcher.launches[1].nodes and "node0" in launcher.launches[1].nodes
+
+
+class CancelledJob(UnnamedNodeFailure):
+    """The job is cancelled under a running attempt (Slurm says CANCELLED)."""
+
+    def launch(self, spec: LaunchSpec) -> dict[str, Any]:
+        self.launches.append(spec)
+        if len(self.launches) > 1:
+            raise Stop()
+        self.events = [LauncherEvent("job_ended", state="CANCELLED", t=time.time(), detail="job 7 CANCELLED by 0")]
+        return {"job_id": "7"}
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_cancelled_job_ends_failed_without_relaunch(tmp_path: Path, ours: bool) -> None:
+    """An admin's scancel, or `orchestrator cancel` (CANCEL_REQUESTED): FAILED, said which, no relaunch."""
+    from orchestrator.supervisor import Supervisor
+    cfg = RunConfig.model_validate(BASE)
+    if ours:
+        (tmp_path / "CANCEL_REQUESTED").write_text("7\n")
+    launcher = CancelledJob()
+    with Journal(tmp_path) as journal:
+        sup = Supervisor(cfg, tmp_path, launcher, journal)
+        assert sup.run() == 1
+    assert len(launcher.launches) == 1 and sup.excluded == []
+    who = "by `orchestrator cancel`" if ours else "outside the orchestrator"
+    assert f"cancelled {who}" in sup.snap.reason, sup.snap.reason
