@@ -154,7 +154,8 @@ def _attach_preflight(cfg: RunConfig, sup: Any, run_dir: Path) -> None:
         sup.preflight = sup.launcher.preflight
         return
     from orchestrator.preflight import make_preflight
-    sup.preflight = make_preflight(cfg, run_dir, sup.journal)
+    sup.preflight = make_preflight(cfg, run_dir, sup.journal,
+                                   sup.launcher.link_probe_runner(cfg.cluster.ranks_per_node))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

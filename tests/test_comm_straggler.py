@@ -41,3 +41,30 @@ def test_slow_link_is_named_by_the_background_probe(tmp_path: Path) -> None:
     found = [f for f in r.status["faults"] if f["kind"] == "slow_link"]
     assert found and found[0]["node"] == "node1" and found[0]["action"] == "alert", r.status["faults"]
     assert r.status["excluded_nodes"] == []  # an alert: the run goes on
+
+
+@needs_netns
+def test_preflight_collective_probe_runs_across_the_bridge(tmp_path: Path) -> None:
+    """The pre-flight collective probe places each node's ranks in its namespace (not on one loopback)."""
+    r = run_submit(tmp_path, {"cluster": {"ranks_per_node": 1}, "train": {"steps": 6, "global_batch": 4},
+                              "checkpoint": {"every_steps": 5},
+                              "health": {"probes": ["node", "collective"], "preflight": True}})
+    assert r.code == 0, r.status.get("reason")
+    coll = [x for x in r.events("preflight")[0]["results"] if x["probe"] == "collective"]
+    assert sorted(x["node"] for x in coll) == ["node0", "node1"] and all(x["verdict"] == "ok" for x in coll), coll
+
+
+def test_preflight_uses_the_launchers_placement(tmp_path: Path) -> None:
+    from health.probes.result import ProbeResult
+    from orchestrator.config import RunConfig
+    from orchestrator.journal import Journal
+    from orchestrator.preflight import make_preflight
+    cfg = RunConfig.model_validate({"health": {"probes": ["collective"]}})
+    seen: list[list[str]] = []
+
+    def placed(nodes: list[str]) -> list[ProbeResult]:
+        seen.append(nodes)
+        return [ProbeResult("collective", n, "failed" if n == "node1" else "ok", {}) for n in nodes]
+
+    pre = make_preflight(cfg, tmp_path, Journal(tmp_path / "journal.jsonl"), placed)
+    assert pre(["node0", "node1"]) == ["node1"] and seen == [["node0", "node1"]]
