@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-COMMITTED = "COMMITTED"
 from trainer.device import flags_tensor
 
+COMMITTED = "COMMITTED"
 BAD = "BAD"
 MANIFEST = "manifest.json"
 EXTRA = "extra.json"
