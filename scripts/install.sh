@@ -21,5 +21,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+# NVIDIA's ft_launcher (the goodput benchmark's strongest peer, extra 'bench') without its pynvml
+# dependency: that deprecated wrapper redirects nvidia-ml-py's pynvml and warns in every process that
+# imports torch; ft_launcher only needs `import pynvml`, which nvidia-ml-py provides.
+.venv/bin/pip install -q --no-deps 'nvidia-resiliency-ext==0.4.1' defusedxml 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c 'import torch, orchestrator; print("installed: torch", torch.__version__)'
