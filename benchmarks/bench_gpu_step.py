@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_goodput_vs_torchrun import PY, child_env, prepare_run_dir, run_orchestrator  # noqa: E402
+from benchmarks.goodput_launchers import PY, child_env, prepare_run_dir, run_orchestrator  # noqa: E402
 from benchmarks.common import REPO, machine, median, save_json, table  # noqa: E402
 
 WARMUP = 5

@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, median, save_json, table  # noqa: E402
 from health.detectors.hang import LivenessArrays, assess_liveness_arrays  # noqa: E402
+from health.detectors.comm_slowdown import CommSlowdownDetector  # noqa: E402
 from health.detectors.straggler import StragglerDetector  # noqa: E402
 from orchestrator.step_stats import StepAggregator  # noqa: E402
 from orchestrator.telemetry_auth import seal  # noqa: E402
@@ -126,7 +127,8 @@ class RealSink:
             run_dir=run_dir, watch=AttemptWatch(spec, time.time()), meter=GoodputMeter(time.time()),
             snap=RunSnapshot(), straggler=StragglerDetector(window=20, factor=1.5, min_steps=8),
             cfg=RunConfig(), recovery_started_t=None, journal=SimpleNamespace(append=lambda *a, **k: None),
-            record_fault=lambda *a, **k: None, classify=lambda *a: None)
+            record_fault=lambda *a, **k: None, classify=lambda *a: None, comm=CommSlowdownDetector(),
+            on_comm_slowdown=lambda *a: None)
         self.events = RunEvents(self.sup)  # type: ignore[arg-type]
         self.rows = 0
 
