@@ -83,8 +83,8 @@ def _parse(raw: dict[str, Any]) -> EpochState:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """trainer.checkpoint.atomic_write without its torch import (the supervisor never loads torch):
-    readers see the old file or the whole new one, and the rename is fsynced."""
+    """Readers see the old file or the whole new one, and the rename is fsynced. Lives here, without
+    torch, so that the supervisor (which never loads torch) and the checkpoint code share it."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
