@@ -182,7 +182,9 @@ def test_frozen_slurmd_is_fenced(cluster: None, tmp_path: Path, touched: list[st
         touched.append(node)
         os.kill(int((SLURM_RUN / f"slurmd-{node}.pid").read_text().strip()), signal.SIGSTOP)
     t = at_step(run_dir, 12, freeze)
-    r = run_submit(tmp_path, slurm_overrides(FAST))
+    # the ranks keep training while the controller decides (SlurmdTimeout=10 s, then its ping cycle):
+    # the 28 steps left must outlast that on a quiet machine too, or the run simply completes first
+    r = run_submit(tmp_path, slurm_overrides({**FAST, "train": {"steps": 40, "step_sleep_s": 1.5}}))
     t.join(timeout=5)
     table(r, "slurmd frozen (SIGSTOP), ranks running")
     assert touched and r.code == 0, r.status.get("reason")
