@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.launcher.node_agent import tail  # the log tail classify_exit reads (Xid, OOM, NCCL)
 from slurm.hostlist import expand
 
 PREEMPTED_EXIT = 75  # mirrors trainer.rank_main.PREEMPTED_EXIT without importing torch here
@@ -50,16 +51,6 @@ def node_address(node: str) -> str:
 
 def exit_marker(marker_dir: Path, rank: int) -> Path:
     return marker_dir / f"exit-rank{rank}.json"
-
-
-def tail(path: Path, limit: int = 2000) -> str:
-    """The last ``limit`` bytes of a rank's log: what classify_exit reads for Xid, OOM, NCCL errors."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def read_exit_markers(marker_dir: Path) -> dict[int, dict[str, object]]:

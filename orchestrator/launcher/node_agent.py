@@ -28,6 +28,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def tail(path: Path, limit: int = 2000) -> str:
+    """The last ``limit`` bytes of a rank's log: what classify_exit reads for Xid, OOM, NCCL errors."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
