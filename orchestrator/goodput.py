@@ -44,15 +44,16 @@ class GoodputMeter:
         if since is None:
             self._normal.append(seconds)
         else:
-            self._charge_straggler(since)
+            self._charge_straggler(since, step)
 
-    def _charge_straggler(self, since: int) -> None:
-        """Move the excess of every kept step from the episode's first slow step on (detection comes a
-        few steps after the slowdown) to lost time, against the median of recent normal steps."""
+    def _charge_straggler(self, since: int, upto: int) -> None:
+        """Move the excess of every kept step from the episode's first slow step to ``upto`` (detection
+        comes a few steps after the slowdown) to lost time, against the median of recent normal steps.
+        Walks only that range, not every step kept so far: this runs on each step of an episode."""
         if not self._normal:
             return
         normal = median(self._normal)
-        for s in [s for s in self.kept if s >= since and s not in self._charged]:
+        for s in [s for s in range(since, upto + 1) if s in self.kept and s not in self._charged]:
             excess = max(0.0, self.kept[s] - normal)
             self.kept[s] -= excess
             self.lost.straggler += excess
