@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from typing import Any
 
-from trainer.parallel.harness import MODEL, spawn
+from benchmarks.layout_harness import MODEL, spawn
 
 LAYOUTS: dict[int, dict[str, dict[str, Any]]] = {
     1: {"single": {"dp_mode": "fsdp"}},

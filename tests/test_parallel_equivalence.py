@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from trainer.parallel.harness import batches, make_cfg, reference_losses, spawn
+from benchmarks.layout_harness import batches, make_cfg, reference_losses, spawn
 
 TOL = 1e-4
 STEPS = 5

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.parallel.harness import spawn
+from benchmarks.layout_harness import spawn
 
 TOL = 1e-4
 STEPS, SAVE_AT = 5, 3

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from trainer.parallel import node_map, rank_layout, validate_layout
-from trainer.parallel.harness import make_cfg
+from benchmarks.layout_harness import make_cfg
 
 CASES: list[tuple[str, dict[str, Any], set[str], str | None]] = [
     # name, make_cfg kwargs, error fields expected, warning substring expected

@@ -115,7 +115,7 @@ def spawn(world: int, jobs: list[dict[str, Any]], out_dir: str) -> list[list[dic
 
 def worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]], out_dir: str) -> None:
     """Entry point for ``torch.multiprocessing.spawn``: run every job, write ``rank{r}.json``."""
-    from trainer.parallel.scenarios import run_job  # noqa: PLC0415 (keeps this module light)
+    from benchmarks.layout_scenarios import run_job  # noqa: PLC0415 (keeps this module light)
     init(rank, world, port)
     results = []
     try:

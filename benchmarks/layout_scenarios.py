@@ -10,7 +10,7 @@ import torch.distributed.checkpoint as dcp
 
 from trainer.engine import all_ranks_agree
 from trainer.parallel import build_hybrid_engine
-from trainer.parallel.harness import batches, make_cfg, shard_batch, train_steps
+from benchmarks.layout_harness import batches, make_cfg, shard_batch, train_steps
 
 
 def _comm_counts(engine: Any, cfg: Any, data: list[Any]) -> dict[str, int]:
