@@ -36,11 +36,14 @@ def _config_or_exit(args: argparse.Namespace) -> RunConfig | None:
 
 
 def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
+    if cfg.cluster.backend == "slurm" and cfg.cluster.slurm.recovery == "in_allocation":
+        from slurm.alloc_launcher import SlurmAllocLauncher
+        return SlurmAllocLauncher(cfg, run_dir)
     if cfg.cluster.backend == "slurm":
         from slurm.launcher import SlurmLauncher
         return SlurmLauncher(cfg, run_dir)
     from orchestrator.launcher.local import LocalLauncher
-    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes)
+    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout_s)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ class SlurmConfig(Section):
     signal_before_s: int = Field(60, ge=1, description="checkpoint this long before the time limit")
     drain_bad_nodes: bool = False
     poll_interval_s: float = Field(1.0, gt=0)
+    recovery: Literal["in_allocation", "resubmit"] = Field(
+        "in_allocation", description="in_allocation: one job of nodes + spare_nodes with a warm node agent per "
+                                     "node, relaunches fork ranks inside it; resubmit: one sbatch per attempt")
     requeue_on_preemption: bool = Field(
         False, description="let Slurm requeue a preempted job (the requeued job is the same attempt); "
                            "otherwise jobs are submitted --no-requeue and the orchestrator alone relaunches")
@@ -153,6 +156,8 @@ class StragglerConfig(Section):
 class HealthConfig(Section):
     heartbeat_interval_s: float = Field(0.5, gt=0)
     hang_timeout_s: float = Field(10.0, gt=0)
+    agent_timeout_s: float = Field(5.0, gt=0, description="a node agent silent this long (it heartbeats every "
+                                                          "heartbeat_interval_s) is a lost node")
     preflight: bool = True
     probes: list[Literal["node", "gpu", "collective"]] = Field(default_factory=lambda: ["node", "gpu"])
     straggler: StragglerConfig = Field(default_factory=StragglerConfig)

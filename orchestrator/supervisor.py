@@ -411,6 +411,8 @@ class Supervisor:
                 self._cancelled_outside(ev.detail)
         elif ev.kind == "requeued":
             self.on_requeue(ev, now)
+        elif ev.kind == "node_verdict":  # recorded when it comes; the run moved on without it
+            self.journal.append("node_verdict", node=ev.node, state=ev.state, evidence=ev.info)
 
     def check_liveness(self, now: float) -> None:
         w = self.watch

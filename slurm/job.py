@@ -171,3 +171,18 @@ def rank_process() -> None:
 
 if __name__ == "__main__":
     rank_process()
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """The in-allocation path's task: one per node, for the whole allocation. It becomes that node's warm
+    agent (the local backend's code), dials the supervisor's hub and forks the ranks of every attempt;
+    a spare's agent idles until the supervisor gives it a lost node's ranks."""
+
+    run_dir: str
+    hub_addr: str
+
+    def __call__(self) -> int:
+        from orchestrator.launcher.node_agent import run_agent
+        node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+        return run_agent(node, Path(self.run_dir), self.hub_addr)

@@ -26,7 +26,9 @@ from slurm import cmd
 
 pytestmark = pytest.mark.slurm
 
-SLURM = {"cluster": {"backend": "slurm", "slurm": {"partition": "main", "poll_interval_s": 0.5}},
+# the per-attempt sbatch path (these tests are about its jobs); tests/test_slurm_inalloc.py covers in_allocation
+SLURM = {"cluster": {"backend": "slurm", "slurm": {"partition": "main", "poll_interval_s": 0.5,
+                                                  "recovery": "resubmit"}},
          "train": {"steps": 40}, "health": {"startup_timeout_s": 240}}  # 2 shared cores: slow start-up
 
 

@@ -30,9 +30,10 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class LauncherEvent:
-    """Something the scheduler (not a rank) told us: a node vanished, the job ended or was requeued."""
+    """Something the scheduler (not a rank) told us: a node vanished, the job ended or was requeued, or
+    the controller's later verdict on a node already moved away from (``node_verdict``: journaled only)."""
 
-    kind: Literal["node_lost", "job_ended", "requeued", "job_started"]
+    kind: Literal["node_lost", "job_ended", "requeued", "job_started", "node_verdict"]
     node: str | None = None
     state: str | None = None  # e.g. COMPLETED, FAILED, NODE_FAIL, TIMEOUT, PREEMPTED
     detail: str = ""

@@ -48,6 +48,10 @@ class Agent:
     buf: bytes = b""
     replies: list[dict[str, Any]] = field(default_factory=list)
     dead_reported: bool = False
+    heard_t: float | None = None  # monotonic time of its last message, from its "ready" on
+
+    def silent_for(self, now: float) -> float:
+        return 0.0 if self.heard_t is None else now - self.heard_t
 
     def send(self, **cmd: Any) -> bool:
         try:
@@ -72,15 +76,18 @@ class Agent:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
+        if out:
+            self.heard_t = time.monotonic()
         return out
 
 
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, nodes: int, spare_nodes: int, run_dir: Path | None = None, grace_s: float = 3.0) -> None:
+    def __init__(self, nodes: int, spare_nodes: int, run_dir: Path | None = None, grace_s: float = 3.0,
+                 agent_timeout_s: float = 5.0) -> None:
         self._pool = [f"node{i}" for i in range(nodes + spare_nodes)]
-        self.run_dir, self.grace_s = run_dir, grace_s
+        self.run_dir, self.grace_s, self.agent_timeout_s = run_dir, grace_s, agent_timeout_s
         self.agents: dict[str, Agent] = {}
         self.current: list[str] = []
         self.finished: set[str] = set()
@@ -179,12 +186,15 @@ class LocalLauncher(Launcher):
             for r in a.read():
                 if r.get("ev") in ("ranks_done", "stopped") and node in self.current:
                     self.finished.add(node)
-            if a.proc.poll() is not None and not a.dead_reported:
+            silent = a.silent_for(time.monotonic())
+            if (a.proc.poll() is not None or silent > self.agent_timeout_s) and not a.dead_reported:
                 a.dead_reported = True
                 if node in self.current:
                     self.finished.add(node)
+                    detail = (f"node agent exited with {a.proc.returncode}" if a.proc.poll() is not None else
+                              f"node agent silent for {silent:.1f}s (timeout {self.agent_timeout_s}s)")
                     events.append(LauncherEvent("node_lost", node=node, state="NODE_FAIL", t=time.time(),
-                                                detail=f"node agent exited with {a.proc.returncode}"))
+                                                detail=detail, info={"evidence_source": "node agent"}))
         if self.current and self.finished >= set(self.current):
             events.append(LauncherEvent("job_ended", state="ENDED", t=time.time()))
             self.current = []

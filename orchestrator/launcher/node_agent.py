@@ -1,13 +1,18 @@
-"""One simulated node of the local cluster: ``python -m orchestrator.launcher.node_agent NODE RUN_DIR``.
+"""One node's warm agent, on every backend: ``python -m orchestrator.launcher.node_agent NODE RUN_DIR
+[--connect HOST:PORT]``.
 
-The agent lives as long as the supervisor (it exits when its command pipe closes) and is *warm*: it
+The agent lives as long as the supervisor (it exits when its command channel closes) and is *warm*: it
 imports torch and the trainer and loads the corpus once, then forks the ranks of each attempt, so a
 relaunch costs a fork instead of seconds of imports per rank. Ranks die with their agent
 (``PR_SET_PDEATHSIG``): killing the agent is a node failure. Every rank exit is reported to the
 supervisor (telemetry) and written to the run directory, so nothing is lost while nobody listens.
 
-Commands (stdin, one JSON object a line): ``launch`` {spec}, ``stop`` {grace_s}, ``exit``.
-Replies (stdout, one JSON object a line): ``ready``, ``ranks_done`` {attempt, codes}, ``stopped``.
+The channel: stdin/stdout pipes on the local cluster (the supervisor is its parent), or, with
+``--connect``, an authenticated TCP link the agent dials to the supervisor's hub (Slurm: the agent runs
+on another host; :mod:`orchestrator.launcher.agent_link`). Same protocol on both, one JSON object a line.
+Commands: ``launch`` {spec}, ``stop`` {grace_s}, ``exit``, ``ping``, ``signal`` {sig}, ``probe``, ``port``.
+Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means a lost node),
+``ranks_done`` {attempt, codes}, ``stopped``, ``pong``, ``probe`` {verdict}, ``port`` {port}.
 """
 
 from __future__ import annotations
@@ -37,11 +42,53 @@ def tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
-def reply(**msg: Any) -> None:
-    os.write(1, (json.dumps(msg) + "\n").encode())
+class PipeChannel:
+    """The local cluster's channel: commands on stdin, replies on stdout."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def fileno(self) -> int:
+        return 0
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        try:
+            os.write(1, (json.dumps(msg) + "\n").encode())
+            return True
+        except OSError:
+            return False
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """Complete commands available now; None once the supervisor's end is closed."""
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        self.buf += chunk
+        out = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            out.append(json.loads(line))
+        return out
 
 
-def warm_up(run_dir: Path) -> None:
+class LinkChannel:
+    """The channel across hosts: the authenticated link to the supervisor's hub."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link
+
+    def fileno(self) -> int:
+        return int(self.link.fileno())
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        return bool(self.link.send(msg))
+
+    def read(self) -> list[dict[str, Any]] | None:
+        msgs = self.link.read()
+        return None if self.link.closed and not msgs else msgs
+
+
+def warm_up(run_dir: Path) -> Any:
     """Import the trainer, load the corpus and run the first-call paths once now (model build,
     optimizer-state init, a forward/backward, a DCP save and load), so every forked rank starts warm.
 
@@ -71,6 +118,7 @@ def warm_up(run_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
         dcp.load({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
+    return cfg
 
 
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
@@ -78,7 +126,7 @@ def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
     code = 1
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -119,9 +167,9 @@ def rank_env(s: dict[str, Any], rank: int, local: int) -> dict[str, str]:
 
 
 class NodeAgent:
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, channel: PipeChannel | LinkChannel, run_dir: Path) -> None:
         from trainer.telemetry import Telemetry
-        self.node = node
+        self.node, self.channel, self.run_dir = node, channel, run_dir
         self.spec: dict[str, Any] = {}
         self.children: dict[int, int] = {}  # pid → rank
         self.codes: dict[int, int] = {}
@@ -148,7 +196,7 @@ class NodeAgent:
             _signal(pid, signal.SIGTERM)
         self.stop_deadline = time.monotonic() + grace_s
         if not self.children:
-            reply(ev="stopped")
+            self.reply(ev="stopped")
 
     def reap(self) -> None:
         while self.children:
@@ -166,8 +214,30 @@ class NodeAgent:
                 _signal(pid, signal.SIGKILL)
         if self.spec and not self.children:
             heal_link()
-            reply(ev="stopped" if self.stopping else "ranks_done", attempt=self.spec["attempt"], codes=self.codes)
+            self.reply(ev="stopped" if self.stopping else "ranks_done", attempt=self.spec["attempt"],
+                       codes=self.codes)
             self.spec, self.stop_deadline = {}, None
+
+    def reply(self, **msg: Any) -> None:
+        self.channel.send(msg)
+
+    def signal_ranks(self, name: str) -> None:
+        """Pass a signal on to every rank (USR1: dump stacks, USR2: checkpoint before the time limit)."""
+        sig = {"USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}.get(name)
+        for pid in list(self.children) if sig is not None else []:
+            _signal(pid, sig)
+
+    def probe(self) -> None:
+        """The node probe (disk round trip in the checkpoint directory, memory, kernel log), here."""
+        from health.probes.node import probe_node
+        from trainer.rank_main import load_run_config
+        cfg = load_run_config(self.run_dir)
+        ckpt = Path(cfg.checkpoint.dir)
+        try:
+            r = probe_node(ckpt if ckpt.is_absolute() else self.run_dir / ckpt, node=self.node)
+            self.reply(ev="probe", verdict=r.verdict, fault_kind=r.fault_kind)
+        except Exception as exc:  # noqa: BLE001 - a probe that cannot run is a failed probe
+            self.reply(ev="probe", verdict="failed", fault_kind=None, detail=repr(exc)[:300])
 
     def report(self, rank: int, code: int) -> None:
         self.codes[rank] = code
@@ -197,44 +267,64 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def serve(agent: NodeAgent) -> int:
+def serve(agent: NodeAgent, heartbeat_s: float) -> int:
     r, w = os.pipe()
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):  # Slurm's signals to the task are the ranks' to act on
+        signal.signal(sig, lambda signum, _f: agent.signal_ranks(signal.Signals(signum).name[3:]))
     sel = selectors.DefaultSelector()
-    sel.register(0, selectors.EVENT_READ)
+    sel.register(agent.channel.fileno(), selectors.EVENT_READ)
     sel.register(r, selectors.EVENT_READ)
-    buf = b""
+    next_hb = 0.0
     while True:
-        for key, _ in sel.select(timeout=0.1):
+        for key, _ in sel.select(timeout=min(0.1, heartbeat_s)):
             if key.fd == r:
                 os.read(r, 4096)
                 continue
-            chunk = os.read(0, 65536)
-            if not chunk:  # the supervisor is gone: take the ranks down with us
+            cmds = agent.channel.read()
+            if cmds is None:  # the supervisor is gone: take the ranks down with us
                 agent.stop(0.5)
                 _drain(agent)
                 return 0
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if handle(agent, json.loads(line)):
+            for cmd in cmds:
+                if handle(agent, cmd):
                     _drain(agent)
                     return 0
         agent.reap()
+        if time.monotonic() >= next_hb:  # silence past the supervisor's timeout reads as a lost node
+            agent.reply(ev="hb", t=time.time(), ranks=len(agent.children))
+            next_hb = time.monotonic() + heartbeat_s
 
 
 def handle(agent: NodeAgent, cmd: dict[str, Any]) -> bool:
     """Apply one command; True means exit."""
-    if cmd["cmd"] == "launch":
+    what = cmd.get("cmd")
+    if what == "launch":
         agent.launch(cmd["spec"])
-    elif cmd["cmd"] == "stop":
+    elif what == "stop":
         agent.stop(float(cmd.get("grace_s", 3.0)))
-    elif cmd["cmd"] == "exit":
+    elif what == "exit":
         agent.stop(float(cmd.get("grace_s", 1.0)))
         return True
+    elif what == "ping":
+        agent.reply(ev="pong", t=time.time())
+    elif what == "signal":
+        agent.signal_ranks(str(cmd.get("sig")))
+    elif what == "probe":
+        agent.probe()
+    elif what == "port":
+        agent.reply(ev="port", port=_free_port())
     return False
+
+
+def _free_port() -> int:
+    """A port free on this host now, for the next attempt's rendezvous (rank 0 runs here)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
 
 
 def _drain(agent: NodeAgent) -> None:
@@ -244,12 +334,29 @@ def _drain(agent: NodeAgent) -> None:
         time.sleep(0.01)
 
 
-def main() -> int:
-    node, run_dir = sys.argv[1], Path(sys.argv[2])
+def run_agent(node: str, run_dir: Path, connect: str | None = None) -> int:
+    """Warm up, open the channel (pipes, or the authenticated link to ``connect``), then serve."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    warm_up(run_dir)
-    reply(ev="ready", pid=os.getpid())
-    return serve(NodeAgent(node))
+    cfg = warm_up(run_dir)
+    if connect is None:
+        channel: PipeChannel | LinkChannel = PipeChannel()
+    else:
+        from orchestrator.launcher.agent_link import dial
+        from orchestrator.telemetry_auth import read_key
+        channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node))
+    agent = NodeAgent(node, channel, run_dir)
+    agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename)
+    return serve(agent, cfg.health.heartbeat_interval_s)
+
+
+def main() -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description="one node's warm agent")
+    ap.add_argument("node")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--connect", help="HOST:PORT of the supervisor's hub (across hosts)")
+    a = ap.parse_args()
+    return run_agent(a.node, a.run_dir, a.connect)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,369 @@
+"""The Slurm backend's in-allocation path: one job of ``nodes + spare_nodes`` nodes for the whole run,
+one warm node agent per node, relaunches inside it.
+
+Why: a resubmitted job pays the queue and a cold start on every failure (49 s of the 60 s a node failure
+cost). Here ``submit`` asks once, through submitit, for every node including the spares, with
+``--no-kill`` on the job and its step (a lost node shrinks the job instead of ending it; checked on the
+local cluster: the other tasks of one multi-node ``srun --no-kill`` step keep running) and
+``--no-requeue``. Each task is the local backend's node agent (:class:`slurm.job.AgentTask`): it warms up
+once and dials the supervisor's hub (:mod:`orchestrator.launcher.agent_link`, authenticated with the run's
+key). An attempt is then a ``launch`` command to the chosen agents; a crash, hang or NaN relaunch is a
+re-fork; a node whose agent goes silent past ``health.agent_timeout_s`` (or whose link breaks) is lost
+at once and a spare's agent gets its ranks: the controller's own verdict is looked up later and
+reported as a ``node_verdict`` event, never waited for (fencing makes acting first safe).
+
+A new allocation (excluding every bad node) is asked for only when this one cannot continue: it ended
+(time limit, preemption, cancelled), ranks checkpointed on the time-limit warning, or fewer usable
+nodes are left than the run needs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from orchestrator.config import RunConfig
+from orchestrator.launcher.agent_link import AgentHub, Link
+from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
+from orchestrator.telemetry_auth import create_or_load_key
+from orchestrator.telemetry_server import endpoints
+from slurm import cmd
+from slurm.job import PREEMPTED_EXIT, AgentTask, node_address
+from slurm.launcher import ACTIVE_STATES, SlurmLauncher, node_sort_key
+from slurm.sbatch_options import executor_parameters
+
+ENDING_STATES = {"TIMEOUT": "time limit", "PREEMPTED": "preempted", "CANCELLED": "cancelled",
+                 "NODE_FAIL": "node failure", "FAILED": "failed", "COMPLETED": "ended", "DEADLINE": "deadline",
+                 "OUT_OF_MEMORY": "out of memory", "BOOT_FAIL": "boot failure"}
+
+
+@dataclass
+class RemoteAgent:
+    """One node's agent as the supervisor sees it: its link, when it was last heard, what it reported."""
+
+    node: str
+    link: Link
+    heard_t: float
+    pid: int | None = None
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def read(self, now: float) -> list[dict[str, Any]]:
+        msgs = self.link.read()
+        if msgs:
+            self.heard_t = now
+        for m in msgs:
+            if m.get("ev") == "ready" and isinstance(m.get("pid"), int):
+                self.pid = m["pid"]
+        return msgs
+
+
+class SlurmAllocLauncher(Launcher):
+    name = "slurm"
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, grace_s: float = 3.0) -> None:
+        self.cfg, self.run_dir, self.grace_s = cfg, Path(run_dir), grace_s
+        self.scfg, self.timeout_s = cfg.cluster.slurm, cfg.health.agent_timeout_s
+        t = cfg.telemetry
+        bind, adv = endpoints("slurm", t.bind_host, t.advertise_host, None)
+        self.hub = AgentHub(create_or_load_key(self.run_dir), bind, adv)
+        self.jobs = SlurmLauncher(cfg, run_dir)  # cancel-and-confirm, blame, drain: the same rules
+        self.job_id: str | None = None
+        self.job_nodes: list[str] = []
+        self.addr: dict[str, str] = {}
+        self.agents: dict[str, RemoteAgent] = {}
+        self.lost: dict[str, dict[str, Any]] = {}  # node -> why (this allocation)
+        self.bad: set[str] = set()  # lost or excluded: never used again
+        self.verdict_pending: set[str] = set()
+        self.ending: str | None = None  # why the allocation cannot host another attempt
+        self.current: list[str] = []
+        self.finished: set[str] = set()
+        self.codes: dict[int, int] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._next_query = 0.0
+        self.submitted_t: float | None = None
+        self.attempt = -1
+        self.allocations = 0
+
+    # ---- the allocation ---------------------------------------------------------------------------
+    def usable(self) -> list[str]:
+        return [n for n in self.job_nodes if n in self.agents and n not in self.lost and n not in self.bad]
+
+    def pool(self) -> list[str]:
+        """The allocation's nodes whose agents are warm and heard; a new allocation first if this one
+        cannot continue or has fewer usable nodes than the run needs."""
+        if self.job_id is None or self.ending or len(self.usable()) < self.cfg.cluster.nodes:
+            self._new_allocation()
+        return self.usable()
+
+    def _new_allocation(self) -> None:
+        if self.job_id is not None:
+            self._release()
+        try:
+            partition = [n for n in self.jobs._partition() if n.usable]
+        except cmd.SlurmCommandError:
+            partition = []
+        want = self.cfg.cluster.nodes + self.cfg.cluster.spare_nodes
+        avoid = self.bad | set(self.scfg.exclude)
+        count = max(self.cfg.cluster.nodes, min(want, len([n for n in partition if n.name not in avoid])))
+        params = executor_parameters(self.cfg, sorted(self.bad, key=node_sort_key))
+        params.update(nodes=count, ntasks_per_node=1, srun_args=["--no-kill"])
+        params["additional_parameters"] = {**params["additional_parameters"], "no-kill": True}
+        params["cpus_per_task"] = self.cfg.cluster.ranks_per_node * (self.scfg.cpus_per_task or 1)  # its ranks
+        folder = self.run_dir / "slurm" / f"allocation-{self.allocations}"
+        self.allocations += 1
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**params)
+        job = executor.submit(AgentTask(run_dir=str(self.run_dir), hub_addr=self.hub.address))
+        self.job_id, self.submitted_t, self.ending = str(job.job_id), time.time(), None
+        self.job_nodes, self.agents, self.lost, self._reported = [], {}, {}, set()
+        self._wait_for_agents(count)
+
+    def _wait_for_agents(self, count: int) -> None:
+        """Until every node of the allocation has a warm agent on the hub (or the start-up timeout)."""
+        deadline = time.monotonic() + self.cfg.health.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not self.job_nodes or len(self.job_nodes) < count:
+                self._query_job()
+            self._accept()
+            for a in self.agents.values():
+                a.inbox += a.read(time.monotonic())
+            if self.ending or (self.job_nodes and all(self.agents.get(n) and self.agents[n].pid
+                                                      for n in self.job_nodes)):
+                return
+            time.sleep(0.2)
+
+    def _query_job(self) -> None:
+        assert self.job_id is not None
+        try:
+            entry = cmd.squeue_job(self.job_id)
+        except cmd.SlurmCommandError:
+            return
+        if entry is not None and entry.nodes:
+            self.job_nodes = sorted(entry.nodes, key=node_sort_key)
+            for n in cmd.scontrol_nodes([n for n in self.job_nodes if n not in self.addr]):
+                self.addr[n.name] = n.addr
+        if entry is None or entry.state not in ACTIVE_STATES:
+            state = entry.state if entry is not None else "ENDED"
+            self.ending = self.ending or ENDING_STATES.get(state, state.lower())
+
+    def _accept(self) -> None:
+        now = time.monotonic()
+        for node, link in self.hub.accept():
+            old = self.agents.get(node)
+            if old is not None:
+                old.link.close("replaced by a new connection")
+            self.agents[node] = RemoteAgent(node, link, now)
+
+    def _release(self, wait_s: float = 15.0) -> None:
+        """Agents exit (the job then ends by itself, COMPLETED), else it is cancelled; either way
+        confirmed gone (squeue and sacct agree) before returning."""
+        for a in self.agents.values():
+            a.link.send({"cmd": "exit", "grace_s": 1.0})
+        deadline = time.monotonic() + wait_s
+        while self.job_id is not None and time.monotonic() < deadline and not self.ending:
+            self._query_job()
+            time.sleep(0.5)
+        for a in self.agents.values():
+            a.link.close("allocation released")
+        if self.job_id is not None:
+            self.jobs.cancel_jobs([self.job_id])
+            self.jobs.gone.add(self.job_id)
+        self.agents, self.current = {}, []
+
+    # ---- one attempt ------------------------------------------------------------------------------
+    def launch(self, spec: LaunchSpec) -> dict[str, Any]:
+        self.current, self.finished, self.codes, self.attempt = list(spec.nodes), set(), {}, spec.attempt
+        master = self.addr.get(spec.nodes[0]) or node_address(spec.nodes[0])
+        port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
+        for i, node in enumerate(spec.nodes):
+            ranks = list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node))
+            self.agents[node].link.send({"cmd": "launch", "spec": {
+                "node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world, "ranks": ranks,
+                "master_addr": master, "master_port": port, "run_dir": str(spec.run_dir),
+                "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
+                "host_rank_base": 0, "host_world": spec.ranks_per_node}})  # one node per host
+        spares = [n for n in self.usable() if n not in spec.nodes]
+        return {"job_id": self.job_id, "master_port": port, "master_addr": master, "spares": spares,
+                "allocation": list(self.job_nodes), "submitted_t": self.submitted_t,
+                "agent_pids": {n: self.agents[n].pid for n in spec.nodes}}
+
+    def _ask(self, node: str, command: dict[str, Any], answer: str, wait_s: float = 5.0) -> dict[str, Any]:
+        """Send ``command`` to one agent and wait for its ``answer`` event (other messages are kept)."""
+        a = self.agents[node]
+        a.link.send(command)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not a.link.closed:
+            for i, msg in enumerate(a.inbox):
+                if msg.get("ev") == answer:
+                    return a.inbox.pop(i)
+            a.inbox += a.read(time.monotonic())
+            time.sleep(0.005)
+        return {}
+
+    # ---- watching ---------------------------------------------------------------------------------
+    def _event(self, kind: str, key: str, **kw: Any) -> list[LauncherEvent]:
+        if (kind, key) in self._reported:
+            return []
+        self._reported.add((kind, key))
+        return [LauncherEvent(kind, t=time.time(), info={"job_id": self.job_id, **kw.pop("info", {})},
+                              **kw)]  # type: ignore[arg-type]
+
+    def poll(self) -> list[LauncherEvent]:
+        if self.job_id is None:
+            return []
+        self._accept()
+        now = time.monotonic()
+        events: list[LauncherEvent] = []
+        for node, a in list(self.agents.items()):
+            for msg in a.inbox + a.read(now):
+                events += self._on_message(node, msg)
+            a.inbox = []
+            if node not in self.lost:
+                events += self._check_alive(node, a, now)
+        if self.current and self.finished >= set(self.current):
+            events += self._event("job_ended", f"attempt-{self.attempt}", state="ENDED")
+            self.current = []
+        if now >= self._next_query:
+            self._next_query = now + max(self.scfg.poll_interval_s, 2.0)
+            events += self._scheduler_news()
+        return events
+
+    def _on_message(self, node: str, msg: dict[str, Any]) -> list[LauncherEvent]:
+        ev = msg.get("ev")
+        if ev == "ready":
+            self.agents[node].pid = msg.get("pid")
+        if ev in ("ranks_done", "stopped") and node in self.current:
+            self.finished.add(node)
+            self.codes.update({int(r): int(c) for r, c in (msg.get("codes") or {}).items()})
+            if PREEMPTED_EXIT in self.codes.values():  # checkpointed on the time-limit warning
+                self.ending = self.ending or "time limit warning"
+                return self._event("requeued", "checkpointed", state="CHECKPOINTED",
+                                   detail="ranks checkpointed on the warning signal (exit 75)")
+        return []
+
+    def _check_alive(self, node: str, a: RemoteAgent, now: float) -> list[LauncherEvent]:
+        silent = now - a.heard_t
+        if a.link.closed is None and silent <= self.timeout_s:
+            return []
+        why = (f"node agent silent for {silent:.1f}s (timeout {self.timeout_s}s)" if a.link.closed is None
+               else f"node agent link lost: {a.link.closed}")
+        self.lost[node] = {"evidence_source": "node agent", "detail": why, "silent_s": round(silent, 2)}
+        self.verdict_pending.add(node)
+        a.link.close(why)
+        if node not in self.current:
+            return []  # a spare lost while idle: just no longer offered
+        self.finished.add(node)
+        return self._event("node_lost", node, node=node, state="AGENT_LOST", detail=f"{node}: {why}",
+                           info=self.lost[node])
+
+    def _scheduler_news(self) -> list[LauncherEvent]:
+        """The job's state (an allocation that ended cannot continue) and the controller's later verdict
+        on nodes we already moved away from."""
+        events: list[LauncherEvent] = []
+        was = self.ending
+        self._query_job()
+        if self.ending and not was and self.current:
+            if self.ending in ("time limit", "preempted"):
+                events += self._event("requeued", "ended", state=self.ending.upper(),
+                                      detail=f"allocation {self.job_id}: {self.ending}")
+            else:
+                state = "CANCELLED" if self.ending == "cancelled" else self.ending.upper()
+                events += self._event("job_ended", "allocation", state=state,
+                                      detail=f"allocation {self.job_id} ended: {self.ending}")
+        for node in sorted(self.verdict_pending):
+            found = self.jobs.blame([node])
+            if node in found:
+                self.verdict_pending.discard(node)
+                events += self._event("node_verdict", node, node=node, state=str(found[node].get("state")),
+                                      detail=f"the controller's verdict on {node}", info=found[node])
+        return events
+
+    def lost_nodes(self, wait_s: float = 15.0) -> dict[str, dict[str, Any]]:
+        """The attempt's nodes whose agents do not answer a ping within the agent timeout: the agents'
+        own silence is the evidence (the controller's verdict comes later, see node_verdict)."""
+        live = [n for n in self.current if n not in self.lost and n in self.agents]
+        for n in live:
+            self.agents[n].link.send({"cmd": "ping"})
+        asked = time.monotonic()
+        deadline = asked + min(wait_s, self.timeout_s + 1.0)
+        while live and time.monotonic() < deadline:
+            now = time.monotonic()
+            for n in list(live):
+                a = self.agents[n]
+                a.inbox += a.read(now)
+                if a.heard_t > asked or self._check_alive(n, a, now) or n in self.lost:
+                    live.remove(n)
+            time.sleep(0.01)
+        return {n: self.lost[n] for n in self.current if n in self.lost}
+
+    def exit_codes(self) -> dict[int, int]:
+        return dict(self.codes)
+
+    def dump_stacks(self, pids: dict[int, int]) -> bool:
+        """SIGUSR1 to every rank, through its node's agent (the ranks may run on other hosts)."""
+        sent = [self.agents[n].link.send({"cmd": "signal", "sig": "USR1"}) for n in self.current
+                if n in self.agents and n not in self.lost]
+        return any(sent)
+
+    def cancelled_outside(self) -> str | None:
+        self.jobs.job_id = self.job_id
+        return self.jobs.cancelled_outside()
+
+    def drain(self, node: str, reason: str) -> bool:
+        """Excluded by the supervisor: never offered again; drained too when the config says so."""
+        self.bad.add(node)
+        return self.jobs.drain(node, reason)
+
+    def preflight(self, nodes: list[str], wait_s: float = 60.0) -> list[str]:
+        """The node probe run by each chosen node's warm agent, all at once (no new job step, which a
+        full allocation could not start): the nodes whose probe failed or did not answer."""
+        asked = [n for n in nodes if n in self.agents and n not in self.lost
+                 and self.agents[n].link.send({"cmd": "probe"})]
+        verdicts: dict[str, str] = {}
+        deadline = time.monotonic() + wait_s
+        while len(verdicts) < len(asked) and time.monotonic() < deadline:
+            for n in asked:
+                a = self.agents[n]
+                for msg in a.read(time.monotonic()):
+                    if msg.get("ev") == "probe":
+                        verdicts[n] = str(msg.get("verdict"))
+                    else:
+                        a.inbox.append(msg)
+                if a.link.closed:
+                    verdicts.setdefault(n, "failed")
+            time.sleep(0.01)
+        return [n for n in nodes if verdicts.get(n, "failed") == "failed"]
+
+    def cancel_jobs(self, job_ids: list[str]) -> list[str]:
+        return self.jobs.cancel_jobs(job_ids)
+
+    # ---- stopping ---------------------------------------------------------------------------------
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop the attempt's ranks; the agents and the allocation stay for the next attempt. An agent
+        that does not confirm is treated as lost (its ranks are fenced off anyway)."""
+        grace = self.grace_s if grace_s is None else grace_s
+        waiting = {n for n in self.current if n in self.agents and n not in self.lost
+                   and self.agents[n].link.send({"cmd": "stop", "grace_s": grace})}
+        deadline = time.monotonic() + grace + 3.0
+        while waiting and time.monotonic() < deadline:
+            now = time.monotonic()
+            for n in list(waiting):
+                a = self.agents[n]
+                msgs = a.read(now)
+                a.inbox += [m for m in msgs if m.get("ev") not in ("stopped", "ranks_done")]
+                if any(m.get("ev") in ("stopped", "ranks_done") for m in msgs) or a.link.closed \
+                        or self._check_alive(n, a, now) or n in self.lost:
+                    waiting.discard(n)
+            time.sleep(0.01)
+        for n in waiting:
+            self.lost[n] = {"evidence_source": "node agent", "detail": "did not stop its ranks in time"}
+        self.current = []
+
+    def close(self) -> None:
+        """The run is over: agents exit, the allocation is cancelled and confirmed gone."""
+        self._release()
+        self.hub.close()

@@ -1,0 +1,210 @@
+"""Recovery inside one Slurm allocation (issue #14): warm node agents on every node of one job, spares
+included, dial the supervisor's hub over an authenticated link; relaunches fork ranks, a lost node's
+ranks move to a spare's agent, no sbatch.
+
+The link tests need no cluster. The run test (real local Slurm cluster, 2 nodes + 2 spares) combines
+four faults in one run to stay cheap: a rank crash and a hang (restart in place), then the SIGKILLed
+node agent of one node and the killed slurmd of another (each node's ranks move to a spare). It
+asserts one job id for the whole run (sacct), the spares took the lost nodes' ranks, every step was
+applied once and the final loss is the local backend's for the same training config. The killed
+node is revived whatever happens, so later tests find four nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.launcher.agent_link import PROTO, AgentHub, Link, LinkError, dial
+from tests.conftest import RunResult, run_submit
+from tests.test_slurm_cluster import cluster  # noqa: F401  (fixture)
+
+KEY, OTHER = b"k" * 32, b"o" * 32
+
+
+def _pair(hub_key: bytes, agent_key: bytes) -> tuple[AgentHub, Any, list[tuple[str, Link]]]:
+    """Dial a hub from a thread; returns the hub, the agent's result (Link or exception), what it accepted."""
+    hub = AgentHub(hub_key, "127.0.0.1", "127.0.0.1")
+    result: dict[str, Any] = {}
+
+    def agent() -> None:
+        try:
+            result["link"] = dial(hub.address, agent_key, "node7", timeout_s=5)
+        except (LinkError, OSError) as exc:
+            result["link"] = exc
+    t = threading.Thread(target=agent)
+    t.start()
+    accepted: list[tuple[str, Link]] = []
+    deadline = time.monotonic() + 10
+    while t.is_alive() and time.monotonic() < deadline:
+        accepted += hub.accept(timeout_s=5)
+        time.sleep(0.01)
+    t.join()
+    return hub, result["link"], accepted
+
+
+def _read_until(link: Link, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5
+    while len(out) < n and time.monotonic() < deadline and not link.closed:
+        out += link.read()
+        time.sleep(0.005)
+    return out
+
+
+def test_link_authenticates_both_ways_and_carries_lines() -> None:
+    hub, agent, accepted = _pair(KEY, KEY)
+    assert isinstance(agent, Link) and [n for n, _ in accepted] == ["node7"]
+    hub_side = accepted[0][1]
+    assert agent.send({"ev": "hb", "n": 1}) and agent.send({"ev": "hb", "n": 2})
+    assert [m["n"] for m in _read_until(hub_side, 2)] == [1, 2]
+    assert hub_side.send({"cmd": "ping"})
+    assert _read_until(agent, 1) == [{"cmd": "ping"}]
+    hub.close()
+
+
+def test_link_refuses_a_wrong_key_on_either_side() -> None:
+    hub, agent, accepted = _pair(KEY, OTHER)  # the agent does not hold the key: refused by the hub
+    assert isinstance(agent, (LinkError, OSError)) and accepted == [] and hub.rejected
+    hub.close()
+    with socket.create_server(("127.0.0.1", 0)) as fake:  # a hub that cannot prove it holds the key
+        def serve() -> None:
+            conn, _ = fake.accept()
+            with conn:
+                conn.sendall(json.dumps({"hello": PROTO, "nonce": "ab" * 16}).encode() + b"\n")
+                conn.recv(4096)
+                conn.sendall(json.dumps({"mac": "00" * 32}).encode() + b"\n")
+                conn.recv(1)
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        with pytest.raises(LinkError, match="hub does not hold"):
+            dial(f"127.0.0.1:{fake.getsockname()[1]}", KEY, "node7", timeout_s=5)
+
+
+def test_forged_or_replayed_line_closes_the_link() -> None:
+    hub, agent, accepted = _pair(KEY, KEY)
+    hub_side = accepted[0][1]
+    agent.sock.sendall(b"00" * 32 + b' {"ev":"ranks_done","codes":{"0":0}}\n')  # no valid MAC
+    assert _read_until(hub_side, 1) == [] and hub_side.closed and "bad MAC" in hub_side.closed
+    hub.close()
+    hub, agent, accepted = _pair(KEY, KEY)
+    hub_side = accepted[0][1]
+    captured: list[bytes] = []
+    real = agent.sock.sendall
+    agent.sock = _Tap(agent.sock, captured)
+    agent.send({"ev": "hb"})
+    real(captured[0])  # the same authenticated line again: its sequence number is used up
+    msgs = _read_until(hub_side, 2)
+    assert msgs == [{"ev": "hb"}] and hub_side.closed and "bad MAC" in hub_side.closed
+    hub.close()
+
+
+class _Tap:
+    """A socket whose sends are also recorded (to replay one)."""
+
+    def __init__(self, sock: socket.socket, log: list[bytes]) -> None:
+        self.sock, self.log = sock, log
+
+    def sendall(self, data: bytes) -> None:
+        self.log.append(data)
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+# ---- the real cluster -------------------------------------------------------------------------------
+SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.sh"
+INALLOC = {"cluster": {"backend": "slurm", "spare_nodes": 2,
+                       "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": "in_allocation"}},
+           "health": {"startup_timeout_s": 240, "agent_timeout_s": 2.0},
+           "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}, {"fault": "hang", "step": 18, "rank": 2}]}
+
+
+def _journal(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def _step(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "status.json").read_text()).get("step") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _when(run_dir: Path, launches: int, step: int, deadline: float) -> dict[str, Any] | None:
+    """The latest launch record once the run has made ``launches`` launches and reached ``step``."""
+    while time.monotonic() < deadline:
+        ls = [e for e in _journal(run_dir) if e["event"] == "launch"]
+        if len(ls) >= launches and _step(run_dir) >= step:
+            return ls[-1]
+        time.sleep(0.1)
+    return None
+
+
+def _inject(run_dir: Path, done: dict[str, Any]) -> None:
+    """After the two chaos faults: SIGKILL the agent of the last node, then kill the slurmd of the (new)
+    last node, recording what was hit and when (the killed node is revived by the fixture)."""
+    deadline = time.monotonic() + 600
+    launch = _when(run_dir, 3, 30, deadline)
+    if launch is None:
+        return
+    node = launch["nodes"][-1]
+    done["agent_node"], done["agent_t"] = node, time.time()
+    os.kill(int(launch["agent_pids"][node]), signal.SIGKILL)
+    launch = _when(run_dir, 4, 42, deadline)
+    if launch is None:
+        return
+    node = launch["nodes"][-1]
+    done["slurmd_node"], done["slurmd_t"] = node, time.time()
+    subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def injected() -> Iterator[dict[str, Any]]:
+    done: dict[str, Any] = {}
+    yield done
+    if done.get("slurmd_node"):
+        subprocess.run([str(SCRIPT), "revive-node", done["slurmd_node"]], capture_output=True, timeout=180)
+
+
+@pytest.mark.slurm
+def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, injected: dict[str, Any],
+                                                clean_run: RunResult) -> None:
+    from slurm import cmd
+    t = threading.Thread(target=_inject, args=(tmp_path / "run", injected), daemon=True)
+    t.start()
+    r = run_submit(tmp_path, INALLOC)
+    t.join(timeout=5)
+    assert r.code == 0, r.status.get("reason")
+    launches = r.events("launch")
+    jobs = {launch["job_id"] for launch in launches}
+    assert len(jobs) == 1 and len(launches) == 5, [(x["attempt"], x["job_id"], x["nodes"]) for x in launches]
+    rec = cmd.sacct_job(jobs.pop())
+    assert rec is not None and rec.terminal and len(rec.nodes) >= 2, rec
+    kinds = [(f["kind"], f["action"], f["node"]) for f in r.status["faults"]]
+    a, s = injected["agent_node"], injected["slurmd_node"]
+    assert [k for k, _, _ in kinds] == ["rank_crash", "hang", "node_failure", "node_failure"], kinds
+    assert kinds[2][1:] == ("exclude_node", a) and kinds[3][1:] == ("exclude_node", s), kinds
+    assert r.status["excluded_nodes"] == [a, s]
+    # the spare (the allocation's next node) took the lost node's ranks, the others stayed put
+    first, crash, hang, after_agent, after_slurmd = launches
+    assert after_agent["rank_map"]["2"] == first["spares"][0] and after_agent["rank_map"]["0"] == first["nodes"][0]
+    assert after_slurmd["rank_map"]["2"] == after_agent["spares"][0] and s not in after_slurmd["nodes"]
+    for f in r.status["faults"]:  # from the injection (chaos marker, or the moment the test acted)
+        began = f["injected_t"] or (injected["agent_t"] if f["node"] == a else injected["slurmd_t"])
+        assert f["t"] - began < 15, f
+    from tests.test_fencing import applied_once
+    applied_once(r)
+    assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
