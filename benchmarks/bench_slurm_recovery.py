@@ -1,18 +1,27 @@
-"""Node failure on the real local Slurm cluster: how long until the supervisor notices, how long the
-resubmitted job waits in the queue, how long until its first good step.
+"""Recovery on the real local Slurm cluster: in-allocation warm agents against one sbatch per attempt.
 
-    .venv/bin/python benchmarks/bench_slurm_recovery.py [--steps 60] [--kill-at 15]
+    .venv/bin/python benchmarks/bench_slurm_recovery.py --repeats 3 --json FILE [--paths in_allocation,resubmit]
+                                                       [--peer | --no-peer]
 
-Kills the slurmd of the job's last node (slurm/local-cluster.sh kill-node) once the run has applied
-``--kill-at`` steps, lets the supervisor recover, then revives the node. Splits recovery into
-detection (kill -> fault journaled), queue (resubmission -> sacct Start of the new job) and restart
-(job start -> first step of the new attempt: interpreter, torch import, rendezvous, checkpoint load).
+Each repeat runs the same config once per path (``cluster.slurm.recovery``), with three faults in the
+run: a rank crash (chaos, step 8), a hang (chaos, step 20) and a node failure (the node's slurmd killed
+and its processes frozen, ``slurm/local-cluster.sh kill-node``, once 3 attempts ran and step 32 was
+reached; the node is revived after the run). Every latency starts at the fault's injection ground truth:
+the chaos marker the rank fsyncs before acting, or for the node failure a marker this script fsyncs in
+the same format (``RUN_DIR/chaos/fired-N``) just before the kill, so the supervisor pairs it too.
+
+``detected_s``: injection -> the fault journaled; ``first_good_step_s``: injection -> the first applied
+step of the attempt that followed. One row per (fault, path), median [min-max] over the repeats, plus the
+peer (``--peer``): ``srun torchrun --max-restarts`` in one allocation (``benchmarks/slurm_torchrun_peer.py``).
+The machine's load average is recorded with every run: a number measured under load is not a result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,70 +35,163 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from slurm import cmd  # noqa: E402
 from tests.conftest import BASE, deep_merge  # noqa: E402
 
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+FAULTS = ("rank_crash", "hang", "node_failure")
+PATHS = ("in_allocation", "resubmit")
+NODE_FAILURE_AT = (3, 32)  # (launches made, step reached) before the slurmd is killed
+
+
+def config(path: str, steps: int) -> dict[str, Any]:
+    return deep_merge(BASE, {
+        "name": f"bench-{path}", "train": {"steps": steps}, "checkpoint": {"every_steps": 5},
+        "cluster": {"backend": "slurm", "spare_nodes": 2,
+                    "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": path}},
+        "health": {"startup_timeout_s": 300, "agent_timeout_s": 2.0},
+        "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}, {"fault": "hang", "step": 20, "rank": 2}]})
 
 
 def journal(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "journal.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def kill_when(run_dir: Path, step: int, out: dict[str, Any]) -> None:
-    """From a thread: wait for ``step``, then kill the last node of the running attempt."""
-    while True:
-        try:
-            if int(json.loads((run_dir / "status.json").read_text()).get("step") or 0) >= step:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    node = [r for r in journal(run_dir) if r["event"] == "launch"][-1]["nodes"][-1]
-    out["node"], out["t"] = node, time.time()
-    subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
+def current_step(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "status.json").read_text()).get("step") or 0)
+    except (OSError, ValueError):
+        return 0
 
 
-def split(run_dir: Path, kill: dict[str, Any]) -> dict[str, Any]:
+def write_marker(run_dir: Path, index: int, step: int, node_index: int) -> None:
+    """The node failure's ground truth, in the chaos injector's format, fsynced before the kill."""
+    path = run_dir / "chaos" / f"fired-{index}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"index": index, "fault": "node_failure", "step": step, "rank": None, "node_index": node_index,
+           "t": time.time(), "mono": time.monotonic()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, (json.dumps(rec) + "\n").encode())
+    os.fsync(fd)
+    os.close(fd)
+
+
+def kill_node_later(run_dir: Path, index: int, out: dict[str, Any], timeout_s: float = 900) -> None:
+    """From a thread: once the run made enough launches and steps, kill the last node of its attempt."""
+    launches, step = NODE_FAILURE_AT
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ls = [r for r in journal(run_dir) if r["event"] == "launch"]
+        if len(ls) >= launches and current_step(run_dir) >= step:
+            node = ls[-1]["nodes"][-1]
+            out["node"] = node
+            write_marker(run_dir, index, current_step(run_dir), len(ls[-1]["nodes"]) - 1)
+            subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
+            return
+        time.sleep(0.05)
+
+
+def measure(run_dir: Path) -> dict[str, dict[str, float | None]]:
+    """fault -> detected_s, first_good_step_s, from the journal's ground-truth-paired fault records."""
     rec = journal(run_dir)
-    fault = next(r for r in rec if r["event"] == "fault" and r["t"] >= kill["t"])
-    relaunch = [r for r in rec if r["event"] == "launch"][-1]
-    sacct = cmd.sacct_job(relaunch["job_id"])
-    assert sacct is not None and sacct.start is not None
-    started = sacct.start.timestamp()
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    first = min(r["t"] for r in rows if r["attempt"] == relaunch["attempt"] and not r["skipped"])
-    return {"node": kill["node"], "fault_kind": fault["kind"], "fault_node": fault["node"],
-            "detection_s": round(fault["t"] - kill["t"], 2),
-            "stop_and_resubmit_s": round(relaunch["t"] - fault["t"], 2),
-            "queue_s": round(max(0.0, started - relaunch["submitted_t"]), 2),
-            "restart_s": round(first - max(started, relaunch["submitted_t"]), 2),
-            "total_s": round(first - kill["t"], 2)}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    launches = [r for r in rec if r["event"] == "launch"]
+    out: dict[str, dict[str, float | None]] = {}
+    for f in (r for r in rec if r["event"] == "fault" and isinstance(r.get("injected"), dict)):
+        name = FAULTS[int(f["injected"]["index"])]
+        if name in out:
+            continue
+        nxt = next((x for x in launches if x["t"] >= f["t"]), None)
+        good = [row["t"] for row in rows if nxt is not None and row["attempt"] == nxt["attempt"]
+                and not row["skipped"]]
+        out[name] = {"detected_s": round(f["detected_t"] - f["injected_t"], 3),
+                     "first_good_step_s": round(min(good) - f["injected_t"], 3) if good else None,
+                     "kind": f["kind"], "jobs": len({x.get("job_id") for x in launches})}
+    return out
+
+
+def run_once(path: str, steps: int, work: Path) -> dict[str, Any]:
+    from orchestrator.cli import main as cli
+    cfg_path, run_dir = work / f"{path}.yaml", work / path
+    cfg_path.write_text(yaml.safe_dump(config(path, steps)))
+    killed: dict[str, Any] = {}
+    t = threading.Thread(target=kill_node_later, args=(run_dir, len(FAULTS) - 1, killed), daemon=True)
+    load0 = os.getloadavg()[0]
+    t0 = time.time()
+    t.start()
+    try:
+        code = cli(["submit", str(cfg_path), "--run-dir", str(run_dir), "--quiet"])
+    finally:
+        t.join(timeout=1)
+        if killed.get("node"):
+            subprocess.run([str(SCRIPT), "revive-node", killed["node"]], capture_output=True, timeout=180)
+    return {"path": path, "exit": code, "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
+            "load_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "faults": measure(run_dir)}
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"median": None, "min": None, "max": None, "values": []}
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "values": values}
+
+
+def rows_from(runs: list[dict[str, Any]], paths: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for fault in FAULTS:
+        for path in paths:
+            mine = [r["faults"].get(fault, {}) for r in runs if r["path"] == path]
+            rows.append({"fault": fault, "path": path, "repeats": len(mine),
+                         "detected_s": summary([m["detected_s"] for m in mine if m.get("detected_s") is not None]),
+                         "first_good_step_s": summary([m["first_good_step_s"] for m in mine
+                                                       if m.get("first_good_step_s") is not None])})
+    return rows
+
+
+def fmt(s: dict[str, Any]) -> str:
+    return "-" if s["median"] is None else f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| fault | path | detected (s) | first good step (s) | n |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['fault']} | {r['path']} | {fmt(r['detected_s'])} | {fmt(r['first_good_step_s'])} "
+                     f"| {len(r['first_good_step_s']['values'])}/{r['repeats']} |")
+    by = {(r["fault"], r["path"]): r["first_good_step_s"]["median"] for r in rows}
+    for fault in FAULTS:
+        a, b = by.get((fault, "in_allocation")), by.get((fault, "resubmit"))
+        if a and b:
+            lines.append(f"\n{fault}: resubmit / in_allocation = {b / a:.1f}x (first good step, medians)")
+    return "\n".join(lines)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--kill-at", type=int, default=15)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=45)
+    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--json", type=Path, help="write the rows and every run here")
+    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run srun torchrun --max-restarts in one allocation")
     a = ap.parse_args()
-    from orchestrator.cli import main as cli
-    tmp = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
-    cfg = deep_merge(BASE, {"name": "bench", "train": {"steps": a.steps},
-                            "cluster": {"backend": "slurm", "slurm": {"partition": "main",
-                                                                      "poll_interval_s": 0.5}}})
-    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
-    kill: dict[str, Any] = {}
-    t = threading.Thread(target=kill_when, args=(tmp / "run", a.kill_at, kill), daemon=True)
-    t.start()
-    try:
-        code = cli(["submit", str(tmp / "run.yaml"), "--run-dir", str(tmp / "run"), "--quiet"])
-    finally:
-        if kill.get("node"):
-            subprocess.run([str(SCRIPT), "revive-node", kill["node"]], capture_output=True, timeout=120)
-    result = {"exit": code, **split(tmp / "run", kill)}
-    print(json.dumps(result, indent=1))
-    return code
+    paths = [p for p in a.paths.split(",") if p]
+    work = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
+    runs: list[dict[str, Any]] = []
+    for i in range(a.repeats):
+        for path in paths:
+            run = run_once(path, a.steps, work / f"r{i}")
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    rows = rows_from(runs, paths)
+    if a.peer:
+        from benchmarks.slurm_torchrun_peer import peer_rows
+        rows += peer_rows(a.repeats, a.steps, work / "peer")
+    out = {"rows": rows, "runs": runs, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "cpus": os.cpu_count()}
+    print(table(rows))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":

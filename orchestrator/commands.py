@@ -43,7 +43,7 @@ def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
         from slurm.launcher import SlurmLauncher
         return SlurmLauncher(cfg, run_dir)
     from orchestrator.launcher.local import LocalLauncher
-    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout_s)
+    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -156,8 +156,9 @@ class StragglerConfig(Section):
 class HealthConfig(Section):
     heartbeat_interval_s: float = Field(0.5, gt=0)
     hang_timeout_s: float = Field(10.0, gt=0)
-    agent_timeout_s: float = Field(5.0, gt=0, description="a node agent silent this long (it heartbeats every "
-                                                          "heartbeat_interval_s) is a lost node")
+    agent_timeout_s: float | None = Field(None, gt=0, description="a node agent silent this long (it heartbeats "
+                                          "every heartbeat_interval_s) is a lost node; default: the larger of "
+                                          "5 s and 4 heartbeat intervals")
     preflight: bool = True
     probes: list[Literal["node", "gpu", "collective"]] = Field(default_factory=lambda: ["node", "gpu"])
     straggler: StragglerConfig = Field(default_factory=StragglerConfig)
@@ -165,6 +166,10 @@ class HealthConfig(Section):
     collective_timeout_s: float = Field(1800.0, gt=0, description="the process group's timeout (a rank "
                                         "stuck in a collective raises after it); hangs are found from "
                                         "heartbeats long before, this is the last line of defence")
+    @property
+    def agent_timeout(self) -> float:
+        return self.agent_timeout_s or max(5.0, 4 * self.heartbeat_interval_s)
+
     lemon_nodes: bool | None = Field(None, description="remember troubled nodes across runs; default: on "
                                                        "for Slurm, off for the simulated local nodes")
     lemon_db: str | None = Field(None, description="SQLite file; default: nodes.db beside the run directory")

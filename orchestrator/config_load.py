@@ -93,7 +93,7 @@ def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
     if cfg.checkpoint.every_steps > cfg.train.steps:
         out.append(ConfigIssue("checkpoint.every_steps", f"{cfg.checkpoint.every_steps} is larger than "
                                f"train.steps={cfg.train.steps}; lower it so at least one checkpoint is taken"))
-    if cfg.health.agent_timeout_s < 2 * cfg.health.heartbeat_interval_s:
+    if cfg.health.agent_timeout < 2 * cfg.health.heartbeat_interval_s:
         out.append(ConfigIssue("health.agent_timeout_s", f"{cfg.health.agent_timeout_s} must be at least twice "
                                f"health.heartbeat_interval_s={cfg.health.heartbeat_interval_s}"))
     if cfg.health.heartbeat_interval_s >= cfg.health.hang_timeout_s:

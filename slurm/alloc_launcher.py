@@ -66,7 +66,7 @@ class SlurmAllocLauncher(Launcher):
 
     def __init__(self, cfg: RunConfig, run_dir: Path, grace_s: float = 3.0) -> None:
         self.cfg, self.run_dir, self.grace_s = cfg, Path(run_dir), grace_s
-        self.scfg, self.timeout_s = cfg.cluster.slurm, cfg.health.agent_timeout_s
+        self.scfg, self.timeout_s = cfg.cluster.slurm, cfg.health.agent_timeout
         t = cfg.telemetry
         bind, adv = endpoints("slurm", t.bind_host, t.advertise_host, None)
         self.hub = AgentHub(create_or_load_key(self.run_dir), bind, adv)
@@ -76,6 +76,8 @@ class SlurmAllocLauncher(Launcher):
         self.addr: dict[str, str] = {}
         self.agents: dict[str, RemoteAgent] = {}
         self.lost: dict[str, dict[str, Any]] = {}  # node -> why (this allocation)
+        self.lost_in_attempt: set[str] = set()  # lost while running ranks: the supervisor decides on them
+        self.dead_on_launch: list[str] = []
         self.bad: set[str] = set()  # lost or excluded: never used again
         self.verdict_pending: set[str] = set()
         self.ending: str | None = None  # why the allocation cannot host another attempt
@@ -93,11 +95,14 @@ class SlurmAllocLauncher(Launcher):
         return [n for n in self.job_nodes if n in self.agents and n not in self.lost and n not in self.bad]
 
     def pool(self) -> list[str]:
-        """The allocation's nodes whose agents are warm and heard; a new allocation first if this one
-        cannot continue or has fewer usable nodes than the run needs."""
+        """The allocation's nodes whose agents are warm and heard, plus the nodes lost during the last
+        attempt until the supervisor excludes them (it decides on them, as on the local backend, whose
+        pool never shrinks); a new allocation first if this one cannot continue or has fewer usable
+        nodes than the run needs."""
         if self.job_id is None or self.ending or len(self.usable()) < self.cfg.cluster.nodes:
             self._new_allocation()
-        return self.usable()
+        undecided = [n for n in self.lost_in_attempt if n not in self.bad]
+        return sorted(set(self.usable()) | set(undecided), key=node_sort_key)
 
     def _new_allocation(self) -> None:
         if self.job_id is not None:
@@ -120,6 +125,7 @@ class SlurmAllocLauncher(Launcher):
         job = executor.submit(AgentTask(run_dir=str(self.run_dir), hub_addr=self.hub.address))
         self.job_id, self.submitted_t, self.ending = str(job.job_id), time.time(), None
         self.job_nodes, self.agents, self.lost, self._reported = [], {}, {}, set()
+        self.lost_in_attempt = set()
         self._wait_for_agents(count)
 
     def _wait_for_agents(self, count: int) -> None:
@@ -177,6 +183,7 @@ class SlurmAllocLauncher(Launcher):
     # ---- one attempt ------------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self.current, self.finished, self.codes, self.attempt = list(spec.nodes), set(), {}, spec.attempt
+        self.dead_on_launch = [n for n in spec.nodes if n in self.lost]  # reported by the next poll
         master = self.addr.get(spec.nodes[0]) or node_address(spec.nodes[0])
         port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
         for i, node in enumerate(spec.nodes):
@@ -218,6 +225,11 @@ class SlurmAllocLauncher(Launcher):
         self._accept()
         now = time.monotonic()
         events: list[LauncherEvent] = []
+        for node in self.dead_on_launch:
+            self.finished.add(node)
+            events += self._event("node_lost", f"{node}-{self.attempt}", node=node, state="AGENT_LOST",
+                                  detail=f"{node}: its agent was already lost", info=self.lost.get(node, {}))
+        self.dead_on_launch = []
         for node, a in list(self.agents.items()):
             for msg in a.inbox + a.read(now):
                 events += self._on_message(node, msg)
@@ -251,13 +263,15 @@ class SlurmAllocLauncher(Launcher):
             return []
         why = (f"node agent silent for {silent:.1f}s (timeout {self.timeout_s}s)" if a.link.closed is None
                else f"node agent link lost: {a.link.closed}")
-        self.lost[node] = {"evidence_source": "node agent", "detail": why, "silent_s": round(silent, 2)}
+        self.lost[node] = {"evidence_source": "node agent", "detail": why, "silent_s": round(silent, 2),
+                           "lost_mono": now}
         self.verdict_pending.add(node)
         a.link.close(why)
         if node not in self.current:
             return []  # a spare lost while idle: just no longer offered
         self.finished.add(node)
-        return self._event("node_lost", node, node=node, state="AGENT_LOST", detail=f"{node}: {why}",
+        self.lost_in_attempt.add(node)
+        return self._event("node_lost", f"{node}-{self.attempt}", node=node, state="AGENT_LOST", detail=f"{node}: {why}",
                            info=self.lost[node])
 
     def _scheduler_news(self) -> list[LauncherEvent]:
@@ -274,12 +288,17 @@ class SlurmAllocLauncher(Launcher):
                 state = "CANCELLED" if self.ending == "cancelled" else self.ending.upper()
                 events += self._event("job_ended", "allocation", state=state,
                                       detail=f"allocation {self.job_id} ended: {self.ending}")
-        for node in sorted(self.verdict_pending):
-            found = self.jobs.blame([node])
-            if node in found:
-                self.verdict_pending.discard(node)
-                events += self._event("node_verdict", node, node=node, state=str(found[node].get("state")),
-                                      detail=f"the controller's verdict on {node}", info=found[node])
+        try:
+            verdicts = [n for n in cmd.scontrol_nodes(sorted(self.verdict_pending)) if n.down]
+        except cmd.SlurmCommandError:
+            verdicts = []
+        for n in verdicts:  # only the controller's view now: older events in its history are not about us
+            self.verdict_pending.discard(n.name)
+            lost_s = time.monotonic() - float(self.lost.get(n.name, {}).get("lost_mono", time.monotonic()))
+            events += self._event("node_verdict", n.name, node=n.name, state="+".join((n.state, *n.flags)),
+                                  detail=f"the controller's verdict on {n.name}, {lost_s:.1f}s after we moved on",
+                                  info={"evidence_source": "scontrol", "reason": n.reason,
+                                        "after_lost_s": round(lost_s, 2)})
         return events
 
     def lost_nodes(self, wait_s: float = 15.0) -> dict[str, dict[str, Any]]:
@@ -361,6 +380,7 @@ class SlurmAllocLauncher(Launcher):
             time.sleep(0.01)
         for n in waiting:
             self.lost[n] = {"evidence_source": "node agent", "detail": "did not stop its ranks in time"}
+            self.lost_in_attempt.add(n)
         self.current = []
 
     def close(self) -> None:
