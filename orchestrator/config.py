@@ -184,6 +184,19 @@ class SpikeRule(Section):
     min_rel_increase: float = Field(0.1, ge=0, description="and at least this fraction above median")
 
 
+class ReplayConfig(Section):
+    """Replay a step the in-step guard flags (same ranks, another replica, neighbouring batches) to tell
+    data, hardware, a transient and the model's own dynamics apart (trainer.replay). Bounded per run."""
+
+    enabled: bool = Field(False, description="off: a flagged step is skipped and its batch skip-listed")
+    max_replays: int = Field(8, ge=0, description="flagged steps replayed per run; later ones are skipped")
+    max_seconds: float = Field(120.0, gt=0, description="replay time per run; past it, skip only")
+    rel_tol: float = Field(1e-3, ge=0, description="two computations of one batch agree within this "
+                                                   "relative difference (deterministic kernels: far tighter)")
+    neighbour_batches: int = Field(2, ge=1, description="following batches evaluated with the same weights "
+                                                        "to tell bad data from bad dynamics")
+
+
 class PolicyConfig(Section):
     restart_budget: int = Field(5, ge=0)
     backoff_initial_s: float = Field(0.2, ge=0)
@@ -194,6 +207,7 @@ class PolicyConfig(Section):
     straggler_action: Literal["alert", "exclude"] = "alert"
     exclude_on_crash: bool = Field(False, description="exclude a node whose rank crashed")
     shrink_on_node_loss: bool = False
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
 
 class ChaosFault(Section):

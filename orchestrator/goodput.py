@@ -27,12 +27,17 @@ class GoodputMeter:
         self._normal: deque[float] = deque(maxlen=NORMAL_WINDOW)
         self._charged: set[int] = set()
 
-    def on_step(self, step: int, seconds: float, skipped: bool, ckpt_wait_s: float = 0.0) -> None:
+    def on_step(self, step: int, seconds: float, skipped: bool, ckpt_wait_s: float = 0.0,
+                replay_s: float = 0.0) -> None:
         """``ckpt_wait_s``: the part of the step spent waiting for an async checkpoint's staging copy,
-        which is checkpoint time, not training."""
+        which is checkpoint time, not training; ``replay_s``: the part spent replaying it (its own
+        category, whether the step is then kept or skipped)."""
         wait = min(max(ckpt_wait_s, 0.0), seconds)
         self.lost.checkpoint += wait
         seconds -= wait
+        replay = min(max(replay_s, 0.0), seconds)
+        self.lost.replay += replay
+        seconds -= replay
         if skipped:
             self.lost.recomputation += seconds
             return

@@ -80,7 +80,8 @@ class RunEvents:
             began = sup.recovery_started_t if sup.recovery_started_t is not None else sup.meter.t0
             sup.meter.lost.restart += max(0.0, now - began - secs)
             sup.recovery_started_t = None
-        sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")), float(msg.get("ckpt_wait_s") or 0.0))
+        sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")), float(msg.get("ckpt_wait_s") or 0.0),
+                          float(msg.get("replay_s") or 0.0))
         snap = sup.snap
         if not msg.get("skipped"):
             snap.step = int(msg["step"]) + 1
@@ -146,6 +147,10 @@ class RunEvents:
         self.sup.record_fault(c, now, "skip_step", step=int(msg["step"]))
         self.sup.snap.batches_skipped += 1
         del w.skip_votes[int(msg["step"])]
+
+    def ev_replay(self, msg: dict[str, Any], now: float) -> None:
+        from orchestrator.replay_events import on_replay  # the verdict's journal line, fault and action
+        on_replay(self.sup, msg, now)
 
     def ev_rollback(self, msg: dict[str, Any], now: float) -> None:
         sup = self.sup

@@ -31,6 +31,7 @@ class FaultRecord:
     detail: str = ""
     injected_t: float | None = None  # when chaos injected it (ground truth); None: not injected
     detected_t: float | None = None
+    verdict: str | None = None  # a replayed in-step fault: data | transient | hardware | dynamics
 
 
 @dataclass
@@ -42,9 +43,11 @@ class LostTime:
     recomputation: float = 0.0
     checkpoint: float = 0.0
     straggler: float = 0.0  # the excess of steps held back by a straggler over a normal step
+    replay: float = 0.0  # replaying flagged steps to find their cause (trainer.replay)
 
     def total(self) -> float:
-        return self.detection + self.restart + self.recomputation + self.checkpoint + self.straggler
+        return (self.detection + self.restart + self.recomputation + self.checkpoint + self.straggler
+                + self.replay)
 
 
 @dataclass

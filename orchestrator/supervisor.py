@@ -173,7 +173,8 @@ class Supervisor:
                         node=None if c.node is None else str(c.node),
                         detected_after_s=round(max(0.0, detected_t - began), 4), action=action,
                         lost_steps=lost_steps, t=detected_t, detail=str(c.evidence.get("detail", ""))[:300],
-                        injected_t=None if inj is None else inj.t, detected_t=detected_t)
+                        injected_t=None if inj is None else inj.t, detected_t=detected_t,
+                        verdict=c.evidence.get("verdict"))
         self.journal.append("fault", kind=f.kind, step=f.step, rank=f.rank, node=f.node,
                             detected_after_s=f.detected_after_s, injected_t=f.injected_t, detected_t=detected_t,
                             injected=None if inj is None else {"index": inj.index, "fault": inj.fault,
@@ -270,9 +271,19 @@ class Supervisor:
             spare = len([n for n in self.launcher.pool() if n not in self.excluded]) - self.cfg.cluster.nodes
             if spare > 0:
                 self.exclude(node, "lemon node: repeated faults in the node history")
-            elif self.preflight is not None and not self.preflight([node]):
+            elif self.preflight is not None and not self.preflight([node]) and self._compute_check(node):
                 self.lemons.mark_burn_in_passed(node, now)
                 self.journal.append("node_readmitted", node=node, reason="passed the burn-in probe")
+
+    def _compute_check(self, node: str) -> bool:
+        """The burn-in's known-answer compute check (health.probes.burn_in), run where a local node runs;
+        on Slurm it is not yet run on the node itself (the node probe alone re-admits there)."""
+        if self.cfg.cluster.backend != "local":
+            return True
+        from health.probes.burn_in import compute_check, default_device
+        r = compute_check(node, default_device())
+        self.journal.append("burn_in", node=node, verdict=r.verdict, evidence=r.evidence)
+        return r.verdict == "ok"
 
     def _preflight(self, nodes: list[str]) -> list[str]:
         if self.preflight is None:

@@ -22,6 +22,7 @@ class Action(str, Enum):
     EXCLUDE_NODE = "exclude_node"
     REQUEUE = "requeue"
     ABORT = "abort"
+    APPLY_CLEAN = "apply_clean"  # a replay did not reproduce the bad step: its clean result is applied
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ FAULTS: dict[str, FaultSpec] = {f.kind: f for f in (
        "this node lost its Lustre client connection; exclude it and check `lctl dl` / dmesg"),
     _f("local_disk_full", 1, True, A.EXCLUDE_NODE, "NodeExcluded",
        "a node-local disk (/tmp, /dev/shm, local scratch) is full on this node; exclude it and clean it up"),
+    _f("sdc", 1, True, A.EXCLUDE_NODE, "NodeExcluded",
+       "silent data corruption: the bad step reproduced only on this node (replayed elsewhere it was "
+       "clean); it is excluded and kept out of later runs until a burn-in probe passes"),
     _f("probe_failed", 1, True, A.EXCLUDE_NODE, "NodeExcluded",
        "a health probe failed on this node before launch; it stays out until a burn-in probe passes"),
     _f("oom", 1, False, A.ABORT, "RunFailed",
@@ -86,6 +90,15 @@ FAULTS: dict[str, FaultSpec] = {f.kind: f for f in (
        "a non-finite loss or gradient; the step was skipped and its batch put on the skip list", True),
     _f("loss_spike", 7, False, A.SKIP_STEP, "LossSpike",
        "the loss jumped far above its recent median; the step was skipped", True),
+    _f("bad_data", 7, False, A.SKIP_STEP, "LossSpike",
+       "the batch is bad on any hardware (replayed on another node, same result; neighbouring batches "
+       "fine): skipped, its samples are in the journal's replay line", True),
+    _f("transient_fault", 7, False, A.APPLY_CLEAN, None,
+       "the bad step did not reproduce when replayed: the clean result was applied and the event counted "
+       "against the node (repeated ones make it a lemon)", True),
+    _f("dynamics", 7, False, A.ALERT, "LossSpike",
+       "the replay agrees the loss really is that high, on neighbouring batches too: the model, not the "
+       "data or a node; training goes on and the rollback policy acts if it persists", True),
     _f("divergence", 7, False, A.ROLLBACK, "LossSpike",
        "several bad steps in a row: every rank rolled back to the last good checkpoint", True),
     _f("checkpoint_error", 7, False, A.ALERT, "CheckpointStale",
@@ -111,15 +124,16 @@ class ChaosSpec:
     name: str
     detected_as: frozenset[str]
     network: bool = False  # acts on a node's link: only where nodes are namespaced
+    verdict: str | None = None  # the replay verdict a correct detection carries (policy.replay on)
 
 
-def _c(name: str, *kinds: str, network: bool = False) -> ChaosSpec:
-    return ChaosSpec(name, frozenset(kinds), network)
+def _c(name: str, *kinds: str, network: bool = False, verdict: str | None = None) -> ChaosSpec:
+    return ChaosSpec(name, frozenset(kinds), network, verdict)
 
 
 CHAOS: dict[str, ChaosSpec] = {c.name: c for c in (
-    _c("nan", "nan"),
-    _c("loss_spike", "loss_spike", "divergence"),
+    _c("nan", "nan", "transient_fault"),  # one-shot: a replay does not reproduce it (transient)
+    _c("loss_spike", "loss_spike", "divergence", "transient_fault"),  # a corrupted read: transient too
     _c("rank_crash", "rank_crash"),
     _c("node_failure", "node_failure", "silent", "hang"),
     _c("hang", "hang", "silent"),
@@ -130,6 +144,12 @@ CHAOS: dict[str, ChaosSpec] = {c.name: c for c in (
     _c("collective_timeout", "collective_timeout"),
     _c("partition", "node_failure", "silent", "hang", network=True),
     _c("slow_link", "straggler", "slow_link", network=True),
+    _c("sdc", "sdc", verdict="hardware"),  # a faulty GPU: its node corrupts what it computes
+    _c("bad_batch", "bad_data", "loss_spike", "nan", "divergence", verdict="data"),
+    _c("diverge", "dynamics", "divergence", "loss_spike", verdict="dynamics"),  # the model itself goes bad
 )}
+
+VERDICT_KIND: dict[str, str] = {"data": "bad_data", "transient": "transient_fault", "hardware": "sdc",
+                                "dynamics": "dynamics"}  # a replay verdict → the fault kind it records
 CHAOS_KINDS: tuple[str, ...] = tuple(CHAOS)
 NET_CHAOS_KINDS: tuple[str, ...] = tuple(c.name for c in CHAOS.values() if c.network)

@@ -19,6 +19,7 @@ import torch
 from orchestrator.config import ChaosFault
 
 STEP_FAULTS = ("rank_crash", "node_failure", "hang", "gpu_error", "collective_timeout")
+EVERY_RANK = ("loss_spike", "bad_batch", "diverge")  # act on every rank; rank 0 writes the marker
 NET_FAULTS = ("partition", "slow_link")  # real network faults on namespaced nodes (orchestrator.netns)
 
 
@@ -26,7 +27,7 @@ class Chaos:
     """What this rank must do to itself at each point, given the configured faults."""
 
     def __init__(self, faults: list[ChaosFault], run_dir: Path, rank: int, node_index: int,
-                 ranks_per_node: int, attempt: int = 0) -> None:
+                 ranks_per_node: int, attempt: int = 0, node_name: str | None = None) -> None:
         self.faults = [(i, f) for i, f in enumerate(faults) if f.attempt is None or f.attempt == attempt]
         self.dir = run_dir / "chaos"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,9 @@ class Chaos:
         self._fired_here: set[int] = {i for i, _ in self.faults if self._marker(i).exists()}
         self._first_step: tuple[int, float] | None = None  # (step, monotonic time) at this rank's first step
         self._unshape_at: int | None = None
+        self.node_name = node_name  # sdc follows the physical node, not its position in an attempt
+        self.step = 0  # the step being computed (an sdc corrupts it, replays included)
+        self._recs: dict[int, dict[str, object]] = {}
 
     def _marker(self, i: int) -> Path:
         return self.dir / f"fired-{i}"
@@ -46,7 +50,7 @@ class Chaos:
         return 0
 
     def _mine(self, f: ChaosFault) -> bool:
-        if f.fault == "loss_spike":
+        if f.fault in EVERY_RANK:
             return True
         return self._target_rank(f) == self.rank
 
@@ -56,16 +60,16 @@ class Chaos:
             due = f.step <= step if or_after else f.step == step
             if f.fault in kind and due and i not in self._fired_here and self._mine(f):
                 self._fired_here.add(i)
-                if self.rank == self._target_rank(f) or f.fault != "loss_spike":
+                if self.rank == self._target_rank(f) or f.fault not in EVERY_RANK:
                     self._write_marker(i, f, step)
                 return f
         return None
 
-    def _write_marker(self, i: int, f: ChaosFault, step: int) -> None:
+    def _write_marker(self, i: int, f: ChaosFault, step: int, **extra: object) -> None:
         """The injection's ground truth (what, where, when: wall and monotonic time), fsynced before the
         fault acts, so a detection latency can start at the injection rather than at our own estimate."""
         rec = {"index": i, "fault": f.fault, "step": step, "rank": self.rank, "node_index": self.node_index,
-               "t": time.time(), "mono": time.monotonic()}
+               "t": time.time(), "mono": time.monotonic(), **extra}
         fd = os.open(self._marker(i), os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, (json.dumps(rec) + "\n").encode())
         os.fsync(fd)
@@ -73,6 +77,7 @@ class Chaos:
 
     def at_step_start(self, step: int) -> None:
         """Crash, kill the node, or hang: faults that end or stall this process; cut or slow the link."""
+        self.step = step
         self._network_faults(step)
         f = self._take(STEP_FAULTS, step)
         if f is None:
@@ -146,3 +151,82 @@ class Chaos:
         """ckpt_crash: die between writing shards and the commit; disk_full: the write fails ENOSPC."""
         f = self._take(("ckpt_crash", "disk_full"), step, or_after=True)
         return f.fault if f else None
+
+    # ---- faults that replays tell apart (trainer.replay) -------------------------------------------
+    def _rec(self, i: int) -> dict[str, object] | None:
+        """The marker's record (cached once read: the sdc hook asks on every forward)."""
+        if i not in self._recs:
+            try:
+                self._recs[i] = json.loads(self._marker(i).read_text())
+            except (OSError, ValueError):
+                return None
+        return self._recs[i]
+
+    def sdc_active(self, step: int) -> bool:
+        """sdc: this rank's node is the faulty one and ``step`` is at or past the fault's step. The node is
+        the one at index ``node`` when it first fires (its name goes in the marker); in later attempts the
+        fault stays with that node, wherever it sits, as a faulty GPU would."""
+        for i, f in self.faults:
+            if f.fault != "sdc" or step < f.step:
+                continue
+            rec = self._rec(i) if i in self._fired_here else None
+            if rec is not None and rec.get("node") is not None:
+                if rec["node"] == self.node_name:
+                    return True
+                continue
+            if f.node is not None and f.node == self.node_index:
+                if i not in self._fired_here and self.rank == self._target_rank(f):
+                    self._fired_here.add(i)
+                    self._write_marker(i, f, step, node=self.node_name)
+                return True
+        return False
+
+    def install_sdc(self, parts: list[torch.nn.Module]) -> None:
+        """A faulty GPU, simulated: while ``sdc_active``, the output of each model part this rank holds
+        (logits, or a pipeline stage's activations) comes out negated and eight times too large,
+        deterministically: the same input gives the same wrong result, so a replay on this node
+        reproduces it and one elsewhere does not."""
+        if not any(f.fault == "sdc" for _, f in self.faults):
+            return
+        for part in parts:
+            part.register_forward_hook(lambda _m, _i, out: out * -8.0 if self.sdc_active(self.step) else None)
+
+    def _bad_samples(self, step: int, idx: list[int]) -> set[int]:
+        """bad_batch: the second half of the global batch at its step, kept in the marker, so the same
+        samples are bad on any hardware, at replay and after a relaunch."""
+        out: set[int] = set()
+        for i, f in self.faults:
+            if f.fault != "bad_batch":
+                continue
+            rec = self._rec(i) if i in self._fired_here else None
+            if rec is not None and "samples" in rec:
+                out.update(int(s) for s in rec["samples"])  # type: ignore[union-attr]
+            elif step == f.step and i not in self._fired_here:
+                self._fired_here.add(i)
+                bad = idx[len(idx) // 2:]
+                if self.rank == 0:
+                    self._write_marker(i, f, step, samples=bad)
+                out.update(bad)
+        return out
+
+    def poison_data(self, step: int, global_idx: list[int], mine: list[int], x: torch.Tensor,
+                    y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bad samples are stored with every byte's top bit flipped (a corrupted shard): bytes a text
+        corpus never has, so their loss is far above normal on any hardware."""
+        bad = self._bad_samples(step, global_idx)
+        if not bad or not any(s in bad for s in mine):
+            return x, y
+        flip = torch.tensor([128 if s in bad else 0 for s in mine], dtype=x.dtype)[:, None]
+        return x ^ flip, y ^ flip
+
+    def diverge(self, step: int, parts: list[torch.nn.Module]) -> None:
+        """diverge: every rank negates its output layer at this step, identically: the model itself goes
+        bad (it now predicts the least likely byte, on every batch and every node) until the rollback
+        restores a checkpoint."""
+        if self._take(("diverge",), step) is None:
+            return
+        with torch.no_grad():
+            for part in parts:
+                head = getattr(part, "head", None)
+                if head is not None:
+                    head.weight.mul_(-1.0)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from health.detectors.loss_rules import SpikeParams, judge_step
+from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
 from health.detectors.precision import audit_precision
 from orchestrator.config import RunConfig
 from trainer import checkpoint as ckpt
@@ -31,6 +31,7 @@ from trainer.samples import eval_samples
 from trainer import preempt
 from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.fence import EpochGuard, Fenced, quarantine, read_state
+from trainer.replay import Replayer
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
 
@@ -85,6 +86,7 @@ class TrainLoop:
         self.bad_run: list[list[int]] = []  # sample indices of consecutive bad steps
         self.rollbacks_to: dict[int, int] = {}  # checkpoint step → rollbacks that landed there
         self.ema_step_s = 0.0
+        self.replay = Replayer(cfg, engine, corpus, chaos, tel, rank, self.guard)  # data, node or model?
 
     # ---- restore / checkpoint -------------------------------------------------------------
     def restore(self) -> int | None:
@@ -235,8 +237,7 @@ class TrainLoop:
         idx = self.st.sampler.next_global_batch(self.cfg.train.global_batch)
         t0, t_wall = time.perf_counter(), time.time()
         self.chaos.at_step_start(step)
-        x, y = self.corpus.batch(shard(idx, self.engine.dp_rank, self.engine.dp_size))
-        x, y = self.chaos.corrupt_batch(step, x, y)
+        x, y = self.chaos.corrupt_batch(step, *self.replay.batch(step, idx))
         slept = self._straggle(step)
         ckpt_wait_s = 0.0
         if self.cfg.train.step_sleep_s:
@@ -255,9 +256,14 @@ class TrainLoop:
         if getattr(self.engine, "last_overflow", False) and math.isfinite(g_loss):
             return self._overflow(step, g_loss, t0)  # fp16 loss scaling backs off: not a data problem
         verdict = judge_step(float("nan") if any_bad else g_loss, grad_norm, self.st.good_losses, self.spike)
+        replay = (self.replay.review(step, idx, loss, verdict, self.st.sampler, self.st.good_losses, self.spike,
+                                     t_wall) if verdict.bad else None)
+        if replay is not None and replay.applied:  # transient: the replay's clean gradients are applied
+            verdict, g_loss, grad_norm = LossVerdict(False, "replayed_clean"), replay.loss, replay.grad_norm
         if verdict.bad:
             self.engine.discard()
-            self.st.sampler.skip.update(idx)
+            if replay is None or replay.skip_batch:
+                self.st.sampler.skip.update(idx)
             self.bad_run.append(idx)
         else:
             if self.pending is not None:
@@ -274,8 +280,9 @@ class TrainLoop:
         self.tel.step, self.tel.phase = self.st.step, "step"
         self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
                       compute_time=compute_s, sync_time=sync_s, ckpt_wait_s=ckpt_wait_s,
-                      tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule)
-        if verdict.bad:
+                      tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule,
+                      replay_s=replay.seconds if replay else 0.0)
+        if verdict.bad and replay is None:  # a replayed step is reported by its replay event
             self.tel.event("skip_step", step=step, rule=verdict.rule, detail=verdict.detail,
                            samples=[idx[0], idx[-1]], local_bad=local_bad, t_start=t_wall)
         return not verdict.bad

@@ -95,7 +95,8 @@ def main() -> int:
     tel = attach_ft_heartbeat(Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt))
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
     placement.init_process_group(place, ctx.rank, ctx.world, timedelta(seconds=cfg.health.collective_timeout_s))
-    chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt)
+    chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt,
+                  node_name=ctx.node)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
     ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None

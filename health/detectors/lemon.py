@@ -7,6 +7,8 @@ lasts after the strikes age out, until the node passes a burn-in probe (``mark_b
 node that fails every other day does not flap in and out of the pool.
 
 Strikes: recorded faults, failed probes, and straggler reports at or above ``straggler_strike_score``.
+A ``hardware`` verdict of a replay (trainer.replay: the bad step reproduced only on this node) excludes
+at once, without waiting for the threshold; the burn-in probe (health.probes.burn_in) re-admits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node TEXT NOT NULL, t REAL NOT NULL, category TEXT NOT NULL,  -- fault | probe | straggler | burn_in
+    node TEXT NOT NULL, t REAL NOT NULL, category TEXT NOT NULL,  -- fault | probe | straggler | hardware | burn_in
     kind TEXT NOT NULL, score REAL, strike INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_node_t ON events(node, t);
@@ -80,6 +82,20 @@ class LemonNodeStore:
 
     def record_straggler(self, node: str, score: float, t: float) -> None:
         self._add(node, t, "straggler", "straggler", score, score >= self.straggler_strike_score)
+
+    def record_hardware(self, node: str, kind: str, t: float, reason: str) -> None:
+        """A replay found this node computing wrong results (silent data corruption): one such verdict
+        is enough; the node is excluded now, until it passes a burn-in probe, however few its strikes."""
+        with self._db() as db:
+            db.execute("INSERT INTO events(node, t, category, kind, score, strike) VALUES (?,?,?,?,?,1)",
+                       (node, t, "hardware", kind, None))
+            db.execute("INSERT OR REPLACE INTO exclusions(node, since, reason) VALUES (?,?,?)",
+                       (node, t, f"hardware verdict ({kind}): {reason}"))
+
+    def exclusion_reason(self, node: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT reason FROM exclusions WHERE node = ?", (node,)).fetchone()
+        return None if row is None else str(row[0])
 
     def mark_burn_in_passed(self, node: str, t: float) -> None:
         """Re-admit a node: lift its exclusion; strikes before ``t`` no longer count."""

@@ -1,0 +1,100 @@
+"""Is it the data, the hardware, or the model? The verdict on a flagged step from its replays.
+
+Pure: the trainer (``trainer.replay``) runs the replays and hands the numbers here; the same inputs
+always give the same verdict, on every rank, with no collective needed to agree on it.
+
+The replays, in order:
+
+1. **same** — every data-parallel replica recomputes its own batch with the same weights. If the step is
+   no longer bad, the fault did not reproduce: ``transient`` (the clean result is applied; the replica
+   whose first loss differs from its replay is the one the event counts against).
+2. **cross** — replica ``d`` computes the batch of replica ``d+1`` (in hybrid layouts every rank takes
+   the role of the rank with the same tp/pp coordinates in the next replica, which holds the same state
+   shard). Two computations of one batch on different nodes must agree (within ``rel_tol``: the kernels
+   are deterministic). A batch whose two results disagree points at hardware; of the two, the higher
+   loss (a non-finite one counts as infinite) is the corrupted one, and its computer is a suspect.
+   Suspects found: ``hardware``.
+3. **neighbours** — everything reproduced wherever it was computed, so the result is a property of the
+   batch *or* of the weights. The rule that tells them apart: evaluate the same weights on the next
+   ``neighbour_batches`` batches. None of them bad → the batch is at fault: ``data`` (skip it, record its
+   samples). All of them bad → the weights are: ``dynamics`` (continue, alert; the rollback policy acts if
+   it persists). Some bad, some not → ``data`` (a bad region of the data set; skipping is the cheap,
+   reversible choice, and a persistent problem still reaches the rollback policy).
+
+With one replica (dp = 1) step 2 cannot run (a spare's agent would be needed; not done): hardware is not
+ruled out, and the reason says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+VERDICTS = ("data", "transient", "hardware", "dynamics")
+
+
+@dataclass(frozen=True)
+class Computation:
+    """One replica's loss on one replica's batch (``batch`` names the replica that owns the batch)."""
+
+    batch: int
+    computer: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class ReplayVerdict:
+    verdict: str  # one of VERDICTS
+    suspects: tuple[int, ...]  # replicas blamed (hardware) or counted against (transient)
+    reason: str
+    mismatches: tuple[Computation, ...] = field(default_factory=tuple)
+
+
+def _key(x: float) -> float:
+    return math.inf if not math.isfinite(x) else x
+
+
+def agree(a: float, b: float, rel_tol: float) -> bool:
+    """Two computations of one batch agree: both non-finite, or equal within ``rel_tol``."""
+    if not math.isfinite(a) or not math.isfinite(b):
+        return not math.isfinite(a) and not math.isfinite(b)
+    return abs(a - b) <= rel_tol * max(abs(a), abs(b), 1e-12)
+
+
+def _transient(orig: Mapping[int, float], same: Mapping[int, float], rel_tol: float) -> ReplayVerdict:
+    differ = [d for d in sorted(orig) if d in same and not agree(orig[d], same[d], rel_tol)]
+    worst = max(differ, key=lambda d: _key(orig[d]) - _key(same[d]), default=None)
+    return ReplayVerdict("transient", () if worst is None else (worst,),
+                         "recomputed with the same weights on the same ranks, the step was clean"
+                         + (f"; replica {worst}'s first result differs from its replay" if worst is not None
+                            else "; every replica's loss matched its replay (a gradient-only fault)"))
+
+
+def _hardware(same: Mapping[int, float], cross: Sequence[Computation], rel_tol: float) -> ReplayVerdict | None:
+    mismatches = tuple(c for c in cross if c.batch in same and not agree(c.loss, same[c.batch], rel_tol))
+    if not mismatches:
+        return None
+    suspects = sorted({c.batch if _key(same[c.batch]) > _key(c.loss) else c.computer for c in mismatches})
+    pairs = "; ".join(f"batch of replica {c.batch}: {same[c.batch]:.4g} on its own replica, {c.loss:.4g} "
+                      f"on replica {c.computer}" for c in mismatches)
+    return ReplayVerdict("hardware", tuple(suspects),
+                         f"the bad result follows replica(s) {suspects}, not the batch ({pairs})", mismatches)
+
+
+def decide(same_bad: bool, orig: Mapping[int, float], same: Mapping[int, float],
+           cross: Sequence[Computation], neighbours_bad: Sequence[bool], rel_tol: float) -> ReplayVerdict:
+    """The verdict from the replays (see the module docstring for the rules and why)."""
+    if not same_bad:
+        return _transient(orig, same, rel_tol)
+    hw = _hardware(same, cross, rel_tol)
+    if hw is not None:
+        return hw
+    where = ("reproduced on the same ranks and on another replica" if cross
+             else "reproduced on the same ranks (one replica: hardware not ruled out, no other node asked)")
+    n_bad = sum(bool(b) for b in neighbours_bad)
+    if neighbours_bad and n_bad == len(neighbours_bad):
+        return ReplayVerdict("dynamics", (), f"{where}; the same weights are bad on all {n_bad} following "
+                                             "batches too: the model, not the data")
+    return ReplayVerdict("data", (), f"{where}; the same weights are fine on {len(neighbours_bad) - n_bad} of "
+                                     f"{len(neighbours_bad)} following batches: the batch is at fault")

@@ -1,0 +1,81 @@
+"""The replay verdict rules (pure), the burn-in compute check and the lemon store's hardware record."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from health.detectors.lemon import LemonNodeStore
+from health.detectors.replay_rules import Computation, agree, decide
+from health.probes.burn_in import KNOWN_CHECKSUM, compute_check, reference_checksum
+from spec.faults import CHAOS, FAULTS, VERDICT_KIND
+
+NAN = float("nan")
+TOL = 1e-3
+
+
+def shifted(losses: dict[int, float], computed_by: dict[int, float] | None = None) -> list[Computation]:
+    """Replica d computes replica d+1's batch; ``computed_by`` overrides what d got for it."""
+    dp = len(losses)
+    got = computed_by or {}
+    return [Computation((d + 1) % dp, d, got.get(d, losses[(d + 1) % dp])) for d in range(dp)]
+
+
+def test_clean_replay_is_transient_and_names_the_replica_that_changed() -> None:
+    v = decide(False, {0: 3.1, 1: NAN, 2: 3.0}, {0: 3.1, 1: 3.05, 2: 3.0}, [], [], TOL)
+    assert (v.verdict, v.suspects) == ("transient", (1,))
+
+
+def test_a_result_that_follows_the_node_is_hardware() -> None:
+    same = {0: 3.0, 1: 9.0, 2: 3.1, 3: 3.2}  # replica 1's node corrupts whatever it computes
+    cross = shifted(same, computed_by={0: 2.9 + 0.1, 1: 9.5})  # 0 computes batch 1 cleanly; 1 spoils batch 2
+    v = decide(True, same, same, cross, [False, False], TOL)
+    assert (v.verdict, v.suspects) == ("hardware", (1,))
+
+
+def test_hardware_with_two_replicas_blames_the_higher_side() -> None:
+    same = {0: 3.0, 1: 9.0}
+    v = decide(True, same, same, [Computation(1, 0, 3.05), Computation(0, 1, 8.7)], [False], TOL)
+    assert (v.verdict, v.suspects) == ("hardware", (1,))
+
+
+def test_a_result_that_follows_the_batch_is_data_when_neighbours_are_fine() -> None:
+    same = {0: 3.0, 1: 6.2}
+    v = decide(True, same, same, shifted(same), [False, False], TOL)
+    assert v.verdict == "data" and v.suspects == ()
+
+
+def test_bad_everywhere_and_on_neighbours_is_dynamics() -> None:
+    same = {0: 8.1, 1: 8.3}
+    assert decide(True, same, same, shifted(same), [True, True], TOL).verdict == "dynamics"
+    assert decide(True, same, same, shifted(same), [True, False], TOL).verdict == "data"  # a bad region
+
+
+def test_nan_agrees_with_nan_and_one_replica_says_hardware_is_not_ruled_out() -> None:
+    assert agree(NAN, math.inf, TOL) and not agree(NAN, 3.0, TOL) and agree(3.0, 3.0 + 1e-5, TOL)
+    v = decide(True, {0: NAN}, {0: NAN}, [], [False, False], TOL)
+    assert v.verdict == "data" and "hardware not ruled out" in v.reason
+
+
+def test_vocabulary_maps_every_verdict_and_chaos_names_its_verdict() -> None:
+    assert set(VERDICT_KIND) == {"data", "transient", "hardware", "dynamics"}
+    assert all(k in FAULTS for k in VERDICT_KIND.values())
+    assert CHAOS["sdc"].verdict == "hardware" and "sdc" in CHAOS["sdc"].detected_as
+    assert CHAOS["bad_batch"].verdict == "data" and CHAOS["diverge"].verdict == "dynamics"
+    assert FAULTS["sdc"].node_bound and not FAULTS["sdc"].in_step
+
+
+def test_burn_in_compute_check_has_a_known_answer() -> None:
+    assert reference_checksum() == KNOWN_CHECKSUM  # pure Python integers, no device
+    assert compute_check("n1").verdict == "ok"
+    bad = compute_check("n1", checksum=lambda device: KNOWN_CHECKSUM ^ 1)  # a device one bit off
+    assert bad.verdict == "failed" and bad.fault_kind == "sdc"
+
+
+def test_hardware_verdict_excludes_at_once_until_burn_in(tmp_path: Path) -> None:
+    store = LemonNodeStore(tmp_path / "nodes.db", fault_threshold=3)
+    store.record_hardware("node1", "sdc", 100.0, "replay")
+    assert store.nodes_to_exclude(101.0) == ["node1"]  # one verdict, not three strikes
+    assert "hardware verdict" in (store.exclusion_reason("node1") or "")
+    store.mark_burn_in_passed("node1", 200.0)
+    assert store.nodes_to_exclude(201.0) == []

@@ -1,0 +1,211 @@
+"""Replaying a step the in-step guard flagged, before acting on it: the data, a node, or the model?
+
+Every rank runs the same replays in lockstep (they are collectives), gathers the per-replica losses with
+one small all-gather each, and applies the same pure rules (``health.detectors.replay_rules``), so all
+ranks reach the same verdict without another agreement. What each verdict does:
+
+- ``transient``: the replay on the same ranks was clean; its gradients are applied (the loop does it).
+- ``data``: the batch is bad wherever it is computed; the step is skipped and its samples skip-listed.
+- ``dynamics``: the weights are bad on neighbouring batches too; the step is not applied, its batch is not
+  blamed, and the loop's rollback policy (``max_consecutive_bad``) acts if it persists.
+- ``hardware``: only one node's computations are wrong; nothing is applied, rank 0 reports the node and
+  every rank waits for the supervisor to fence this attempt (it excludes the node, relaunches on a spare
+  from the last checkpoint; no update computed on that node after the fault is ever applied).
+
+Replays are bounded per run (``policy.replay.max_replays`` and ``max_seconds``, kept in
+``RUN_DIR/replay_budget.json`` across attempts); past the bound a flagged step is skipped as before.
+Not replayed: fp16 runs (the loss scaler's state would move with each replay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
+from health.detectors.replay_rules import Computation, ReplayVerdict, decide
+from orchestrator.config import RunConfig
+from trainer.chaos import Chaos
+from trainer.data import Corpus, Sampler, shard
+from trainer.device import flags_tensor
+from trainer.fence import EpochGuard
+from trainer.telemetry import Telemetry
+
+BUDGET_FILE = "replay_budget.json"
+
+
+@dataclass(frozen=True)
+class Review:
+    """What the loop does with a flagged step after its replay."""
+
+    verdict: str
+    applied: bool  # transient: the engine holds the replay's clean gradients; apply them
+    skip_batch: bool  # data: put the batch on the skip list
+    loss: float  # the global loss the applied step reports (transient)
+    grad_norm: float
+    seconds: float  # replay time: its own category in the goodput ledger
+
+
+@dataclass
+class Budget:
+    """Replays used by this run so far (all attempts); rank 0 persists it after each replay."""
+
+    count: int = 0
+    seconds: float = 0.0
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, run_dir: Path | None) -> Budget:
+        path = run_dir / BUDGET_FILE if run_dir is not None else None
+        try:
+            d = json.loads(path.read_text()) if path is not None else {}
+        except (OSError, ValueError):
+            d = {}
+        return cls(int(d.get("count", 0)), float(d.get("seconds", 0.0)), path)
+
+    def spend(self, seconds: float, persist: bool) -> None:
+        self.count, self.seconds = self.count + 1, self.seconds + seconds
+        if persist and self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"count": self.count, "seconds": round(self.seconds, 4)}))
+            os.replace(tmp, self.path)
+
+
+def model_parts(engine: Any) -> list[nn.Module]:
+    """The model modules this rank holds (one, or a pipeline rank's stages)."""
+    return list(getattr(engine, "parts", None) or [engine.module])
+
+
+class Replayer:
+    def __init__(self, cfg: RunConfig, engine: Any, corpus: Corpus, chaos: Chaos, tel: Telemetry,
+                 rank: int, guard: EpochGuard, run_dir: Path | None = None) -> None:
+        self.cfg, self.engine, self.corpus, self.chaos, self.tel = cfg, engine, corpus, chaos, tel
+        self.rank, self.guard = rank, guard
+        self.rc = cfg.policy.replay
+        self.enabled = self.rc.enabled and cfg.train.precision != "fp16"
+        self.node_index = rank // cfg.cluster.ranks_per_node
+        if run_dir is None and os.environ.get("ORCH_RUN_DIR"):
+            run_dir = Path(os.environ["ORCH_RUN_DIR"])
+        self.budget = Budget.load(run_dir)
+        chaos.install_sdc(model_parts(engine))
+
+    # ---- data ---------------------------------------------------------------------------------
+    def batch(self, step: int, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the step's batch (the loop's data, with data and weight chaos applied)."""
+        self.chaos.diverge(step, model_parts(self.engine))
+        return self._shard(step, idx, self.engine.dp_rank)
+
+    def _shard(self, step: int, idx: list[int], replica: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mine = shard(idx, replica, self.engine.dp_size)
+        x, y = self.corpus.batch(mine)
+        return self.chaos.poison_data(step, idx, mine, x, y)
+
+    # ---- collectives ----------------------------------------------------------------------------
+    def _gather(self, loss: float, flag: float = 0.0) -> tuple[dict[int, float], dict[int, set[int]], float, bool]:
+        """One all-gather: replica → its loss, replica → its node indices, the global loss, any flag."""
+        w = float(self.engine.loss_weight)
+        t = flags_tensor([float(self.engine.dp_rank), float(self.node_index), loss * w if w else 0.0, w, flag])
+        rows = [t]
+        if dist.is_initialized():
+            rows = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(rows, t)
+        sums: dict[int, list[float]] = {}
+        nodes: dict[int, set[int]] = {}
+        flagged = False
+        for row in rows:
+            d, node, lw, wt, fl = row.tolist()
+            nodes.setdefault(int(d), set()).add(int(node))
+            flagged = flagged or fl > 0
+            if wt > 0:
+                acc = sums.setdefault(int(d), [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + lw, acc[1] + wt
+        per = {d: s / wt for d, (s, wt) in sums.items()}
+        total_w = sum(wt for _, wt in sums.values())
+        g = sum(s for s, _ in sums.values()) / max(total_w, 1.0)
+        return per, nodes, g, flagged
+
+    def _compute(self, step: int, idx: list[int], replica: int) -> float:
+        x, y = self._shard(step, idx, replica)
+        loss = self.engine.forward_backward(x, y)
+        return loss
+
+    # ---- the review -----------------------------------------------------------------------------
+    def review(self, step: int, idx: list[int], local_loss: float, flagged: LossVerdict,
+               sampler: Sampler, history: list[float], spike: SpikeParams, t_start: float) -> Review | None:
+        """Replay the flagged step; None when replays are off or this run's budget is spent (the
+        caller then skips the step as before). Never returns on a ``hardware`` verdict."""
+        if not self.enabled:
+            return None
+        over = self.budget.count >= self.rc.max_replays or self.budget.seconds >= self.rc.max_seconds
+        t0 = time.perf_counter()
+        orig, nodes, _, any_over = self._gather(local_loss, 1.0 if over else 0.0)
+        if any_over:
+            return None
+        prev, self.tel.phase = self.tel.phase, "replay"
+        try:
+            same_loss = self._compute(step, idx, self.engine.dp_rank)
+            gn = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
+            same, _, g_same, _ = self._gather(same_loss)
+            same_bad = judge_step(g_same, gn, history, spike).bad
+            cross, neighbours = self._elsewhere(step, idx, sampler, history, spike) if same_bad else ([], [])
+        finally:
+            self.tel.phase = prev
+        v = decide(same_bad, orig, same, cross, neighbours, self.rc.rel_tol)
+        secs = time.perf_counter() - t0
+        self.budget.spend(secs, persist=self.rank == 0)
+        self._report(step, idx, flagged, v, orig, same, cross, neighbours, nodes, secs, t_start)
+        if v.verdict == "hardware":
+            self._halt()
+        return Review(v.verdict, v.verdict == "transient", v.verdict == "data", g_same, gn, secs)
+
+    def _elsewhere(self, step: int, idx: list[int], sampler: Sampler, history: list[float],
+                   spike: SpikeParams) -> tuple[list[Computation], list[bool]]:
+        """The batch on another replica (replica d computes replica d+1's), then the same weights on the
+        following batches (forward only)."""
+        dp = self.engine.dp_size
+        cross: list[Computation] = []
+        if dp > 1:
+            peer = (self.engine.dp_rank + 1) % dp
+            per, _, _, _ = self._gather(self._compute(step, idx, peer))
+            cross = [Computation((d + 1) % dp, d, loss) for d, loss in sorted(per.items())]
+        self.engine.discard()
+        ahead = Sampler.from_state(sampler.state())
+        bad: list[bool] = []
+        for _ in range(self.rc.neighbour_batches):
+            nxt = ahead.next_global_batch(self.cfg.train.global_batch)
+            x, y = self._shard(step, nxt, self.engine.dp_rank)
+            _, _, g, _ = self._gather(self.engine.eval_loss(x, y))
+            bad.append(judge_step(g, None, history, spike).bad)
+        return cross, bad
+
+    def _report(self, step: int, idx: list[int], flagged: LossVerdict, v: ReplayVerdict, orig: dict[int, float],
+                same: dict[int, float], cross: list[Computation], neighbours: list[bool],
+                nodes: dict[int, set[int]], secs: float, t_start: float) -> None:
+        """Rank 0 sends the evidence; the supervisor journals it and acts (orchestrator.replay_events)."""
+        if self.rank != 0:
+            return
+        suspect_nodes = sorted({n for d in v.suspects for n in nodes.get(d, set())})
+        self.tel.event("replay", step=step, verdict=v.verdict, reason=v.reason, rule=flagged.rule,
+                       detail=flagged.detail, samples=list(idx), suspects=list(v.suspects),
+                       suspect_node_indices=suspect_nodes, replay_s=round(secs, 4), t_start=t_start,
+                       replica_nodes={str(d): sorted(n) for d, n in nodes.items()},
+                       first={str(d): x for d, x in orig.items()}, same={str(d): x for d, x in same.items()},
+                       cross=[{"batch": c.batch, "computer": c.computer, "loss": c.loss} for c in cross],
+                       neighbours_bad=neighbours, used={"count": self.budget.count,
+                                                        "seconds": round(self.budget.seconds, 3)})
+
+    def _halt(self) -> None:
+        """hardware: apply nothing more; wait for the supervisor to fence this attempt (then exit)."""
+        self.engine.discard()
+        self.tel.phase = "replay_halt"
+        while True:
+            self.guard.check()  # raises Fenced once the supervisor moved on
+            time.sleep(0.05)
