@@ -192,8 +192,9 @@ class Chaos:
             part.register_forward_hook(lambda _m, _i, out: out * -8.0 if self.sdc_active(self.step) else None)
 
     def _bad_samples(self, step: int, idx: list[int]) -> set[int]:
-        """bad_batch: the second half of the global batch at its step, kept in the marker, so the same
-        samples are bad on any hardware, at replay and after a relaunch."""
+        """bad_batch: the samples of the global batch at its step (every replica's share, so the spike is
+        clear of the guard's threshold early in training too), kept in the marker, so the same samples are
+        bad on any hardware, at replay and after a relaunch."""
         out: set[int] = set()
         for i, f in self.faults:
             if f.fault != "bad_batch":
@@ -203,7 +204,7 @@ class Chaos:
                 out.update(int(s) for s in rec["samples"])  # type: ignore[union-attr]
             elif step == f.step and i not in self._fired_here:
                 self._fired_here.add(i)
-                bad = idx[len(idx) // 2:]
+                bad = list(idx)
                 if self.rank == 0:
                     self._write_marker(i, f, step, samples=bad)
                 out.update(bad)

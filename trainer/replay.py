@@ -79,6 +79,15 @@ class Budget:
             os.replace(tmp, self.path)
 
 
+def _worth_showing(v: ReplayVerdict, orig: dict[int, float], same: dict[int, float], n: int = 8) -> set[int]:
+    """The suspects, and the replicas with the highest losses (a non-finite one first), at most ``n``+."""
+    def key(d: int) -> float:
+        x = same.get(d, orig.get(d, 0.0))
+        return float("inf") if x != x or abs(x) == float("inf") else x
+    ranked = sorted(set(orig) | set(same), key=key, reverse=True)
+    return set(v.suspects) | set(ranked[:n])
+
+
 def model_parts(engine: Any) -> list[nn.Module]:
     """The model modules this rank holds (one, or a pipeline rank's stages)."""
     return list(getattr(engine, "parts", None) or [engine.module])
@@ -193,12 +202,15 @@ class Replayer:
         if self.rank != 0:
             return
         suspect_nodes = sorted({n for d in v.suspects for n in nodes.get(d, set())})
-        self.tel.event("replay", step=step, verdict=v.verdict, reason=v.reason, rule=flagged.rule,
-                       detail=flagged.detail, samples=list(idx), suspects=list(v.suspects),
-                       suspect_node_indices=suspect_nodes, replay_s=round(secs, 4), t_start=t_start,
-                       replica_nodes={str(d): sorted(n) for d, n in nodes.items()},
-                       first={str(d): x for d, x in orig.items()}, same={str(d): x for d, x in same.items()},
-                       cross=[{"batch": c.batch, "computer": c.computer, "loss": c.loss} for c in cross],
+        keep = _worth_showing(v, orig, same)  # a datagram holds 8 KiB: the replicas that tell the story
+        self.tel.event("replay", step=step, verdict=v.verdict, reason=v.reason[:600], rule=flagged.rule,
+                       detail=flagged.detail, samples=list(idx)[:64], suspects=list(v.suspects)[:16],
+                       suspect_node_indices=suspect_nodes[:16], replay_s=round(secs, 4), t_start=t_start,
+                       replica_nodes={str(d): sorted(nodes[d])[:4] for d in keep if d in nodes},
+                       first={str(d): orig[d] for d in keep if d in orig},
+                       same={str(d): same[d] for d in keep if d in same},
+                       cross=[{"batch": c.batch, "computer": c.computer, "loss": c.loss} for c in cross
+                              if c.batch in keep or c.computer in keep],
                        neighbours_bad=neighbours, used={"count": self.budget.count,
                                                         "seconds": round(self.budget.seconds, 3)})
 
