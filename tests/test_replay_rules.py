@@ -79,3 +79,25 @@ def test_hardware_verdict_excludes_at_once_until_burn_in(tmp_path: Path) -> None
     assert "hardware verdict" in (store.exclusion_reason("node1") or "")
     store.mark_burn_in_passed("node1", 200.0)
     assert store.nodes_to_exclude(201.0) == []
+
+
+def test_replay_budget_is_per_run_and_bounds_replays(tmp_path: Path) -> None:
+    """Past max_replays a flagged step is not replayed (review returns None: skip as before), and the count
+    survives a relaunch (it is read back from the run directory)."""
+    from types import SimpleNamespace
+
+    from health.detectors.loss_rules import LossVerdict, SpikeParams
+    from orchestrator.config import RunConfig
+    from trainer.data import Sampler
+    from trainer.replay import Budget, Replayer
+
+    Budget.load(tmp_path).spend(1.5, persist=True)
+    Budget.load(tmp_path).spend(0.5, persist=True)  # a later attempt adds to the same file
+    used = Budget.load(tmp_path)
+    assert (used.count, used.seconds) == (2, 2.0)
+    cfg = RunConfig.model_validate({"policy": {"replay": {"enabled": True, "max_replays": 2}}})
+    engine = SimpleNamespace(loss_weight=1.0, dp_rank=0, dp_size=1, module=SimpleNamespace())
+    chaos = SimpleNamespace(install_sdc=lambda parts: None)
+    r = Replayer(cfg, engine, None, chaos, SimpleNamespace(phase="step"), 0, None, tmp_path)  # type: ignore[arg-type]
+    assert r.review(5, [0, 1], float("nan"), LossVerdict(True, "nonfinite_loss"), Sampler(), [],
+                    SpikeParams(), 0.0) is None
