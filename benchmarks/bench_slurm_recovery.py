@@ -112,6 +112,7 @@ def measure(run_dir: Path) -> dict[str, dict[str, float | None]]:
 
 def run_once(path: str, steps: int, work: Path) -> dict[str, Any]:
     from orchestrator.cli import main as cli
+    work.mkdir(parents=True, exist_ok=True)
     cfg_path, run_dir = work / f"{path}.yaml", work / path
     cfg_path.write_text(yaml.safe_dump(config(path, steps)))
     killed: dict[str, Any] = {}

@@ -48,6 +48,7 @@ def run_peer(steps: int, work: Path, timeout_s: float = 900) -> dict[str, Any]:
     cfg = config("resubmit", steps)
     cfg["health"]["collective_timeout_s"] = WATCHDOG_S
     run_dir = work / "run"
+    work.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(cfg, run_dir)
     srv = TelemetryServer(create_or_load_key(run_dir), "127.0.0.1")
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, multi_tenant=True)

@@ -79,6 +79,7 @@ class SlurmAllocLauncher(Launcher):
         self.lost_in_attempt: set[str] = set()  # lost while running ranks: the supervisor decides on them
         self.dead_on_launch: list[str] = []
         self.bad: set[str] = set()  # lost or excluded: never used again
+        self.excluded: set[str] = set()  # by the supervisor (its decision on a lost node is made)
         self.verdict_pending: set[str] = set()
         self.ending: str | None = None  # why the allocation cannot host another attempt
         self.current: list[str] = []
@@ -101,7 +102,7 @@ class SlurmAllocLauncher(Launcher):
         nodes than the run needs."""
         if self.job_id is None or self.ending or len(self.usable()) < self.cfg.cluster.nodes:
             self._new_allocation()
-        undecided = [n for n in self.lost_in_attempt if n not in self.bad]
+        undecided = [n for n in self.lost_in_attempt if n not in self.excluded]
         return sorted(set(self.usable()) | set(undecided), key=node_sort_key)
 
     def _new_allocation(self) -> None:
@@ -112,6 +113,7 @@ class SlurmAllocLauncher(Launcher):
         except cmd.SlurmCommandError:
             partition = []
         want = self.cfg.cluster.nodes + self.cfg.cluster.spare_nodes
+        self.bad |= set(self.lost) | self.lost_in_attempt  # a lost node is never asked for again
         avoid = self.bad | set(self.scfg.exclude)
         count = max(self.cfg.cluster.nodes, min(want, len([n for n in partition if n.name not in avoid])))
         params = executor_parameters(self.cfg, sorted(self.bad, key=node_sort_key))
@@ -125,7 +127,6 @@ class SlurmAllocLauncher(Launcher):
         job = executor.submit(AgentTask(run_dir=str(self.run_dir), hub_addr=self.hub.address))
         self.job_id, self.submitted_t, self.ending = str(job.job_id), time.time(), None
         self.job_nodes, self.agents, self.lost, self._reported = [], {}, {}, set()
-        self.lost_in_attempt = set()
         self._wait_for_agents(count)
 
     def _wait_for_agents(self, count: int) -> None:
@@ -183,10 +184,12 @@ class SlurmAllocLauncher(Launcher):
     # ---- one attempt ------------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self.current, self.finished, self.codes, self.attempt = list(spec.nodes), set(), {}, spec.attempt
-        self.dead_on_launch = [n for n in spec.nodes if n in self.lost]  # reported by the next poll
+        self.dead_on_launch = [n for n in spec.nodes if n in self.lost or n not in self.agents]  # next poll
         master = self.addr.get(spec.nodes[0]) or node_address(spec.nodes[0])
         port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
         for i, node in enumerate(spec.nodes):
+            if node in self.dead_on_launch:
+                continue
             ranks = list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node))
             self.agents[node].link.send({"cmd": "launch", "spec": {
                 "node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world, "ranks": ranks,
@@ -196,11 +199,13 @@ class SlurmAllocLauncher(Launcher):
         spares = [n for n in self.usable() if n not in spec.nodes]
         return {"job_id": self.job_id, "master_port": port, "master_addr": master, "spares": spares,
                 "allocation": list(self.job_nodes), "submitted_t": self.submitted_t,
-                "agent_pids": {n: self.agents[n].pid for n in spec.nodes}}
+                "agent_pids": {n: self.agents[n].pid for n in spec.nodes if n in self.agents}}
 
     def _ask(self, node: str, command: dict[str, Any], answer: str, wait_s: float = 5.0) -> dict[str, Any]:
         """Send ``command`` to one agent and wait for its ``answer`` event (other messages are kept)."""
-        a = self.agents[node]
+        a = self.agents.get(node)
+        if a is None:
+            return {}
         a.link.send(command)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not a.link.closed:
@@ -335,6 +340,7 @@ class SlurmAllocLauncher(Launcher):
     def drain(self, node: str, reason: str) -> bool:
         """Excluded by the supervisor: never offered again; drained too when the config says so."""
         self.bad.add(node)
+        self.excluded.add(node)
         return self.jobs.drain(node, reason)
 
     def preflight(self, nodes: list[str], wait_s: float = 60.0) -> list[str]:

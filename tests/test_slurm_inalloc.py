@@ -208,3 +208,41 @@ def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, i
     from tests.test_fencing import applied_once
     applied_once(r)
     assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
+
+
+def _exhaust_then_warn(run_dir: Path, done: dict[str, Any]) -> None:
+    """SIGKILL one agent when no spare is left, then send the time-limit warning to the next job."""
+    deadline = time.monotonic() + 600
+    launch = _when(run_dir, 1, 12, deadline)
+    if launch is None:
+        return
+    node = launch["nodes"][-1]
+    done["agent_node"] = node
+    os.kill(int(launch["agent_pids"][node]), signal.SIGKILL)
+    launch = _when(run_dir, 2, 30, deadline)
+    if launch is not None:
+        done["warned_job"] = launch["job_id"]
+        subprocess.run(["scancel", "--signal=USR2", str(launch["job_id"])], capture_output=True, timeout=30)
+
+
+@pytest.mark.slurm
+def test_new_allocation_only_when_this_one_cannot_continue(cluster: None, tmp_path: Path,
+                                                           clean_run: RunResult) -> None:
+    """No spare: a lost node needs a new allocation (without it); the time-limit warning (USR2 to the
+    agents, passed on to the ranks: checkpoint, exit 75) needs one too, and spends no restart budget."""
+    done: dict[str, Any] = {}
+    t = threading.Thread(target=_exhaust_then_warn, args=(tmp_path / "run", done), daemon=True)
+    t.start()
+    r = run_submit(tmp_path, {**INALLOC, "cluster": {**INALLOC["cluster"], "spare_nodes": 0}, "chaos": []})
+    t.join(timeout=5)
+    assert r.code == 0, r.status.get("reason")
+    launches = r.events("launch")
+    jobs = [x["job_id"] for x in launches]
+    assert len(launches) == 3 and len(set(jobs)) == 3, jobs
+    assert done["warned_job"] == jobs[1]
+    assert done["agent_node"] not in launches[1]["allocation"] + launches[2]["allocation"]
+    assert [(f["kind"], f["action"]) for f in r.status["faults"]] == [("node_failure", "exclude_node"),
+                                                                      ("preempted", "requeue")]
+    assert r.status["restarts"] == 1  # the requeue is not a failure
+    assert any(c["step"] >= 30 for c in r.events("checkpoint"))
+    assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
