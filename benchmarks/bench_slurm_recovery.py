@@ -48,7 +48,7 @@ def config(path: str, steps: int) -> dict[str, Any]:
         "name": f"bench-{path}", "train": {"steps": steps}, "checkpoint": {"every_steps": 5},
         "cluster": {"backend": "slurm", "spare_nodes": 2,
                     "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": path}},
-        "health": {"startup_timeout_s": 300, "agent_timeout_s": 2.0},
+        "health": {"startup_timeout_s": 300, "agent_timeout_s": 2.0, "lemon_nodes": False},  # runs independent
         "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}, {"fault": "hang", "step": 20, "rank": 2}]})
 
 

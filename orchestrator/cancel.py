@@ -30,7 +30,9 @@ def cancel_run(run_dir: Path) -> int:
     stopped = launcher.attach(last, spec)
     if stopped:
         launcher.stop()
-    others = launcher.cancel_jobs([str(r["job_id"]) for r in launches[:-1] if r.get("job_id")])
+    # every job the journal names (the in-allocation path's one job included: its agents dialled the
+    # old supervisor and cannot be re-attached); one already stopped above is skipped
+    others = launcher.cancel_jobs([str(r["job_id"]) for r in launches if r.get("job_id")])
     with Journal(run_dir) as j:
         if stopped:
             j.append("cancelled", attempt=last["attempt"])

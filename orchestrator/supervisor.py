@@ -480,6 +480,8 @@ class Supervisor:
         if c.node and c.kind == "rank_crash":  # a node whose ranks keep crashing is excluded (policy)
             self.crashes[str(c.node)] += 1
         healthy = [n for n in self.launcher.pool() if n not in self.excluded]
+        if c.node and c.node not in healthy and c.node not in self.excluded:
+            healthy.append(str(c.node))  # the scheduler already dropped it from the pool: count it once
         spares = len(healthy) - self.cfg.cluster.nodes
         d = decide(c.kind, c.node, self.cfg.policy, Situation(
             restarts_used=self.attempt - self.requeues, spares_left=max(0, spares), nodes_needed=self.cfg.cluster.nodes,

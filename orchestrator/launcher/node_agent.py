@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import selectors
 import signal
 import sys
@@ -52,6 +53,8 @@ class PipeChannel:
         return 0
 
     def send(self, msg: dict[str, Any]) -> bool:
+        if msg.get("ev") == "hb" and not select.select([], [1], [], 0)[1]:
+            return False  # a full pipe (nobody reading now): a heartbeat is not worth blocking for
         try:
             os.write(1, (json.dumps(msg) + "\n").encode())
             return True
