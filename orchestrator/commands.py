@@ -153,8 +153,9 @@ def _start_metrics(cfg: RunConfig, sup: Any, stack: ExitStack) -> None:
 def _attach_preflight(cfg: RunConfig, sup: Any, run_dir: Path) -> None:
     if not cfg.health.preflight:
         return
-    if hasattr(sup.launcher, "preflight"):  # Slurm: probes run on the allocation's nodes with srun
-        sup.preflight = sup.launcher.preflight
+    own = sup.launcher.own_preflight()  # Slurm: probes run on the nodes (srun, or the warm agents)
+    if own is not None:
+        sup.preflight = own
         return
     from orchestrator.preflight import make_preflight
     sup.preflight = make_preflight(cfg, run_dir, sup.journal,

@@ -299,9 +299,7 @@ class Supervisor:
             return
         self.excluded.append(node)
         self.journal.append("node_excluded", node=node, reason=reason, evidence=evidence or {})
-        drain = getattr(self.launcher, "drain", None)
-        if drain is not None:
-            drain(node, reason)
+        self.launcher.drain(node, reason)
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Resume: rebuild what the journal says, and stop whatever an earlier supervisor left running."""

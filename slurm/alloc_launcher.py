@@ -20,6 +20,7 @@ nodes are left than the run needs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,9 @@ class SlurmAllocLauncher(Launcher):
         self.bad.add(node)
         self.excluded.add(node)
         return self.jobs.drain(node, reason)
+
+    def own_preflight(self) -> Callable[[list[str]], list[str]]:
+        return self.preflight
 
     def preflight(self, nodes: list[str], wait_s: float = 60.0) -> list[str]:
         """The node probe run by each chosen node's warm agent, all at once (no new job step, which a

@@ -27,7 +27,7 @@ import submitit
 
 from orchestrator.config import RunConfig
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
-from orchestrator.launcher.local import free_port
+from orchestrator.launcher.base import free_port
 from slurm import cmd
 from slurm.job import PREEMPTED_EXIT, RankTask, read_exit_codes
 from slurm.parsers import NODE_FAULT_STATES, SacctRecord, TERMINAL_STATES
@@ -83,6 +83,9 @@ class SlurmLauncher(Launcher):
             return False
         cmd.drain(node, reason or "orchestrator: excluded")
         return True
+
+    def own_preflight(self) -> Callable[[list[str]], list[str]]:
+        return self.preflight
 
     def preflight(self, nodes: list[str]) -> list[str]:
         """Run the health probes on each node through srun; the nodes whose probes failed."""

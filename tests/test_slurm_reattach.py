@@ -18,7 +18,7 @@ import pytest
 from orchestrator.config import RunConfig
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
-from orchestrator.launcher.local import free_port
+from orchestrator.launcher.base import free_port
 from tests.conftest import BASE, deep_merge
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (rendezvous, hubs): every backend needs one."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,16 @@ class Launcher(ABC):
     def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
         """Re-attach to an attempt started by an earlier supervisor; False if it is gone."""
         return False
+
+    def drain(self, node: str, reason: str) -> bool:
+        """The supervisor excluded ``node``: keep it from later jobs where the backend can (a scheduler
+        drain); True if it did. A backend without a scheduler only stops offering it."""
+        return False
+
+    def own_preflight(self) -> Callable[[list[str]], list[str]] | None:
+        """How this backend probes nodes itself before an attempt (on the nodes, through the scheduler
+        or its agents), returning the failing ones; None: the supervisor's generic preflight runs."""
+        return None
 
     def cluster_address(self) -> str | None:
         """This host's address on the network the launcher's nodes are on, if the launcher built that

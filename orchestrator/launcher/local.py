@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import netns
-from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
+from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent, free_port
 
 _said_plain = False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def logs_dir(run_dir: Path, attempt: int) -> Path:
