@@ -142,9 +142,8 @@ class Replayer:
         return per, nodes, g, flagged
 
     def _compute(self, step: int, idx: list[int], replica: int) -> float:
-        x, y = self._shard(step, idx, replica)
-        loss = self.engine.forward_backward(x, y)
-        return loss
+        """Forward and backward of ``replica``'s share of the batch (a collective over the whole world)."""
+        return float(self.engine.forward_backward(*self._shard(step, idx, replica)))
 
     # ---- the review -----------------------------------------------------------------------------
     def review(self, step: int, idx: list[int], local_loss: float, flagged: LossVerdict,
