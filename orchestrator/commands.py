@@ -178,7 +178,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_json(st: dict[str, Any]) -> dict[str, Any]:
     keys = ("state", "reason", "step", "total_steps", "loss", "eval_loss", "goodput", "restarts",
-            "excluded_nodes", "lost", "wall_s", "productive_s", "jobs", "active_nodes")
+            "excluded_nodes", "lost", "wall_s", "productive_s", "jobs", "active_nodes", "predicted_goodput",
+            "intervals")
     out = {k: st.get(k) for k in keys}
     fault_keys = ("kind", "step", "rank", "node", "detected_after_s", "injected_t", "detected_t", "action",
                   "lost_steps")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -129,6 +129,14 @@ class TrainConfig(Section):
     step_sleep_s: float = Field(0.0, ge=0, description="pad each step (simulates a bigger model)")
 
 
+class MemoryTierConfig(Section):
+    """Copies of every rank's shard in its node's RAM (and a partner node's), restored before storage."""
+
+    enabled: bool = Field(True, description="on by default: the copy blocks only for a tensor copy")
+    every_steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="'auto': Young/Daly from the measured copy cost and failure rate (orchestrator.interval)")
+
+
 class CheckpointConfig(Section):
     dir: str = Field("checkpoints", description="relative to the run directory, or absolute")
 
@@ -141,9 +149,11 @@ class CheckpointConfig(Section):
             raise ValueError("a relative path must stay inside the run directory (no '..'); "
                              "give an absolute path for a shared file system")
         return v
-    every_steps: int = Field(20, ge=1)
+    every_steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        20, description="'auto': Young/Daly from the measured save cost and failure rate (orchestrator.interval)")
     keep: int = Field(3, ge=1)
     async_save: bool = False
+    memory: MemoryTierConfig = Field(default_factory=MemoryTierConfig)
 
 
 class StragglerConfig(Section):

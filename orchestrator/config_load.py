@@ -90,7 +90,7 @@ def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
     """Checks that involve more than one field; each issue says what to change."""
     out: list[ConfigIssue] = []
     world = cfg.cluster.world_size
-    if cfg.checkpoint.every_steps > cfg.train.steps:
+    if isinstance(cfg.checkpoint.every_steps, int) and cfg.checkpoint.every_steps > cfg.train.steps:
         out.append(ConfigIssue("checkpoint.every_steps", f"{cfg.checkpoint.every_steps} is larger than "
                                f"train.steps={cfg.train.steps}; lower it so at least one checkpoint is taken"))
     if cfg.health.agent_timeout < 2 * cfg.health.heartbeat_interval_s:

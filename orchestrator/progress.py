@@ -33,7 +33,8 @@ def progress_table(s: RunSnapshot) -> Table:
     rows = [("step", f"{s.step}/{s.total_steps}"), ("loss", _fmt(s.loss)), ("eval loss", _fmt(s.eval_loss)),
             ("tokens/s", _fmt(s.tokens_per_s, ".0f")), ("elapsed", f"{s.wall_s:.1f}s"), ("ETA", _eta(s)),
             ("faults", str(len(s.faults))), ("recoveries", str(recoveries)),
-            ("goodput", _fmt(s.goodput, ".3f")), ("nodes", ", ".join(s.active_nodes) or "-"),
+            ("goodput", _fmt(s.goodput, ".3f") + _predicted(s.predicted_goodput, s.intervals)),
+            ("nodes", ", ".join(s.active_nodes) or "-"),
             ("excluded", ", ".join(s.excluded_nodes) or "-")]
     for k, v in rows:
         t.add_row(k, v)
@@ -41,6 +42,15 @@ def progress_table(s: RunSnapshot) -> Table:
 
 
 UNKNOWN = "—"
+
+
+def _predicted(pred: float | None, intervals: dict[str, int] | None) -> str:
+    """Checkpoint intervals on auto: the tuner's predicted goodput and the intervals it chose."""
+    if pred is None:
+        return ""
+    iv = intervals or {}
+    return (f" (predicted {pred:.3f} with memory every {iv.get('memory_every_steps', '?')}, "
+            f"storage every {iv.get('storage_every_steps', '?')} steps)")
 
 
 def _cell(x: object) -> str:
@@ -65,7 +75,8 @@ def summary_table(s: RunSnapshot | dict[str, Any]) -> Table:
                   _cell(f.get("lost_steps")))
     lost = d["lost"]
     t.caption = (f"steps {d['step']}/{d['total_steps']}  eval loss {_fmt(d['eval_loss'])}  "
-                 f"goodput {_fmt(d['goodput'], '.3f')}  wall {d['wall_s']:.1f}s  restarts {d['restarts']}\n"
+                 f"goodput {_fmt(d['goodput'], '.3f')}{_predicted(d.get('predicted_goodput'), d.get('intervals'))}"
+                 f"  wall {d['wall_s']:.1f}s  restarts {d['restarts']}\n"
                  f"lost: detection {lost['detection']:.1f}s, restart {lost['restart']:.1f}s, "
                  f"recomputation {lost['recomputation']:.1f}s, checkpoint {lost['checkpoint']:.1f}s, "
                  f"straggler {lost.get('straggler', 0.0):.1f}s, replay {lost.get('replay', 0.0):.1f}s; "

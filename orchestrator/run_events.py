@@ -45,7 +45,8 @@ class RunEvents:
             self.on_step(msg, now)
         elif kind == "event":
             handler = getattr(self, f"ev_{msg['kind']}", None)
-            if handler is not None and (msg["rank"] == 0 or msg["kind"] in ("skip_step", "local_bad")):
+            every_rank = ("skip_step", "local_bad", "memory_copy_bad")
+            if handler is not None and (msg["rank"] == 0 or msg["kind"] in every_rank):
                 handler(msg, now)
         elif kind == "rank_exit":
             w.on_rank_exit(msg, self.sup.classify, now)
@@ -82,6 +83,11 @@ class RunEvents:
             sup.recovery_started_t = None
         sup.meter.on_step(int(msg["step"]), secs, bool(msg.get("skipped")), float(msg.get("ckpt_wait_s") or 0.0),
                           float(msg.get("replay_s") or 0.0))
+        sup.meter.lost.checkpoint += float(msg.get("mem_block_s") or 0.0)  # the memory tier's tensor copy
+        if not msg.get("skipped"):
+            sup.auto_interval.tuner.on_step(secs, msg.get("mem_block_s"))
+        if msg.get("mem_step") is not None:
+            sup.snap.last_memory_step = int(msg["mem_step"])
         snap = sup.snap
         if not msg.get("skipped"):
             snap.step = int(msg["step"]) + 1
@@ -167,6 +173,7 @@ class RunEvents:
         save_s = float(msg.get("save_s", 0.0))
         snap.last_checkpoint_step, snap.last_checkpoint_t, snap.checkpoint_save_s = int(msg["step"]), now, save_s
         self.sup.meter.lost.checkpoint += save_s
+        self.sup.auto_interval.tuner.on_checkpoint(save_s)
         self.sup.journal.append("checkpoint", step=int(msg["step"]), path=msg.get("path"), save_s=save_s)
 
     def ev_stale_checkpoint(self, msg: dict[str, Any], now: float) -> None:
@@ -177,8 +184,20 @@ class RunEvents:
                                 fenced_at=msg.get("fenced_at"), total=self.sup.snap.stale_epoch_rejected)
 
     def ev_checkpoint_loaded(self, msg: dict[str, Any], now: float) -> None:
-        self.sup.snap.checkpoint_load_s = float(msg.get("load_s", 0.0))
-        self.sup.journal.append("checkpoint_loaded", step=msg.get("step"), load_s=msg.get("load_s"))
+        sup = self.sup
+        sup.snap.checkpoint_load_s = float(msg.get("load_s", 0.0))
+        sup.journal.append("checkpoint_loaded", step=msg.get("step"), load_s=msg.get("load_s"),
+                           tier=msg.get("tier", "storage"))
+        sup.auto_interval.tuner.on_restore(str(msg.get("tier", "storage")))
+        if msg.get("step") is not None:  # restored older than the fault handler assumed: redo more
+            lost = sup.meter.rewind(int(msg["step"]))
+            sup.snap.steps_lost_to_rollbacks += lost
+            sup.snap.step = min(sup.snap.step, int(msg["step"]))
+
+    def ev_memory_copy_bad(self, msg: dict[str, Any], now: float) -> None:
+        """A memory copy refused at restore (torn, corrupted, stale, other layout): the next one is used."""
+        self.sup.journal.append("memory_copy_bad", rank=msg.get("rank"), step=msg.get("step"),
+                                epoch=msg.get("epoch"), path=msg.get("path"), reason=msg.get("reason"))
 
     def ev_checkpoint_bad(self, msg: dict[str, Any], now: float) -> None:
         self.sup.journal.append("checkpoint_bad", step=msg.get("step"), path=msg.get("path"),

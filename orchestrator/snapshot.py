@@ -81,6 +81,9 @@ class RunSnapshot:
     batches_skipped: int = 0
     last_checkpoint_step: int | None = None
     last_checkpoint_t: float | None = None
+    predicted_goodput: float | None = None  # checkpoint intervals on auto: what the tuner expects
+    intervals: dict[str, int] = field(default_factory=dict)  # the tuner's current steps per tier
+    last_memory_step: int | None = None  # newest memory-tier copy rank 0 reported (trainer.memtier)
     checkpoint_save_s: float | None = None
     checkpoint_load_s: float | None = None
     straggler_score_max: float | None = None

@@ -20,6 +20,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponen
 
 from health.detectors.hardware import classify_exit
 from health.detectors.lemon import LemonNodeStore
+from orchestrator.auto_interval import AutoInterval
 from health.detectors.silence import silent_nodes
 from health.detectors.comm_slowdown import CommSlowdown, CommSlowdownDetector
 from health.detectors.straggler import StragglerDetector
@@ -120,6 +121,7 @@ class Supervisor:
         self._last_status_t = 0.0
         self.preflight: Callable[[list[str]], list[str]] | None = None  # returns nodes that failed
         self.lemons = open_lemon_store(cfg, run_dir)
+        self.auto_interval = AutoInterval(self)  # checkpoint.every_steps: auto (Young/Daly, re-tuned)
         self.ground_truth = GroundTruth(run_dir)
         self.comm = CommSlowdownDetector()  # every rank slower while compute is not: a slow link
         probing = "collective" in cfg.health.probes  # the collective probe is opt-in, here as in pre-flight
@@ -146,6 +148,7 @@ class Supervisor:
         snap.updated_t, snap.wall_s = now, now - self.meter.t0
         snap.productive_s, snap.lost = self.meter.productive, self.meter.lost
         snap.goodput = self.meter.goodput(now)
+        self.auto_interval.tick(now)
         snap.restarts = max(0, self.attempt - self.requeues)
         snap.attempt, snap.excluded_nodes = self.attempt, list(self.excluded)
         snap.telemetry_rejected = self.telemetry.rejected
@@ -248,7 +251,8 @@ class Supervisor:
         self.snap.jobs.append({"attempt": self.attempt, "nodes": nodes, **info})
         self.journal.append("launch", attempt=self.attempt, nodes=nodes, telemetry=spec.telemetry_addr,
                             rank_map={str(k): v for k, v in spec.rank_map().items()},
-                            resume_step=self.snap.last_checkpoint_step, **info)
+                            resume_step=self.resume_step() if self.attempt > 0 else self.snap.last_checkpoint_step,
+                            **info)
         self.watch = AttemptWatch(spec, self.clock())
         self.straggler.reset()
         self.straggler.set_groups(replica_groups(self.cfg, spec.world))
@@ -484,13 +488,18 @@ class Supervisor:
         d = decide(c.kind, c.node, self.cfg.policy, Situation(
             restarts_used=self.attempt - self.requeues, spares_left=max(0, spares), nodes_needed=self.cfg.cluster.nodes,
             nodes_healthy=min(len(healthy), self.cfg.cluster.nodes), crashes_on_node=self.crashes[str(c.node)] - 1))
-        resume = self.snap.last_checkpoint_step or 0
+        resume = self.resume_step()
         lost = self.meter.rewind(resume)
         f = self.record_fault(c, now, d.action, lost_steps=lost)
         self.meter.lost.detection += f.detected_after_s or 0.0
         self.snap.steps_lost_to_rollbacks += lost
         self.snap.step = resume
         self._apply(d, c, now)
+
+    def resume_step(self) -> int:
+        """Where the next attempt should resume: the newer of the last storage checkpoint and the
+        memory tier's last copy (corrected when the ranks report what they actually loaded)."""
+        return max(self.snap.last_checkpoint_step or 0, self.snap.last_memory_step or 0)
 
     def _confirm_lost_node(self, c: Candidate) -> Candidate:
         """Telemetry notices a dead node (ranks go silent, or are killed and their peers lose them)

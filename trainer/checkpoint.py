@@ -239,6 +239,27 @@ def background_stager(cuda: bool | None = None) -> Any:
                                         use_async_staging=True, use_non_blocking_copy=cuda))
 
 
+class SnapshotStager:
+    """For a state that is already a private CPU copy (the memory tier's snapshot of this step): nothing
+    to stage, so the async save costs the training path no copy and no wait at all (the AsyncStager
+    protocol of torch.distributed.checkpoint)."""
+
+    _synchronize_after_execute = False
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return False
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return state_dict
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], rank: int,
                 group: Any, fault: str | None = None, stager: Any = None) -> PendingSave | None:
     """Stage ``state`` in memory and write it in DCP's background thread; returns at once.
@@ -255,7 +276,7 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
     resp = dcp.async_save(state, checkpoint_id=str(path), process_group=group, async_stager=stager)
     if fault == "ckpt_crash":
         os._exit(17)
-    if stager is None:
+    if stager is None or not hasattr(resp, "upload_completion"):
         return PendingSave(step, path, resp, t0, time.perf_counter() - t0, err)
     return PendingSave(step, path, resp.upload_completion, t0, time.perf_counter() - t0, err,
                        staging=resp.staging_completion)

@@ -32,6 +32,8 @@ from trainer import preempt
 from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.fence import EpochGuard, Fenced, quarantine, read_state
 from trainer.replay import Replayer
+from trainer.intervals import Intervals
+from trainer.memtier import MemoryTier, copy_into, load_payload
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
 
@@ -73,7 +75,7 @@ class LoopState:
 class TrainLoop:
     def __init__(self, cfg: RunConfig, engine: Engine, corpus: Corpus, tel: Telemetry, chaos: Chaos,
                  ckpt_root: Path, rank: int, world: int = 1, ckpt_group: Any = None,
-                 guard: EpochGuard | None = None) -> None:
+                 guard: EpochGuard | None = None, mem: MemoryTier | None = None) -> None:
         self.cfg, self.engine, self.corpus, self.tel, self.chaos = cfg, engine, corpus, tel, chaos
         self.guard = guard or EpochGuard(None, tel.attempt)  # epoch fencing (trainer.fence)
         self.root, self.rank, self.world = ckpt_root, rank, world
@@ -87,6 +89,8 @@ class TrainLoop:
         self.rollbacks_to: dict[int, int] = {}  # checkpoint step → rollbacks that landed there
         self.ema_step_s = 0.0
         self.replay = Replayer(cfg, engine, corpus, chaos, tel, rank, self.guard)  # data, node or model?
+        self.mem = mem  # the memory tier (trainer.memtier): restored before storage
+        self.intervals = Intervals(cfg.checkpoint, self.guard.path.parent if self.guard.path else None, rank)
 
     # ---- restore / checkpoint -------------------------------------------------------------
     def restore(self) -> int | None:
@@ -96,6 +100,8 @@ class TrainLoop:
 
     def _restore(self) -> int | None:
         self.finish_pending()
+        if self.mem is not None and (step := self._restore_memory()) is not None:
+            return step
 
         def on_bad(ref: ckpt.CheckpointRef, reason: str) -> None:
             self.tel.event("checkpoint_bad", step=ref.step, path=str(ref.path), reason=reason)
@@ -110,8 +116,35 @@ class TrainLoop:
         skip = self.st.sampler.skip
         self.st = LoopState.from_extra(extra)
         self.st.sampler.skip |= skip
-        self.tel.event("checkpoint_loaded", step=ref.step, load_s=time.perf_counter() - t0)
+        self.tel.event("checkpoint_loaded", step=ref.step, load_s=time.perf_counter() - t0, tier="storage")
         return ref.step
+
+    def _restore_memory(self) -> int | None:
+        """Collective: the newest memory copy every rank holds, if no storage checkpoint is newer."""
+        assert self.mem is not None
+        t0 = time.perf_counter()
+        chosen = self.mem.choose()
+        good = ckpt.committed(self.root)
+        use: list[Any] = [chosen is not None and (not good or chosen.step >= good[-1].step)]
+        if dist.is_initialized():
+            dist.broadcast_object_list(use, src=0)  # rank 0's listing of storage decides for all
+        if not use[0] or chosen is None:
+            return None
+        snap = load_payload(chosen.payload)
+        self.engine.load_state_dict(copy_into(self.engine.state_dict(), snap["state"]))
+        torch.set_rng_state(snap["rng"])
+        skip = self.st.sampler.skip
+        self.st = LoopState.from_extra(snap["extra"])
+        self.st.sampler.skip |= skip
+        self.tel.event("checkpoint_loaded", step=chosen.step, load_s=time.perf_counter() - t0, tier="memory")
+        return chosen.step
+
+    def snapshot_memory(self) -> None:
+        """Every ``checkpoint.memory.every_steps``: this rank's shard into its node's RAM."""
+        if self.mem is None or self.st.step % self.intervals.memory:
+            return
+        extra = self.st.to_extra(self.cfg.train.precision, {}, self.guard.epoch)
+        self.mem.snapshot(self.st.step, self.engine.state_dict(), extra)
 
     def _admit(self, ref: ckpt.CheckpointRef) -> bool:
         """Refuse (and move aside) a checkpoint its epoch committed after being declared dead."""
@@ -163,6 +196,11 @@ class TrainLoop:
         fault = self.chaos.during_checkpoint(self.st.step)
         self.guard.check()
         if self.ckpt_group is not None and not blocking:
+            snap = self.mem.state_at(self.st.step) if self.mem is not None else None
+            if snap is not None:  # from the memory tier's copy of this step: no second copy, no wait
+                self.pending = ckpt.start_async(self.root, self.st.step, snap, extra, self.rank,
+                                                self.ckpt_group, fault, ckpt.SnapshotStager())
+                return
             if self.stager is None:
                 self.stager = ckpt.background_stager()
             self.pending = ckpt.start_async(self.root, self.st.step, self.engine.state_dict(), extra,
@@ -249,8 +287,10 @@ class TrainLoop:
         t_sync = time.perf_counter()
         local_bad = not math.isfinite(loss)  # this rank's own loss (grads are already averaged)
         g_loss, any_bad, sums = agree_with_counts(loss, self.engine.loss_weight,
-                                                  local_bad or not math.isfinite(grad_norm), self.pending_counts())
-        self.settle_pending(*sums)
+                                                  local_bad or not math.isfinite(grad_norm),
+                                                  self.pending_counts() + self.intervals.counts())
+        self.settle_pending(*sums[:2])
+        self.intervals.agreed(sums[2:])  # checkpoint.every_steps: auto, the same on every rank
         sync_s = time.perf_counter() - t_sync
         lr = self._lr()
         if getattr(self.engine, "last_overflow", False) and math.isfinite(g_loss):
@@ -280,6 +320,8 @@ class TrainLoop:
         self.tel.step, self.tel.phase = self.st.step, "step"
         self.tel.send("step", step=step, loss=g_loss, grad_norm=grad_norm, lr=lr, step_time=step_s,
                       compute_time=compute_s, sync_time=sync_s, ckpt_wait_s=ckpt_wait_s,
+                      mem_step=None if self.mem is None else self.mem.published_step,
+                      mem_block_s=None if self.mem is None else self.mem.take_block_s(),
                       tokens=len(idx) * self.cfg.model.seq_len, skipped=verdict.bad, rule=verdict.rule,
                       replay_s=replay.seconds if replay else 0.0)
         if verdict.bad and replay is None:  # a replayed step is reported by its replay event
@@ -305,6 +347,8 @@ class TrainLoop:
         first_bad = min(window) if window else self.st.sampler.cursor
         self.st.sampler.skip.update(range(max(0, first_bad - extra_skip), first_bad))
         self.st.sampler.skip.update(window)
+        if self.mem is not None:
+            self.mem.discard_all()  # the abandoned trajectory's copies must never be restored
         good = ckpt.committed(self.root)
         target = good[-1].step if good else None
         if target is not None and self.rollbacks_to.get(target, 0) >= MAX_ROLLBACKS_TO_SAME:
@@ -350,7 +394,7 @@ class TrainLoop:
 
     def run(self) -> float | None:
         """Train to the end and return the final eval loss; None when preempted (checkpoint saved)."""
-        total, every = self.cfg.train.steps, self.cfg.checkpoint.every_steps
+        total = self.cfg.train.steps
         eval_every = self.cfg.train.eval_every
         if self.st.step == 0 and not ckpt.committed(self.root):
             self.save_checkpoint()  # step 0: something to roll back to
@@ -361,13 +405,17 @@ class TrainLoop:
                 self.tel.event("preempted", step=self.st.step)
                 return None
             applied = self.train_step()
-            if applied and (self.st.step % every == 0 or self.st.step == total):
+            if applied:
+                self.snapshot_memory()
+            if applied and (self.st.step % self.intervals.storage == 0 or self.st.step == total):
                 self.save_checkpoint(blocking=self.st.step == total)
             if applied and eval_every and self.st.step % eval_every == 0 and self.st.step < total:
                 self.evaluate()
             if len(self.bad_run) >= self.cfg.policy.max_consecutive_bad:
                 self.rollback()
         self.finish_pending()
+        if self.mem is not None:
+            self.mem.wait()
         if self.stager is not None:
             self.stager.close()
         final = self.evaluate()

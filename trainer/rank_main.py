@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from orchestrator import memstore
 from orchestrator.config import RunConfig
 from trainer import device as placement
 from trainer import preempt
@@ -28,6 +29,7 @@ from trainer.engine import build_engine
 from trainer.fence import EpochGuard
 from trainer.ft_heartbeat import attach as attach_ft_heartbeat
 from trainer.loop import TrainLoop
+from trainer.memtier import MemoryTier
 from trainer.telemetry import Telemetry
 
 
@@ -75,6 +77,16 @@ def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
     return p if p.is_absolute() else run_dir / p
 
 
+def memory_tier(cfg: RunConfig, ctx: RankContext, guard: EpochGuard, tel: Telemetry) -> MemoryTier | None:
+    """The memory tier when enabled and a node agent owns a shared-memory directory for it."""
+    base = os.environ.get(memstore.ENV_DIR)
+    if not cfg.checkpoint.memory.enabled or not base:
+        return None
+    p = cfg.parallel
+    layout = f"tp{p.tp}-pp{p.pp}-{p.dp_mode}"
+    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel)
+
+
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit signal, requeue me
 
 
@@ -100,8 +112,9 @@ def main() -> int:
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
     ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None
+    guard = EpochGuard(ctx.run_dir, ctx.attempt)
     loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank,
-                     ctx.world, ckpt_group, guard=EpochGuard(ctx.run_dir, ctx.attempt))
+                     ctx.world, ckpt_group, guard=guard, mem=memory_tier(cfg, ctx, guard, tel))
     resumed = loop.restore()
     tel.event("started", resume_step=resumed, pid=os.getpid())
     final = loop.run()

@@ -86,6 +86,9 @@ class LocalLauncher(Launcher):
         self.finished: set[str] = set()
         self.net: netns.NodeNetwork | None = None
         self._net_decided = False
+        self.mem_ports: dict[str, int] = {}  # node → its agent's memory-tier replication port
+        self.mem_owner: dict[int, str] = {}
+        self.mem_partner: dict[str, str] = {}
 
     def pool(self) -> list[str]:
         return list(self._pool)
@@ -138,10 +141,11 @@ class LocalLauncher(Launcher):
         log = open(log_dir / f"{node}-agent.log", "ab")
         net = self.network()
         argv = [sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)]
-        env = None
+        self.mem_ports[node] = free_port()
+        env = {**os.environ, "ORCH_MEM_PORT": str(self.mem_ports[node])}
         if net is not None:  # `ip netns exec` execs the agent: the pid stays the agent's
             argv = net.exec_argv(node) + argv
-            env = {**os.environ, **netns.node_env()}
+            env = {**env, **netns.node_env()}
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True, env=env)
         log.close()
@@ -162,16 +166,28 @@ class LocalLauncher(Launcher):
         net = self.network()
         master = net.addr(spec.nodes[0]) if net is not None else "127.0.0.1"  # node 0's own address
         self.current, self.finished = list(spec.nodes), set()
+        mem = self._mem_plan(spec)
         for i, node in enumerate(spec.nodes):
             agent_spec = {"node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world,
                           "ranks": list(range(i * spec.ranks_per_node, (i + 1) * spec.ranks_per_node)),
                           "master_addr": master, "master_port": port, "run_dir": str(spec.run_dir),
                           "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
                           # every simulated node shares this host's GPUs: disjoint host-local ranks
-                          "host_rank_base": i * spec.ranks_per_node, "host_world": spec.world}
+                          "host_rank_base": i * spec.ranks_per_node, "host_world": spec.world,
+                          "mem": mem[node]}
             self.agents[node].send(cmd="launch", spec=agent_spec)
         return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port,
                 "master_addr": master}
+
+    def _mem_plan(self, spec: LaunchSpec) -> dict[str, dict[str, Any]]:
+        """Memory tier: each node's ring partner and where moved ranks' copies are (memtier_service)."""
+        from orchestrator.memtier_service import plan_launch
+        net = self.net
+        addr = {n: (net.addr(n) if net is not None else "127.0.0.1", p) for n, p in self.mem_ports.items()
+                if self.agents.get(n) is not None and self.agents[n].proc.poll() is None}
+        plan, self.mem_owner, self.mem_partner = plan_launch(
+            list(spec.nodes), spec.ranks_per_node, self.mem_owner, self.mem_partner, addr)  # type: ignore[arg-type]
+        return plan
 
     def poll(self) -> list[LauncherEvent]:
         events = []

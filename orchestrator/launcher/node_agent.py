@@ -17,6 +17,7 @@ Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -179,6 +180,7 @@ class NodeAgent:
         self.tel: Telemetry | None = None
         self.stop_deadline: float | None = None
         self.stopping = False
+        self.mem: Any = None  # the memory tier's node side (orchestrator.memtier_service)
 
     def launch(self, spec: dict[str, Any]) -> None:
         from trainer.telemetry import Telemetry
@@ -187,11 +189,14 @@ class NodeAgent:
                              key=key_from_env({"ORCH_RUN_DIR": spec["run_dir"]}))
         log_dir = Path(spec["log_dir"])
         log_dir.mkdir(parents=True, exist_ok=True)
-        for local, rank in enumerate(spec["ranks"]):
-            pid = os.fork()
-            if pid == 0:
-                run_rank(spec, rank, local, log_dir / f"{self.node}-rank{rank}.log")
-            self.children[pid] = rank
+        if self.mem is not None:
+            self.mem.before_launch(spec)  # ring partner; copies of ranks that moved here
+        with self.mem.busy if self.mem is not None else contextlib.nullcontext():  # no memtier thread mid-I/O
+            for local, rank in enumerate(spec["ranks"]):
+                pid = os.fork()
+                if pid == 0:
+                    run_rank(spec, rank, local, log_dir / f"{self.node}-rank{rank}.log")
+                self.children[pid] = rank
 
     def stop(self, grace_s: float) -> None:
         self.stopping = True
@@ -348,8 +353,13 @@ def run_agent(node: str, run_dir: Path, connect: str | None = None) -> int:
         from orchestrator.telemetry_auth import read_key
         channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node))
     agent = NodeAgent(node, channel, run_dir)
+    from orchestrator import memtier_service
+    agent.mem = memtier_service.start(node, run_dir)  # the memory tier's directory dies with the agent
     agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename)
-    return serve(agent, cfg.health.heartbeat_interval_s)
+    try:
+        return serve(agent, cfg.health.heartbeat_interval_s)
+    finally:
+        agent.mem.close()
 
 
 def main() -> int:

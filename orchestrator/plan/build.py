@@ -140,7 +140,8 @@ def build_plan(cfg: RunConfig, gpus: int | None = None, gpu_type: str = DEFAULT_
     layout = recommend_layout(shape, space)
     ckpt = checkpoint_cost(state_size_bytes(n, cfg.train.precision), nodes, opt.ckpt_bandwidth_gbs, opt.run_dir)
     steps = math.ceil(n_tokens / tokens_per_step)
-    rel = plan_reliability(ckpt, n_gpus, compute_s, step_s, cfg.checkpoint.every_steps, steps,
+    every = cfg.checkpoint.every_steps if isinstance(cfg.checkpoint.every_steps, int) else 0  # 0: auto
+    rel = plan_reliability(ckpt, n_gpus, compute_s, step_s, every, steps,
                            failure_rate=opt.failure_rate, restart_s=opt.restart_s)
     noise = estimate_noise_scale(opt.run_dir, cfg.model.seq_len, cfg.train.global_batch) if opt.run_dir else None
     return Plan(name=cfg.name, gpu=gpu, gpus=n_gpus, gpus_per_node=per_node, nodes=nodes, shape=shape, params=n,

@@ -107,6 +107,7 @@ def plan_reliability(ckpt: CheckpointCost, gpus: int, compute_s: float, step_s: 
     tau = young_daly_interval(c, mtbf)
     steps = max(1, round(tau / step_s)) if step_s > 0 else 1
     gp = goodput(tau, c, mtbf, restart_s)
+    every_steps = every_steps if every_steps > 0 else steps  # 0: checkpoint.every_steps is 'auto'
     conf_gp = goodput(max(every_steps * step_s, 1e-9), c, mtbf, restart_s)
     wall_s = compute_s / gp if gp > 0 else math.inf
     notes = []

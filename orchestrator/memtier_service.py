@@ -1,0 +1,277 @@
+"""The memory tier, node side: the node agent's shared-memory directory and its ring replication.
+
+Backend-neutral: it lives in whatever warm per-node agent forks the ranks (the local launcher's node
+agent today, a Slurm warm agent through the same three calls: :func:`start`, ``before_launch(spec)``,
+``close()``). The directory is created empty when the agent starts (a restarted node has lost its
+memory) and removed when it exits.
+
+Replication: each agent pushes the newest copy of each of its ranks to its ring partner (the next node
+of the attempt) over TCP, and, before forking ranks that ran elsewhere in the previous attempt (a spare
+taking a lost node's place), fetches their copies from their old node and that node's partner. Every
+frame is authenticated with the run key (HMAC-SHA256, ``orchestrator.telemetry_auth``) and carries its
+send time (frames older than :data:`MAX_AGE_S` are refused); a copy lands under a dot-name and is
+renamed only after its MAC verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import memstore
+from orchestrator.telemetry_auth import key_from_env
+
+DOMAIN = b"orchmem-repl1"
+MAX_AGE_S = 120.0
+CHUNK = 1 << 20
+PUSH_POLL_S = 0.02
+
+
+def _mac(key: bytes, head: bytes) -> Any:
+    m = hmac.new(key, DOMAIN, hashlib.sha256)
+    m.update(struct.pack(">I", len(head)) + head)
+    return m
+
+
+def send_frame(sock: socket.socket, key: bytes, hdr: dict[str, Any], body: Path | bytes = b"") -> None:
+    """``u32 len | header JSON | body | HMAC``; the body streams from a file without a second copy."""
+    size = body.stat().st_size if isinstance(body, Path) else len(body)
+    head = json.dumps({**hdr, "size": size, "t": time.time()}).encode()
+    m = _mac(key, head)
+    sock.sendall(struct.pack(">I", len(head)) + head)
+    if isinstance(body, Path):
+        with open(body, "rb") as f:
+            while chunk := f.read(CHUNK):
+                m.update(chunk)
+                sock.sendall(chunk)
+    else:
+        m.update(body)
+        sock.sendall(body)
+    sock.sendall(m.digest())
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(CHUNK, n - len(buf)))
+        if not chunk:
+            raise ConnectionError("peer closed mid-frame")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket, key: bytes, sink: Path | None = None) -> tuple[dict[str, Any], bytes]:
+    """Read one frame; a body goes to ``sink`` (renamed into place by the caller) or memory. Raises
+    PermissionError on a bad MAC or an old frame (and removes what was written)."""
+    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
+    if n > 1 << 16:
+        raise PermissionError("header too long")
+    head = _recv_exact(sock, n)
+    hdr = json.loads(head)
+    m, left, body = _mac(key, head), int(hdr["size"]), b""
+    out = open(sink, "wb") if sink is not None else None
+    try:
+        while left:
+            chunk = sock.recv(min(CHUNK, left))
+            if not chunk:
+                raise ConnectionError("peer closed mid-frame")
+            m.update(chunk)
+            left -= len(chunk)
+            if out is not None:
+                out.write(chunk)
+            else:
+                body += chunk
+    finally:
+        if out is not None:
+            out.close()
+    ok = hmac.compare_digest(_recv_exact(sock, 32), m.digest()) and abs(time.time() - float(hdr["t"])) < MAX_AGE_S
+    if not ok:
+        if sink is not None:
+            sink.unlink(missing_ok=True)
+        raise PermissionError("bad MAC or stale frame: not from this run")
+    return hdr, body
+
+
+class NodeMemory:
+    """One node's memory tier: the directory, the replication server and the pusher."""
+
+    def __init__(self, node: str, run_dir: Path, port: int | None, key: bytes | None) -> None:
+        self.node, self.run_dir, self.key = node, run_dir, key
+        self.base = memstore.node_dir(run_dir, node)
+        memstore.wipe(self.base)  # a (re)started node has empty memory
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.environ[memstore.ENV_DIR] = str(self.base)  # forked ranks inherit it
+        self.partner: tuple[str, int] | None = None
+        self._sent: dict[int, tuple[str, int]] = {}  # rank → (copy name, mtime) last pushed
+        self._stop = threading.Event()
+        self.busy = threading.Lock()  # held by the pusher and handlers; the agent takes it to fork safely
+        self._last_push_error = ""
+        self.server: socket.socket | None = None
+        if port and key:
+            self.server = socket.create_server(("0.0.0.0", port), reuse_port=False)
+            threading.Thread(target=self._serve, daemon=True, name="memtier-server").start()
+            threading.Thread(target=self._push_loop, daemon=True, name="memtier-pusher").start()
+
+    def log(self, msg: str) -> None:
+        os.write(2, f"memtier {self.node}: {msg}\n".encode())  # no stdio lock a forked rank could inherit held
+
+    # ---- serving ---------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        assert self.server is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        assert self.key is not None
+        with conn:
+            conn.settimeout(60)
+            try:
+                self._dispatch(conn)
+            except (OSError, ValueError, KeyError, PermissionError, ConnectionError) as exc:
+                self.log(f"refused a replication request: {exc}")
+
+    def _dispatch(self, conn: socket.socket) -> None:
+        assert self.key is not None
+        tmp = self.base / f".incoming-{threading.get_ident()}.tmp"
+        hdr, _ = recv_frame(conn, self.key, tmp)
+        if hdr["op"] == "put":
+            dest = self.base / "replica" / _safe(hdr["src"]) / f"rank{int(hdr['rank'])}"
+            dest.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest / memstore.copy_name(int(hdr["step"])))
+            memstore.prune(dest)
+            send_frame(conn, self.key, {"op": "ok"})
+        elif hdr["op"] == "get":
+            tmp.unlink(missing_ok=True)
+            for rank in hdr["ranks"]:
+                for path in self._copies_of(int(rank)):
+                    send_frame(conn, self.key, {"op": "file", "rank": int(rank), "name": path.name}, path)
+            send_frame(conn, self.key, {"op": "end"})
+
+    def _copies_of(self, rank: int) -> list[Path]:
+        """Every copy this node holds of ``rank``: its own (the rank ran here) and replicas."""
+        dirs = [memstore.rank_dir(self.base, rank)]
+        dirs += [d / f"rank{rank}" for d in (self.base / "replica").glob("*")]
+        return [p for d in dirs for p in memstore.list_copies(d)]
+
+    # ---- pushing to the ring partner -------------------------------------------------------------
+    def _push_loop(self) -> None:
+        while not self._stop.wait(PUSH_POLL_S):
+            partner = self.partner
+            if partner is None:
+                continue
+            with self.busy:
+                for rdir in self.base.glob("rank*"):
+                    self._push_newest(partner, rdir)
+
+    def _push_newest(self, partner: tuple[str, int], rdir: Path) -> None:
+        copies = memstore.list_copies(rdir)
+        if not copies:
+            return
+        rank, path = int(rdir.name[4:]), copies[0]
+        try:
+            mark = (path.name, path.stat().st_mtime_ns)
+            if self._sent.get(rank) == mark:
+                return
+            header, _ = memstore.read_header(path)
+            with socket.create_connection(partner, timeout=30) as s:
+                send_frame(s, self.key, {"op": "put", "src": self.node, "rank": rank, "step": header.step}, path)
+                recv_frame(s, self.key)
+            self._sent[rank] = mark
+        except (OSError, ValueError, PermissionError, ConnectionError) as exc:
+            if str(exc) != self._last_push_error:  # once per kind of failure, not every poll
+                self.log(f"push of rank {rank} to {partner} failed: {exc}")
+            self._last_push_error = str(exc)
+
+    # ---- the agent's hooks ---------------------------------------------------------------------------
+    def before_launch(self, spec: dict[str, Any]) -> None:
+        """Set the ring partner, and fetch copies of ranks that ran on another node last attempt."""
+        mem = spec.get("mem") or {}
+        self.partner = tuple(mem["partner"]) if mem.get("partner") else None  # type: ignore[assignment]
+        self._sent.clear()
+        for rank, sources in (mem.get("sources") or {}).items():
+            for src in sources:
+                if self.fetch(int(rank), (str(src[0]), int(src[1]))):
+                    break
+
+    def fetch(self, rank: int, source: tuple[str, int]) -> bool:
+        """Copy every copy ``source`` holds of ``rank`` into this node's rank directory."""
+        if self.key is None:
+            return False
+        dest = memstore.rank_dir(self.base, rank)
+        dest.mkdir(parents=True, exist_ok=True)
+        got, t0 = 0, time.perf_counter()
+        try:
+            with socket.create_connection(source, timeout=30) as s:
+                send_frame(s, self.key, {"op": "get", "ranks": [rank]})
+                while True:
+                    tmp = dest / f".fetch-{os.getpid()}.tmp"
+                    hdr, _ = recv_frame(s, self.key, tmp)
+                    if hdr["op"] == "end":
+                        tmp.unlink(missing_ok=True)
+                        break
+                    os.replace(tmp, dest / _safe(hdr["name"]))
+                    got += 1
+        except (OSError, ValueError, PermissionError, ConnectionError) as exc:
+            self.log(f"fetch of rank {rank} from {source} failed: {exc}")
+        memstore.prune(dest)
+        self.log(f"fetched {got} copies of rank {rank} from {source} in {time.perf_counter() - t0:.3f}s")
+        return got > 0
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.close()
+        memstore.wipe(self.base)
+        try:
+            self.base.parent.rmdir()  # the run's directory, once the last node of this host left
+        except OSError:
+            pass
+
+
+def _safe(name: str) -> str:
+    """A file or node name from the network never escapes its directory."""
+    base = os.path.basename(str(name))
+    if not base or base.startswith(".") or base != str(name):
+        raise ValueError(f"bad name {name!r}")
+    return base
+
+
+def start(node: str, run_dir: Path) -> NodeMemory:
+    """The agent's memory tier; replication only with a port (``ORCH_MEM_PORT``) and the run key."""
+    port = int(os.environ.get(memstore.ENV_PORT) or 0) or None
+    return NodeMemory(node, Path(run_dir), port, key_from_env({"ORCH_RUN_DIR": str(run_dir)}))
+
+
+def plan_launch(nodes: list[str], ranks_per_node: int, prev_owner: dict[int, str],
+                prev_partner: dict[str, str], addr: dict[str, tuple[str, int] | None],
+                replicate: bool = True) -> tuple[dict[str, dict[str, Any]], dict[int, str], dict[str, str]]:
+    """Each node's ``mem`` spec (ring partner, where to fetch moved ranks' copies from), and the new
+    rank → node and node → partner maps for the next launch."""
+    n = len(nodes)
+    partner = {node: nodes[(i + 1) % n] for i, node in enumerate(nodes)} if replicate and n > 1 else {}
+    out: dict[str, dict[str, Any]] = {}
+    owner: dict[int, str] = {}
+    for i, node in enumerate(nodes):
+        sources: dict[str, list[tuple[str, int]]] = {}
+        for rank in range(i * ranks_per_node, (i + 1) * ranks_per_node):
+            owner[rank] = node
+            old = prev_owner.get(rank)
+            if old is None or old == node:
+                continue
+            cands = [old, prev_partner.get(old)]
+            sources[str(rank)] = [a for c in cands if c and c != node and (a := addr.get(c)) is not None]
+        p = partner.get(node)
+        out[node] = {"partner": addr.get(p) if p else None, "sources": sources}
+    return out, owner, partner

@@ -1,0 +1,150 @@
+"""The memory tier: copies in the node agent's shared memory, replicated to a ring partner.
+
+Unit tests: a torn, corrupted, stale (written after its epoch's fence) or other-layout copy is refused
+with its reason and the next copy is used; replication only accepts frames under the run key. Local
+cluster (2 nodes x 2 ranks): a rank crash, a hang and a node loss in one run each resume from memory
+(own node, own node, partner node) with at most one step recomputed and the uninterrupted run's losses
+at every step; with both copies gone (the node and its partner lost) the run resumes from storage.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from orchestrator import memstore, memtier_service
+from tests.conftest import RunResult, run_submit
+from trainer.fence import EpochGuard, EpochState, FenceRecord
+from trainer.memtier import MemoryTier, copy_into, load_payload
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def event(self, kind: str, **kw: Any) -> None:
+        self.seen.append((kind, kw))
+
+
+def header(step: int, epoch: int = 1, t: float = 100.0, payload: bytes = b"x" * 64) -> memstore.CopyHeader:
+    return memstore.CopyHeader(rank=0, step=step, epoch=epoch, t=t, world=4, layout="L", size=len(payload),
+                               crc=memstore.crc32(payload))
+
+
+def test_copy_refused_when_torn_corrupted_stale_or_other_layout(tmp_path: Path) -> None:
+    payload = b"x" * 64
+    fences = EpochState(2, (FenceRecord(2, 150.0, ()),))  # epoch 1 declared dead at t=150
+    good = memstore.write_copy(tmp_path / "a", header(5, t=140.0), payload)
+    assert good is not None and memstore.check(good, fences, 4, "L")[1] is None
+    torn = memstore.write_copy(tmp_path / "b", header(5), payload)
+    assert torn is not None
+    torn.write_bytes(torn.read_bytes()[:-10])
+    assert "torn" in str(memstore.check(torn, fences, 4, "L")[1])
+    bad = memstore.write_copy(tmp_path / "c", header(5), payload)
+    assert bad is not None
+    raw = bytearray(bad.read_bytes())
+    raw[-1] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    assert "checksum" in str(memstore.check(bad, fences, 4, "L")[1])
+    late = memstore.write_copy(tmp_path / "d", header(5, t=160.0), payload)  # after epoch 1's fence
+    assert late is not None and "stale" in str(memstore.check(late, fences, 4, "L")[1])
+    assert "layout" in str(memstore.check(good, fences, 2, "L")[1])
+    assert memstore.write_copy(tmp_path / "e", header(5), payload, may_publish=lambda: False) is None
+    assert list((tmp_path / "e").iterdir()) == []  # a fenced writer leaves nothing behind
+
+
+def test_choose_skips_a_corrupted_newest_copy_and_reports_it(tmp_path: Path) -> None:
+    tel = Events()
+    mem = MemoryTier(tmp_path, 0, 1, "L", EpochGuard(None, 0), None, tel)
+    state = {"model": {"w": torch.arange(4.0)}, "optim": {"step": torch.tensor(1.0), "lr": 0.1}}
+    mem.snapshot(1, state, {"step": 1})
+    state["model"]["w"] += 1
+    mem.snapshot(2, state, {"step": 2})
+    mem.wait()
+    newest = memstore.list_copies(mem.dir)[0]
+    raw = bytearray(newest.read_bytes())
+    raw[-5] ^= 0x01
+    newest.write_bytes(bytes(raw))
+    chosen = mem.choose()
+    assert chosen is not None and chosen.step == 1
+    assert [k for k, _ in tel.seen] == ["memory_copy_bad"] and "checksum" in tel.seen[0][1]["reason"]
+    target = {"model": {"w": torch.zeros(4)}, "optim": {"step": torch.tensor(0.0), "lr": 0.0}}
+    restored = copy_into(target, load_payload(chosen.payload)["state"])
+    assert torch.equal(target["model"]["w"], torch.arange(4.0)) and restored["optim"]["lr"] == 0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_replication_only_under_the_run_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memstore, "BASE", tmp_path / "shm")
+    monkeypatch.delenv(memstore.ENV_DIR, raising=False)  # NodeMemory sets it for its ranks
+    port = _free_port()
+    holder = memtier_service.NodeMemory("node1", tmp_path / "run", port, b"k" * 32)
+    try:
+        src = memstore.write_copy(tmp_path / "src", header(7), b"x" * 64)
+        assert src is not None
+        for key in (b"w" * 32, b"k" * 32):  # a stranger's push is refused, the run's is stored
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                memtier_service.send_frame(s, key, {"op": "put", "src": "node0", "rank": 2, "step": 7}, src)
+                if key == b"k" * 32:
+                    assert memtier_service.recv_frame(s, key)[0]["op"] == "ok"
+                else:
+                    assert s.recv(1) == b""  # closed without a reply
+        stored = list((holder.base / "replica" / "node0" / "rank2").iterdir())
+        assert [p.name for p in stored] == [memstore.copy_name(7)]
+        spare = memtier_service.NodeMemory("node2", tmp_path / "run", None, b"k" * 32)
+        assert spare.fetch(2, ("127.0.0.1", port))  # a spare pulls the copy of the rank it takes over
+        assert memstore.list_copies(memstore.rank_dir(spare.base, 2))[0].read_bytes() == src.read_bytes()
+        spare.close()
+    finally:
+        holder.close()
+
+
+def test_plan_launch_fetches_moved_ranks_from_old_node_then_partner() -> None:
+    addr = {n: (f"10.0.0.{i}", 9000) for i, n in enumerate(["node0", "node1", "node2"])}
+    plan, owner, partner = memtier_service.plan_launch(["node0", "node1"], 2, {}, {}, addr)
+    assert plan["node0"]["partner"] == addr["node1"] and plan["node1"]["partner"] == addr["node0"]
+    del addr["node1"]  # node1 lost; node2 takes its place
+    plan, owner, _ = memtier_service.plan_launch(["node0", "node2"], 2, owner, partner, addr)
+    assert plan["node0"]["sources"] == {}  # ranks 0, 1 stay: their own copies
+    assert plan["node2"]["sources"] == {"2": [addr["node0"]], "3": [addr["node0"]]}
+
+
+# ---- on the local cluster --------------------------------------------------------------------------
+def _assert_same_losses(r: RunResult, clean: RunResult) -> None:
+    want, got = clean.losses(), r.losses()
+    assert sorted(got) == sorted(want)
+    for step in sorted(want):
+        assert abs(want[step] - got[step]) < 1e-6, (step, want[step], got[step])
+
+
+def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: RunResult) -> None:
+    chaos = [{"fault": "rank_crash", "step": 15, "rank": 3},
+             {"fault": "hang", "step": 30, "rank": 2},
+             {"fault": "node_failure", "step": 45, "node": 1}]
+    r = run_submit(tmp_path, {"chaos": chaos})
+    assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
+    loads = r.events("checkpoint_loaded")
+    assert [e["tier"] for e in loads] == ["memory"] * 3, loads
+    for fault, load in zip(chaos, loads):  # the fault struck before step F: F steps were done
+        assert fault["step"] - 1 <= load["step"] <= fault["step"], (fault, load)
+    assert r.events("launch")[-1]["nodes"] == ["node0", "node2"]  # node1's ranks restored on the spare
+    _assert_same_losses(r, clean_run)
+    assert not memstore.node_dir(r.run_dir, "node0").exists()  # the agents removed their memory
+
+
+def test_node_and_partner_lost_resume_from_storage(tmp_path: Path, clean_run: RunResult) -> None:
+    chaos = [{"fault": "node_failure", "step": 25, "node": 0}, {"fault": "node_failure", "step": 25, "node": 1}]
+    r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}})
+    assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
+    loads = r.events("checkpoint_loaded")
+    assert [(e["tier"], e["step"]) for e in loads] == [("storage", 20)], loads
+    _assert_same_losses(r, clean_run)

@@ -1,0 +1,160 @@
+"""The memory tier, rank side: a copy of this rank's shard in host shared memory every few steps.
+
+Why: a storage checkpoint every N steps costs up to N steps of recomputation per fault; a copy in RAM
+owned by the node agent survives the rank (crash, hang, kill) and costs only a tensor copy on the
+training path. ``snapshot`` clones the state (model, optimizer, loop state, RNG) and returns; a writer
+thread serializes it and publishes it atomically (``orchestrator.memstore``), unless the epoch was
+fenced meanwhile. At most one copy is in flight: the next snapshot first waits for the previous write,
+so a copy is never more than one interval behind. ``choose`` is collective: every rank lists the copies
+it can load, and the newest step that every rank has wins.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from orchestrator import memstore
+from trainer.fence import EpochGuard, read_state
+
+
+def _detach_copy(v: Any, sharded: list[bool]) -> Any:
+    """A private CPU copy of a state-dict value (a DTensor's local shard for hybrid layouts, noted in
+    ``sharded``: such a copy cannot stand in for the DTensor state in a storage checkpoint)."""
+    if isinstance(v, dict):
+        return {k: _detach_copy(x, sharded) for k, x in v.items()}
+    if isinstance(v, torch.Tensor):
+        if hasattr(v, "to_local"):
+            sharded[0] = True
+            v = v.to_local()
+        return v.detach().to("cpu", copy=True)
+    return v
+
+
+def copy_into(target: Any, saved: Any) -> Any:
+    """Put ``saved`` values into ``target`` (tensors in place, so DTensor shards keep their mesh)."""
+    if isinstance(target, dict):
+        return {k: copy_into(target[k], saved[k]) if k in target else saved[k] for k in saved}
+    if isinstance(target, torch.Tensor):
+        local = target.to_local() if hasattr(target, "to_local") else target
+        local.detach().copy_(saved)
+        return target
+    return saved
+
+
+@dataclass
+class Chosen:
+    step: int
+    payload: bytes
+
+
+class MemoryTier:
+    """This rank's copies in ``base/rank<R>`` (a node-agent-owned directory in /dev/shm)."""
+
+    def __init__(self, base: Path, rank: int, world: int, layout: str, guard: EpochGuard,
+                 run_dir: Path | None, tel: Any) -> None:
+        self.dir = memstore.rank_dir(base, rank)
+        self.rank, self.world, self.layout, self.guard = rank, world, layout, guard
+        self.run_dir, self.tel = run_dir, tel
+        self.published_step: int | None = None
+        self.last_state: tuple[int, dict[str, Any]] | None = None  # the newest snapshot, for storage
+        self.last_block_s = 0.0  # tensor copy + wait for the previous write: the training path's cost
+        self.last_write_s = 0.0  # serialize + write, in the writer thread
+        self._thread: threading.Thread | None = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.dir.glob(".*.tmp"):  # torn leftovers of a writer killed mid-copy
+            tmp.unlink(missing_ok=True)
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def snapshot(self, step: int, state: dict[str, Any], extra: dict[str, Any]) -> float:
+        """Copy the state now and write it in the background; returns the seconds this blocked."""
+        t0 = time.perf_counter()
+        self.wait()
+        sharded = [False]
+        snap = {"state": _detach_copy(state, sharded), "extra": extra, "rng": torch.get_rng_state()}
+        self.last_state = None if sharded[0] else (step, snap["state"])
+        self._thread = threading.Thread(target=self._write, args=(step, snap), daemon=True,
+                                        name="memtier-writer")
+        self._thread.start()
+        self.last_block_s = time.perf_counter() - t0
+        return self.last_block_s
+
+    def state_at(self, step: int) -> dict[str, Any] | None:
+        """This step's snapshot (a private CPU copy, plain tensors only), for a storage save from it."""
+        if self.last_state is not None and self.last_state[0] == step:
+            return self.last_state[1]
+        return None
+
+    def take_block_s(self) -> float:
+        """The last snapshot's blocking seconds, once (the step message after it reports them)."""
+        secs, self.last_block_s = self.last_block_s, 0.0
+        return secs
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _write(self, step: int, snap: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        buf = io.BytesIO()
+        torch.save(snap, buf)
+        view = buf.getbuffer()
+        header = memstore.CopyHeader(rank=self.rank, step=step, epoch=self.guard.epoch, t=time.time(),
+                                     world=self.world, layout=self.layout, size=len(view),
+                                     crc=memstore.crc32(view))
+        try:
+            if memstore.write_copy(self.dir, header, view, lambda: self.guard.newer() is None) is not None:
+                self.published_step = step
+                memstore.prune(self.dir)
+        except OSError as exc:  # /dev/shm full: the storage tier still covers us
+            self.tel.event("memory_copy_failed", step=step, detail=str(exc)[:300])
+        finally:
+            del view
+        self.last_write_s = time.perf_counter() - t0
+
+    def discard_all(self) -> None:
+        """After a rollback, copies of the abandoned trajectory must never be restored."""
+        self.wait()
+        for p in memstore.list_copies(self.dir):
+            p.unlink(missing_ok=True)
+        self.published_step = None
+
+    # ---- restoring -------------------------------------------------------------------------------
+    def _loadable(self) -> dict[int, bytes]:
+        """Copies this rank may load (step → payload); every refused one is reported with its reason."""
+        fences = read_state(self.run_dir) if self.run_dir is not None else None
+        out: dict[int, bytes] = {}
+        for path in memstore.list_copies(self.dir):
+            header, reason, payload = memstore.check(path, fences, self.world, self.layout)
+            if reason is None and header is not None:
+                out[header.step] = payload
+                continue
+            self.tel.event("memory_copy_bad", path=str(path), reason=reason, tier="memory",
+                           **memstore.describe(header))
+            path.unlink(missing_ok=True)
+        return out
+
+    def choose(self) -> Chosen | None:
+        """Collective: the newest step every rank holds a loadable copy of, or None."""
+        mine = self._loadable()
+        steps: list[Any] = [sorted(mine)]
+        if dist.is_initialized():
+            steps = [None] * dist.get_world_size()
+            dist.all_gather_object(steps, sorted(mine))
+        common = set.intersection(*(set(s) for s in steps)) if steps else set()
+        if not common:
+            return None
+        best = max(common)
+        return Chosen(best, mine[best])
+
+
+def load_payload(payload: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(payload), weights_only=False)
