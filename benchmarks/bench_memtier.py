@@ -8,7 +8,13 @@ One process, no process group (one rank's view): the demo model (examples/local.
 (serialize, CRC-32, write, rename) and the restore (check + load into place). Medians and [min-max]
 over ``--repeats``. The machine is shared: print the load next to the numbers.
 
+With ``--faults``: runs on the local cluster (tests' base config, 2 nodes x 2 ranks + spares), one with a
+rank crash, a hang and a node loss, one where a node and its ring partner are lost together, and prints
+per fault the tier restored from, its load time and the steps recomputed (steps done before the fault
+minus the step restored).
+
 Usage: .venv/bin/python benchmarks/bench_memtier.py [--steps 60] [--sizes-mb 100,1000] [--repeats 3]
+       [--faults] [--no-costs]
 """
 
 from __future__ import annotations
@@ -99,16 +105,52 @@ def big_costs(mb: int, base: Path) -> tuple[float, float, float]:
     return block, write, time.perf_counter() - t0
 
 
+FAULT_RUNS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "crash, hang, node loss": ({"chaos": [{"fault": "rank_crash", "step": 15, "rank": 3},
+                                          {"fault": "hang", "step": 30, "rank": 2},
+                                          {"fault": "node_failure", "step": 45, "node": 1}]},
+                               ["rank_crash", "hang", "node_failure"]),
+    "node + partner lost": ({"chaos": [{"fault": "node_failure", "step": 25, "node": 0},
+                                       {"fault": "node_failure", "step": 25, "node": 1}],
+                             "cluster": {"spare_nodes": 2}}, ["node and partner"]),
+}
+
+
+def fault_rows(repeats: int) -> list[str]:
+    """Per fault: the tier its restore came from, load seconds, steps recomputed."""
+    from tests.conftest import run_submit
+    out = []
+    for name, (over, labels) in FAULT_RUNS.items():
+        for rep in range(repeats):
+            with tempfile.TemporaryDirectory() as d:
+                r = run_submit(Path(d), over)
+                loads = r.events("checkpoint_loaded")
+                for label, fault, load in zip(labels, over["chaos"], loads):
+                    out.append(f"| {label} | {rep + 1} | {load['tier']} | {load['load_s']:.3f} | "
+                               f"{fault['step'] - int(load['step'])} | {r.status.get('goodput', 0):.3f} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--sizes-mb", default="100,1000")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--faults", action="store_true", help="also restore per tier on the local cluster")
+    ap.add_argument("--no-costs", action="store_true", help="skip the in-process cost tables")
     ap.add_argument("--record", action="store_true",
                     help="write the demo's medians to benchmarks/measured.json (sim_at_scale's memory tier)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; copies under {memstore.BASE}")
+    if args.faults:
+        print("| fault | repeat | restored from | load s | steps recomputed | run goodput |")
+        print("|---|---|---|---|---|---|")
+        for row in fault_rows(args.repeats):
+            print(row, flush=True)
+        print()
+    if args.no_costs:
+        return 0
     with tempfile.TemporaryDirectory(dir=memstore.BASE.parent if memstore.BASE.parent.exists() else None) as d:
         rows = [demo_overhead(args.steps, Path(d) / f"demo{r}") for r in range(args.repeats)]
         off, on, block, size, write, restore = zip(*rows)

@@ -4,7 +4,8 @@ Unit tests: a torn, corrupted, stale (written after its epoch's fence) or other-
 with its reason and the next copy is used; replication only accepts frames under the run key. Local
 cluster (2 nodes x 2 ranks): a rank crash, a hang and a node loss in one run each resume from memory
 (own node, own node, partner node) with at most one step recomputed and the uninterrupted run's losses
-at every step; with both copies gone (the node and its partner lost) the run resumes from storage.
+at every step; with both copies gone (the node and its partner lost) the run resumes from storage,
+whose checkpoints were written from the memory copies.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: 
 
 def test_node_and_partner_lost_resume_from_storage(tmp_path: Path, clean_run: RunResult) -> None:
     chaos = [{"fault": "node_failure", "step": 25, "node": 0}, {"fault": "node_failure", "step": 25, "node": 1}]
-    r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}})
+    # async_save: the storage checkpoints are written from the memory tier's copies (no second copy)
+    r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}, "checkpoint": {"async_save": True}})
     assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
     loads = r.events("checkpoint_loaded")
     assert [(e["tier"], e["step"]) for e in loads] == [("storage", 20)], loads

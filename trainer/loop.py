@@ -33,7 +33,7 @@ from trainer.engine import Engine, agree_with_counts, all_ranks_agree
 from trainer.fence import EpochGuard, Fenced, quarantine, read_state
 from trainer.replay import Replayer
 from trainer.intervals import Intervals
-from trainer.memtier import MemoryTier, copy_into, load_payload
+from trainer.memtier import MemoryTier, load_payload
 from trainer.schedule import lr_factor
 from trainer.telemetry import Telemetry
 
@@ -131,7 +131,7 @@ class TrainLoop:
         if not use[0] or chosen is None:
             return None
         snap = load_payload(chosen.payload)
-        self.engine.load_state_dict(copy_into(self.engine.state_dict(), snap["state"]))
+        self.engine.load_memory_state(snap["state"])
         torch.set_rng_state(snap["rng"])
         skip = self.st.sampler.skip
         self.st = LoopState.from_extra(snap["extra"])
@@ -144,7 +144,7 @@ class TrainLoop:
         if self.mem is None or self.st.step % self.intervals.memory:
             return
         extra = self.st.to_extra(self.cfg.train.precision, {}, self.guard.epoch)
-        self.mem.snapshot(self.st.step, self.engine.state_dict(), extra)
+        self.mem.snapshot(self.st.step, self.engine.memory_state(), extra)
 
     def _admit(self, ref: ckpt.CheckpointRef) -> bool:
         """Refuse (and move aside) a checkpoint its epoch committed after being declared dead."""
@@ -196,7 +196,8 @@ class TrainLoop:
         fault = self.chaos.during_checkpoint(self.st.step)
         self.guard.check()
         if self.ckpt_group is not None and not blocking:
-            snap = self.mem.state_at(self.st.step) if self.mem is not None else None
+            copy = self.mem.state_at(self.st.step) if self.mem is not None else None
+            snap = self.engine.storage_form(copy) if copy is not None else None
             if snap is not None:  # from the memory tier's copy of this step: no second copy, no wait
                 self.pending = ckpt.start_async(self.root, self.st.step, snap, extra, self.rank,
                                                 self.ckpt_group, fault, ckpt.SnapshotStager())
