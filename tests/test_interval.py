@@ -74,3 +74,5 @@ def test_auto_interval_run_journals_changes(tmp_path: Path) -> None:
     assert changes, "no interval change journaled"
     assert changes[-1]["inputs"]["run_failures"] >= 0 and changes[-1]["inputs"]["c_storage_s"] > 0
     assert r.status["predicted_goodput"] is not None and r.status["intervals"]
+    from orchestrator.report.html import write_report
+    assert "predicted goodput" in write_report(r.run_dir).read_text()  # the report shows both

@@ -69,13 +69,19 @@ def _summary(run: RunData) -> str:
             "last loss": _fmt(last.get("loss")), "last eval loss": _fmt(evals[-1][1] if evals else None),
             "goodput": _fmt(s.get("goodput")), "restarts": s.get("restarts", len(run.of("launch")) - 1),
             "faults": len(run.of("fault")), "excluded nodes": ", ".join(s.get("excluded_nodes", []))}
+    if s.get("predicted_goodput") is not None:  # checkpoint intervals on auto: the tuner's expectation
+        iv = s.get("intervals") or {}
+        rows["predicted goodput"] = (f"{_fmt(s['predicted_goodput'])} (memory every {iv.get('memory_every_steps')}"
+                                     f", storage every {iv.get('storage_every_steps')} steps; "
+                                     f"{len(run.of('interval'))} interval changes journaled)")
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in rows.items())
     return f"<table>{body}</table>"
 
 
 def _events_table(run: RunData) -> str:
-    events = run.of("fault", "action", "node_excluded", "node_replaced", "checkpoint_bad", "failed")
+    events = run.of("fault", "action", "node_excluded", "node_replaced", "checkpoint_bad", "memory_copy_bad",
+                    "failed")
     if not events:
         return "<p>No faults: nothing went wrong.</p>"
     start = run.start_t or 0.0
