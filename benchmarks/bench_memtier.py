@@ -119,13 +119,13 @@ FAULT_RUNS: dict[str, tuple[dict[str, Any], list[str]]] = {
 def fault_rows(repeats: int) -> list[str]:
     """Per fault: the tier its restore came from, load seconds, steps recomputed."""
     from tests.conftest import run_submit
+    from tests.test_memtier import loads_after_injections  # each injected fault → the restore after it
     out = []
     for name, (over, labels) in FAULT_RUNS.items():
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as d:
-                r = run_submit(Path(d), over)
-                loads = r.events("checkpoint_loaded")
-                for label, fault, load in zip(labels, over["chaos"], loads):
+                r = run_submit(Path(d), {**over, "health": {"hang_timeout_s": 6.0}})  # no false hangs at load
+                for label, fault, (_, load) in zip(labels, over["chaos"], loads_after_injections(r)):
                     out.append(f"| {label} | {rep + 1} | {load['tier']} | {load['load_s']:.3f} | "
                                f"{fault['step'] - int(load['step'])} | {r.status.get('goodput', 0):.3f} |")
     return out
