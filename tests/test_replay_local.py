@@ -88,7 +88,7 @@ def test_final_loss_close_to_clean_and_replay_in_the_ledger(runs: dict[str, RunR
     assert clean.code == 0 and sorted(r.losses()) == list(range(STEPS))
     assert abs(r.final_eval - clean.final_eval) < TOL, (r.final_eval, clean.final_eval)
     spent = sum(e["replay_s"] for e in r.events("replay"))
-    assert 0 < r.status["lost"]["replay"] <= spent + 1e-6, (r.status["lost"], spent)
+    assert 0 < r.status["lost"]["replay"] <= spent + 1e-3, (r.status["lost"], spent)  # the journal rounds to 0.1 ms
 
 
 @pytest.mark.slow
