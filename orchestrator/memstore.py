@@ -44,6 +44,7 @@ class CopyHeader:
     layout: str
     size: int
     crc: int
+    lineage: str = ""  # "epoch.rollbacks": copies of a trajectory a rollback abandoned never mix with new ones
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -102,7 +103,8 @@ def read_header(path: Path) -> tuple[CopyHeader, int]:
         if n > 1 << 16:
             raise ValueError("header too long")
         raw = json.loads(f.read(n))
-    return CopyHeader(**{k: raw[k] for k in CopyHeader.__dataclass_fields__}), len(MAGIC) + 4 + n
+    fields = {k: raw[k] for k in CopyHeader.__dataclass_fields__ if k in raw}
+    return CopyHeader(**fields), len(MAGIC) + 4 + n
 
 
 def check(path: Path, fences: EpochState | None, world: int,
@@ -145,8 +147,14 @@ def list_copies(directory: Path) -> list[Path]:
 
 
 def prune(directory: Path, keep: int = KEEP) -> None:
-    """Keep the newest ``keep`` copies and drop torn leftovers of dead writers."""
-    for p in list_copies(directory)[keep:]:
+    """Keep the ``keep`` most recently written copies (not the highest steps: after a rollback the new
+    trajectory's lower steps are the ones to keep)."""
+    def written(p: Path) -> int:
+        try:
+            return p.stat().st_mtime_ns
+        except OSError:
+            return 0
+    for p in sorted(list_copies(directory), key=written, reverse=True)[keep:]:
         p.unlink(missing_ok=True)
 
 

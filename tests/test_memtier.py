@@ -10,6 +10,7 @@ whose checkpoints were written from the memory copies.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,25 @@ def test_choose_skips_a_corrupted_newest_copy_and_reports_it(tmp_path: Path) -> 
     target = {"model": {"w": torch.zeros(4)}, "optim": {"step": torch.tensor(0.0), "lr": 0.0}}
     restored = copy_into(target, load_payload(chosen.payload)["state"])
     assert torch.equal(target["model"]["w"], torch.arange(4.0)) and restored["optim"]["lr"] == 0.1
+
+
+def test_rollback_starts_a_new_lineage_and_replicas_keep_the_newest_writes(tmp_path: Path) -> None:
+    mem = MemoryTier(tmp_path, 0, 1, "L", EpochGuard(None, 3), None, Events())
+    state = {"model": {"w": torch.zeros(2)}}
+    mem.snapshot(9, state, {"step": 9})
+    mem.wait()
+    mem.discard_all()  # a rollback: the abandoned trajectory's copies go, later copies are another lineage
+    mem.snapshot(4, state, {"step": 4})
+    mem.wait()
+    (new,) = memstore.list_copies(mem.dir)
+    assert memstore.read_header(new)[0].lineage == "3.1"
+    replica = tmp_path / "replica"  # a partner still holding the old trajectory's higher steps
+    for i, step in enumerate((9, 8, 4, 5)):  # written in this order
+        path = memstore.write_copy(replica, header(step), b"x" * 64)
+        assert path is not None
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+    memstore.prune(replica)
+    assert sorted(p.name for p in memstore.list_copies(replica)) == [memstore.copy_name(4), memstore.copy_name(5)]
 
 
 def _free_port() -> int:

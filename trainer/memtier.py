@@ -64,6 +64,8 @@ class MemoryTier:
         self.rank, self.world, self.layout, self.guard = rank, world, layout, guard
         self.run_dir, self.tel = run_dir, tel
         self.published_step: int | None = None
+        self.rollbacks = 0
+        self.lineage = f"{guard.epoch}.0"  # same on every rank: rollbacks are collective
         self.last_state: tuple[int, dict[str, Any]] | None = None  # the newest snapshot, for storage
         self.last_block_s = 0.0  # tensor copy + wait for the previous write: the training path's cost
         self.last_write_s = 0.0  # serialize + write, in the writer thread
@@ -109,7 +111,7 @@ class MemoryTier:
         view = buf.getbuffer()
         header = memstore.CopyHeader(rank=self.rank, step=step, epoch=self.guard.epoch, t=time.time(),
                                      world=self.world, layout=self.layout, size=len(view),
-                                     crc=memstore.crc32(view))
+                                     crc=memstore.crc32(view), lineage=self.lineage)
         try:
             if memstore.write_copy(self.dir, header, view, lambda: self.guard.newer() is None) is not None:
                 self.published_step = step
@@ -126,16 +128,18 @@ class MemoryTier:
         for p in memstore.list_copies(self.dir):
             p.unlink(missing_ok=True)
         self.published_step = None
+        self.rollbacks += 1  # and the partner's replicas of them: a new lineage never matches theirs
+        self.lineage = f"{self.guard.epoch}.{self.rollbacks}"
 
     # ---- restoring -------------------------------------------------------------------------------
-    def _loadable(self) -> dict[int, bytes]:
-        """Copies this rank may load (step → payload); every refused one is reported with its reason."""
+    def _loadable(self) -> dict[tuple[int, str], bytes]:
+        """Copies this rank may load ((step, lineage) → payload); each refused one is reported with why."""
         fences = read_state(self.run_dir) if self.run_dir is not None else None
-        out: dict[int, bytes] = {}
+        out: dict[tuple[int, str], bytes] = {}
         for path in memstore.list_copies(self.dir):
             header, reason, payload = memstore.check(path, fences, self.world, self.layout)
             if reason is None and header is not None:
-                out[header.step] = payload
+                out[(header.step, header.lineage)] = payload
                 continue
             self.tel.event("memory_copy_bad", path=str(path), reason=reason, tier="memory",
                            **memstore.describe(header))
@@ -143,17 +147,17 @@ class MemoryTier:
         return out
 
     def choose(self) -> Chosen | None:
-        """Collective: the newest step every rank holds a loadable copy of, or None."""
+        """Collective: the newest step every rank holds a loadable copy of, of one lineage, or None."""
         mine = self._loadable()
-        steps: list[Any] = [sorted(mine)]
+        held: list[Any] = [sorted(mine)]
         if dist.is_initialized():
-            steps = [None] * dist.get_world_size()
-            dist.all_gather_object(steps, sorted(mine))
-        common = set.intersection(*(set(s) for s in steps)) if steps else set()
+            held = [None] * dist.get_world_size()
+            dist.all_gather_object(held, sorted(mine))
+        common = set.intersection(*({tuple(k) for k in h} for h in held)) if held else set()
         if not common:
             return None
         best = max(common)
-        return Chosen(best, mine[best])
+        return Chosen(best[0], mine[best])
 
 
 def load_payload(payload: bytes) -> dict[str, Any]:
