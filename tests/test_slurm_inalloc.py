@@ -7,7 +7,8 @@ four faults in one run to stay cheap: a rank crash and a hang (restart in place)
 node agent of one node and the killed slurmd of another (each node's ranks move to a spare). It
 asserts one job id for the whole run (sacct), the spares took the lost nodes' ranks, every step was
 applied once and the final loss is the local backend's for the same training config. The killed
-node is revived whatever happens, so later tests find four nodes.
+node is revived whatever happens, so later tests find four nodes. A second run has no spare: a lost node
+and then the time-limit warning each need a new allocation (three jobs in all), nothing else does.
 """
 
 from __future__ import annotations
@@ -209,3 +210,40 @@ def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, i
     applied_once(r)
     assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
 
+
+def _exhaust_then_warn(run_dir: Path, done: dict[str, Any]) -> None:
+    """SIGKILL one agent when no spare is left, then send the time-limit warning to the next job."""
+    deadline = time.monotonic() + 600
+    launch = _when(run_dir, 1, 12, deadline)
+    if launch is None:
+        return
+    node = launch["nodes"][-1]
+    done["agent_node"] = node
+    os.kill(int(launch["agent_pids"][node]), signal.SIGKILL)
+    launch = _when(run_dir, 2, 30, deadline)
+    if launch is not None:
+        done["warned_job"] = launch["job_id"]
+        subprocess.run(["scancel", "--signal=USR2", str(launch["job_id"])], capture_output=True, timeout=30)
+
+
+@pytest.mark.slurm
+def test_new_allocation_only_when_this_one_cannot_continue(cluster: None, tmp_path: Path,
+                                                           clean_run: RunResult) -> None:
+    """No spare: a lost node needs a new allocation (without it); the time-limit warning (USR2 to the
+    agents, passed on to the ranks: checkpoint, exit 75) needs one too, and spends no restart budget."""
+    done: dict[str, Any] = {}
+    t = threading.Thread(target=_exhaust_then_warn, args=(tmp_path / "run", done), daemon=True)
+    t.start()
+    r = run_submit(tmp_path, {**INALLOC, "cluster": {**INALLOC["cluster"], "spare_nodes": 0}, "chaos": []})
+    t.join(timeout=5)
+    assert r.code == 0, r.status.get("reason")
+    launches = r.events("launch")
+    jobs = [x["job_id"] for x in launches]
+    assert len(launches) == 3 and len(set(jobs)) == 3, jobs
+    assert done["warned_job"] == jobs[1]
+    assert done["agent_node"] not in launches[1]["allocation"] + launches[2]["allocation"]
+    assert [(f["kind"], f["action"]) for f in r.status["faults"]] == [("node_failure", "exclude_node"),
+                                                                      ("preempted", "requeue")]
+    assert r.status["restarts"] == 1  # the requeue is not a failure
+    assert any(c["step"] >= 30 for c in r.events("checkpoint"))
+    assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
