@@ -124,7 +124,8 @@ def fault_rows(repeats: int) -> list[str]:
     for name, (over, labels) in FAULT_RUNS.items():
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as d:
-                r = run_submit(Path(d), {**over, "health": {"hang_timeout_s": 6.0}})  # no false hangs at load
+                r = run_submit(Path(d), {**over, "health": {"hang_timeout_s": 6.0},  # no false hangs at load
+                                         "checkpoint": {"memory": {"enabled": True}}})
                 for label, fault, (_, load) in zip(labels, over["chaos"], loads_after_injections(r)):
                     out.append(f"| {label} | {rep + 1} | {load['tier']} | {load['load_s']:.3f} | "
                                f"{fault['step'] - int(load['step'])} | {r.status.get('goodput', 0):.3f} |")

@@ -66,7 +66,7 @@ def test_ranks_take_rank0s_intervals_through_the_allreduce(tmp_path: Path) -> No
 
 def test_auto_interval_run_journals_changes(tmp_path: Path) -> None:
     over = {"cluster": {"nodes": 1, "spare_nodes": 0}, "train": {"steps": 40},
-            "checkpoint": {"every_steps": "auto", "memory": {"every_steps": "auto"}},
+            "checkpoint": {"every_steps": "auto", "memory": {"enabled": True, "every_steps": "auto"}},
             "chaos": [{"fault": "rank_crash", "step": 12, "rank": 1}]}
     r = run_submit(tmp_path, over)
     assert r.code == 0, r.status.get("reason")

@@ -149,7 +149,7 @@ def _assert_same_losses(r: RunResult, clean: RunResult) -> None:
 
 # Under load a slow step can read as a hang and add a relaunch of its own: each check follows the fault
 # chaos injected (matched by the ground-truth marker) to the restore right after it.
-SLACK = {"health": {"hang_timeout_s": 6.0}}
+SLACK = {"health": {"hang_timeout_s": 6.0}, "checkpoint": {"memory": {"enabled": True}}}
 
 
 def loads_after_injections(r: RunResult) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -182,8 +182,8 @@ def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: 
 def test_node_and_partner_lost_resume_from_storage(tmp_path: Path, clean_run: RunResult) -> None:
     chaos = [{"fault": "node_failure", "step": 25, "node": 0}, {"fault": "node_failure", "step": 25, "node": 1}]
     # async_save: the storage checkpoints are written from the memory tier's copies (no second copy)
-    r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}, "checkpoint": {"async_save": True},
-                              **SLACK})
+    r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}, **SLACK,
+                              "checkpoint": {"async_save": True, "memory": {"enabled": True}}})
     assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
     (fault, load), = loads_after_injections(r)[:1]
     assert fault["kind"] == "node_failure" and load["tier"] == "storage", (fault, load)
