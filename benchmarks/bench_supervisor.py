@@ -129,6 +129,8 @@ class RealSink:
             cfg=RunConfig(), recovery_started_t=None, journal=SimpleNamespace(append=lambda *a, **k: None),
             record_fault=lambda *a, **k: None, classify=lambda *a: None, comm=CommSlowdownDetector(),
             on_comm_slowdown=lambda *a: None)
+        from orchestrator.auto_interval import AutoInterval
+        self.sup.auto_interval = AutoInterval(self.sup)  # the real supervisor's interval tuner (fed per step)
         self.events = RunEvents(self.sup)  # type: ignore[arg-type]
         self.rows = 0
 
