@@ -89,6 +89,7 @@ class LocalLauncher(Launcher):
         self.mem_ports: dict[str, int] = {}  # node → its agent's memory-tier replication port
         self.mem_owner: dict[int, str] = {}
         self.mem_partner: dict[str, str] = {}
+        self.mem_run_dir: Path | None = None  # whose /dev/shm directory close() removes
 
     def pool(self) -> list[str]:
         return list(self._pool)
@@ -142,6 +143,7 @@ class LocalLauncher(Launcher):
         net = self.network()
         argv = [sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)]
         self.mem_ports[node] = free_port()
+        self.mem_run_dir = run_dir
         env = {**os.environ, "ORCH_MEM_PORT": str(self.mem_ports[node])}
         if net is not None:  # `ip netns exec` execs the agent: the pid stays the agent's
             argv = net.exec_argv(node) + argv
@@ -244,6 +246,9 @@ class LocalLauncher(Launcher):
                 a.proc.kill()
                 a.proc.wait()
         self.agents = {}
+        if self.mem_run_dir is not None:  # what an agent killed mid-run left in /dev/shm
+            from orchestrator import memstore
+            memstore.wipe(memstore.BASE / memstore.run_id(self.mem_run_dir))
         if self.net is not None:
             self.net.close()
         self.net, self._net_decided = None, False
