@@ -56,10 +56,22 @@ def cluster_ready() -> bool:
     return subprocess.run([str(SCRIPT), "status"], capture_output=True, timeout=30).returncode == 0
 
 
+def cluster_settles(timeout_s: float = 180.0) -> bool:
+    """Whether every node becomes idle within ``timeout_s``: a node the previous test killed and revived,
+    or a job still completing on it, takes a while to return (the module fixture runs again whenever the
+    Slurm tests of several files interleave on one xdist worker)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cluster_ready():
+            return True
+        time.sleep(2.0)
+    return False
+
+
 @pytest.fixture(scope="module")
 def cluster() -> None:
     """The cluster is up: required in CI, started on demand elsewhere."""
-    if cluster_ready():
+    if cluster_settles(180.0 if shutil.which("sinfo") else 0.0):
         return
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("the local Slurm cluster is not up; run `slurm/local-cluster.sh start` first")
