@@ -73,6 +73,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     return run_submit(tmp_path_factory.mktemp("clean"), {}, "clean")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for ``pytest -n N --dist loadgroup`` (scripts/test.sh): every test that uses the one local
     Slurm cluster runs on the same worker, one after another (they kill and revive its nodes and count
