@@ -72,14 +72,3 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """One fault-free run of the base config, shared by every test that compares against it."""
     return run_submit(tmp_path_factory.mktemp("clean"), {}, "clean")
 
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for ``pytest -n N --dist loadgroup`` (scripts/test.sh): every test that uses the one local
-    Slurm cluster runs on the same worker, one after another (they kill and revive its nodes and count
-    its jobs); any other file stays on one worker, so its module fixtures are built once. Without xdist
-    the marker is inert."""
-    for item in items:
-        module = item.module.__name__ if item.module is not None else item.nodeid.split("::")[0]
-        slurm = module.rsplit(".", 1)[-1].startswith("test_slurm_") or item.get_closest_marker("slurm")
-        item.add_marker(pytest.mark.xdist_group("slurm" if slurm else module))
