@@ -72,3 +72,14 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """One fault-free run of the base config, shared by every test that compares against it."""
     return run_submit(tmp_path_factory.mktemp("clean"), {}, "clean")
 
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test in a ``tests/test_slurm_*.py`` file runs in the Slurm part of the suite.
+
+    Why: ``scripts/test.sh`` runs the tests marked ``slurm`` in their own process, one at a time, because
+    they share one Slurm cluster; a new Slurm test file is in that part without having to remember the mark.
+    """
+    for item in items:
+        if item.path.name.startswith("test_slurm_"):
+            item.add_marker(pytest.mark.slurm)
