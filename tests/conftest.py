@@ -75,11 +75,11 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test in a ``tests/test_slurm_*.py`` file runs in the Slurm part of the suite.
+    """Every test in a ``tests/test_slurm_*.py`` file, or using the ``cluster`` fixture, runs in the Slurm part.
 
     Why: ``scripts/test.sh`` runs the tests marked ``slurm`` in their own process, one at a time, because
     they share one Slurm cluster; a new Slurm test file is in that part without having to remember the mark.
     """
     for item in items:
-        if item.path.name.startswith("test_slurm_"):
+        if item.path.name.startswith("test_slurm_") or "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
