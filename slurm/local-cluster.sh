@@ -101,7 +101,13 @@ ReturnToService=2
 JobRequeue=1
 SchedulerParameters=bf_interval=5
 NodeName=node[1-${#NODES[@]}] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$PORT_BASE-$last_port CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
-PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# Preemption as production sites run it: a job in a higher PriorityTier partition preempts jobs in
+# lower ones; the preempted job gets SIGTERM at once, GraceTime seconds to checkpoint, then SIGKILL,
+# and is requeued (same job id) if it was submitted requeueable, else it ends PREEMPTED.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 GraceTime=120
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF
 EOF
   chmod 644 "$new"
   if cmp -s "$new" "$CONF_DIR/slurm.conf"; then rm -f "$new"; return 0; fi
