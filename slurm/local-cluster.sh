@@ -10,6 +10,13 @@
 # so that a dead slurmd makes its node DOWN and its job NODE_FAIL within ~30 s.
 # Every step is idempotent: `start` on a running cluster only checks readiness.
 set -euo pipefail
+# Daemons started here must not inherit the caller's open files: under `flock LOCK slurm/local-cluster.sh
+# restart` munged, MariaDB and slurmdbd kept the lock's descriptor and held the lock for as long as they ran.
+for _fd in /proc/$$/fd/*; do
+  _fd="${_fd##*/}"
+  if [[ "$_fd" -gt 2 && "$_fd" -ne 255 ]]; then eval "exec ${_fd}>&-" 2>/dev/null || true; fi
+done
+unset _fd
 
 CLUSTER_NAME="${ORCH_SLURM_CLUSTER:-orch}"
 NODES=(node1 node2 node3 node4)
