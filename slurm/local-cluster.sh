@@ -2,12 +2,28 @@
 # A real, single-machine Slurm cluster (Debian 12, root, no systemd, no cgroups) for integration tests.
 #
 #   slurm/local-cluster.sh start|stop|status|restart
-#   slurm/local-cluster.sh kill-node node2     # freeze node2: SIGKILL its slurmd, SIGSTOP its steps
-#   slurm/local-cluster.sh revive-node node2   # reboot node2: kill its frozen steps, restart slurmd, resume
+#   slurm/local-cluster.sh kill-node node2      # freeze node2: SIGKILL its slurmd, SIGSTOP its steps
+#   slurm/local-cluster.sh revive-node node2    # reboot node2: kill its frozen steps, restart slurmd, resume
+#   slurm/local-cluster.sh partition-node node2 # namespaced only: node2's link down, its processes alive
+#   slurm/local-cluster.sh heal-node node2      # namespaced only: link up, rate limit removed
+#   slurm/local-cluster.sh slow-node node2 1000 # namespaced only: tbf-limit node2's egress to 1000 kbit/s
+#   slurm/local-cluster.sh env                  # the SLURM_CONF line for this instance (eval it)
 #
-# Four slurmd daemons (node1..node4) run on this host on their own ports (multiple-slurmd), with
-# slurmctld, slurmdbd (accounting, so sacct works) on MariaDB, and munge for auth. Timeouts are short
-# so that a dead slurmd makes its node DOWN and its job NODE_FAIL within ~30 s.
+# Four slurmd daemons (node1..node4) on this host on their own ports (multiple-slurmd), with slurmctld,
+# slurmdbd (accounting, so sacct works) on MariaDB, and munge for auth. Timeouts are short so that a dead
+# slurmd makes its node DOWN and its job NODE_FAIL within ~30 s.
+#
+# Nodes that are hosts (as root with iproute2; ORCH_SLURM_NETNS=0 turns it off): each `slurmd -N nodeN`
+# runs in its own network namespace (entered with nsenter) with its own address on a bridge (NodeAddr), so a
+# node's loopback is its own, srun and slurmctld reach it across the bridge, and a batch script with its
+# srun runs inside its first node. slurmctld, slurmdbd, MariaDB and munge stay on the host side of the
+# bridge (SlurmctldAddr = the bridge address); munge's unix socket is shared through the file system, as
+# is everything else (like NFS). Nothing uses the hostname to find an address: Debian maps it to a
+# loopback address, which inside a namespace is the node itself.
+#
+# A second, independent instance (its own conf dir, state/log/run dirs, ports, cluster name, subnet):
+# ORCH_SLURM_INSTANCE=NAME; every Slurm command then needs SLURM_CONF=/etc/slurm-NAME/slurm.conf
+# (`eval "$(ORCH_SLURM_INSTANCE=NAME slurm/local-cluster.sh env)"`). MariaDB and munge are shared.
 # Every step is idempotent: `start` on a running cluster only checks readiness.
 set -euo pipefail
 # Daemons started here must not inherit the caller's open files: under `flock LOCK slurm/local-cluster.sh
@@ -18,19 +34,39 @@ for _fd in /proc/$$/fd/*; do
 done
 unset _fd
 
-CLUSTER_NAME="${ORCH_SLURM_CLUSTER:-orch}"
+INSTANCE="${ORCH_SLURM_INSTANCE:-}"
+[[ "$INSTANCE" =~ ^[a-z0-9]{0,12}$ ]] || { echo "ORCH_SLURM_INSTANCE must be [a-z0-9]{1,12}" >&2; exit 2; }
+if [[ -z "$INSTANCE" ]]; then
+  IDX=0; SUFFIX=""
+else
+  IDX=$(( $(cksum <<<"$INSTANCE" | cut -d' ' -f1) % 40 + 1 )); SUFFIX="-$INSTANCE"
+fi
+CLUSTER_NAME="${ORCH_SLURM_CLUSTER:-orch${INSTANCE}}"
 NODES=(node1 node2 node3 node4)
 CPUS_PER_NODE="${ORCH_SLURM_CPUS:-4}"
-PORT_BASE=17001
-CTLD_PORT=6817
-DBD_PORT=6819
-CONF_DIR=/etc/slurm
-STATE_DIR=/var/lib/slurm-orch
-LOG_DIR=/var/log/slurm-orch
-RUN_DIR=/run/slurm-orch
+if ((IDX == 0)); then PORT_BASE=17001; CTLD_PORT=6817; DBD_PORT=6819
+else PORT_BASE=$((17000 + 10 * IDX + 1)); CTLD_PORT=$((16800 + 10 * IDX)); DBD_PORT=$((16802 + 10 * IDX)); fi
+CONF_DIR="/etc/slurm$SUFFIX"
+STATE_DIR="/var/lib/slurm-orch$SUFFIX"
+LOG_DIR="/var/log/slurm-orch$SUFFIX"
+RUN_DIR="/run/slurm-orch$SUFFIX"
+ACCT_DB="slurm_acct_db${INSTANCE:+_$INSTANCE}"
 DB_PASS_FILE="$STATE_DIR/db.pass"
+DB_USER="slurm${INSTANCE:+_$INSTANCE}"
+MARKER="$CONF_DIR/orch-local-cluster.json"  # read by the orchestrator (slurm/local_cluster.py)
 READY_TIMEOUT_S="${ORCH_SLURM_READY_TIMEOUT:-90}"
 HOST="$(hostname)"
+export SLURM_CONF="$CONF_DIR/slurm.conf"
+
+# The namespaced network: one /24 per instance, a bridge on the host, a namespace + veth per node.
+SUBNET_PREFIX="10.214.$IDX"
+BRIDGE_ADDR="$SUBNET_PREFIX.1"
+BRIDGE="oslbr$IDX"
+NODE_IF=eth0
+node_ns() { echo "orch-sl$IDX-$1"; }
+node_index() { local i; for i in "${!NODES[@]}"; do [[ "${NODES[$i]}" == "$1" ]] && echo "$i"; done; }
+node_addr() { echo "$SUBNET_PREFIX.$((2 + $(node_index "$1")))"; }
+node_veth() { echo "osl${IDX}v$(node_index "$1")"; }
 
 log() { echo "[local-cluster] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -47,6 +83,69 @@ wait_for() {
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# ---- the namespaced network ---------------------------------------------------------------------------
+DEFAULT_NETNS=0  # the shared instance stays plain until it is restarted namespaced (then: auto)
+((IDX == 0)) || DEFAULT_NETNS=auto
+NETNS=0
+PLAIN_WHY=""
+CTLD_ADDR=127.0.0.1
+
+# NETNS=1 when the nodes are hosts; otherwise say once why the cluster is plain.
+decide_netns() {
+  local want="${ORCH_SLURM_NETNS:-$DEFAULT_NETNS}" why=""
+  case "$want" in
+    0|off|no|false) why="ORCH_SLURM_NETNS=$want" ;;
+    *) if [[ $EUID -ne 0 ]]; then why="not running as root"
+       elif ! command -v ip >/dev/null; then why="iproute2 ('ip') is not installed"; fi ;;
+  esac
+  if [[ -z "$why" ]]; then NETNS=1; CTLD_ADDR="$BRIDGE_ADDR"; else PLAIN_WHY="$why"; fi
+}
+
+ns_exists() { ip netns list 2>/dev/null | cut -d' ' -f1 | grep -qx "$1"; }
+
+add_node_netns() {
+  local node="$1" ns veth addr
+  ns="$(node_ns "$node")"; veth="$(node_veth "$node")"; addr="$(node_addr "$node")"
+  if ns_exists "$ns" && ip -n "$ns" -o -4 addr show dev "$NODE_IF" 2>/dev/null | grep -q " $addr/"; then
+    return 0
+  fi
+  if ns_exists "$ns"; then ip netns del "$ns"; fi
+  ip link del "$veth" 2>/dev/null || true
+  ip netns add "$ns"
+  ip link add "$veth" type veth peer name "${veth}p"
+  ip link set "${veth}p" netns "$ns"
+  ip link set "$veth" master "$BRIDGE" up
+  ip -n "$ns" link set "${veth}p" name "$NODE_IF"
+  ip -n "$ns" addr add "$addr/24" dev "$NODE_IF"
+  ip -n "$ns" link set "$NODE_IF" up
+  ip -n "$ns" link set lo up
+  # The host's other addresses (a supervisor advertising the login node's cluster address) via the bridge.
+  ip -n "$ns" route replace default via "$BRIDGE_ADDR" dev "$NODE_IF"
+}
+
+setup_network() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    log "creating bridge $BRIDGE ($BRIDGE_ADDR/24)"
+    ip link add "$BRIDGE" type bridge
+  fi
+  ip -o -4 addr show dev "$BRIDGE" | grep -q " $BRIDGE_ADDR/" || ip addr add "$BRIDGE_ADDR/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  local n; for n in "${NODES[@]}"; do add_node_netns "$n"; done
+}
+
+teardown_network() {
+  local n
+  for n in "${NODES[@]}"; do if ns_exists "$(node_ns "$n")"; then ip netns del "$(node_ns "$n")"; fi; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+}
+
+# Run a command on NODE: inside its namespace when the nodes are hosts.
+on_node() {
+  local node="$1"; shift
+  # nsenter, not `ip netns exec`: that remounts /sys, hiding /sys/fs/cgroup, and slurmd will not start.
+  if ((NETNS)); then nsenter --net="/run/netns/$(node_ns "$node")" "$@"; else "$@"; fi
+}
+
 install_packages() {
   local missing=()
   for pkg in slurm-wlm slurmdbd mariadb-server munge; do
@@ -60,12 +159,43 @@ install_packages() {
 
 CONF_CHANGED=0
 
+# One NodeName line per node in a namespace (its own address and port), else one line for all.
+node_lines() {
+  local last_port=$((PORT_BASE + ${#NODES[@]} - 1)) i
+  local common="CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN"
+  if ((NETNS == 0)); then
+    echo "NodeName=node[1-${#NODES[@]}] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$PORT_BASE-$last_port $common"
+    return 0
+  fi
+  for i in "${!NODES[@]}"; do
+    echo "NodeName=${NODES[$i]} NodeHostname=$HOST NodeAddr=$(node_addr "${NODES[$i]}") Port=$((PORT_BASE + i)) $common"
+  done
+}
+
+# What the orchestrator reads to know this is the local cluster and how its nodes are built.
+write_marker() {
+  local n sep="" nodes=""
+  for n in "${NODES[@]}"; do
+    if ((NETNS)); then
+      nodes+="$sep\"$n\": {\"addr\": \"$(node_addr "$n")\", \"netns\": \"$(node_ns "$n")\", \"netif\": \"$NODE_IF\"}"
+    else
+      nodes+="$sep\"$n\": {\"addr\": \"127.0.0.1\"}"
+    fi
+    sep=", "
+  done
+  cat >"$MARKER.new" <<EOF
+{"cluster": "$CLUSTER_NAME", "instance": "$INSTANCE", "netns": $( ((NETNS)) && echo true || echo false), "controller_addr": "$CTLD_ADDR", "nodes": {$nodes}}
+EOF
+  chmod 644 "$MARKER.new"
+  mv "$MARKER.new" "$MARKER"
+}
+
 write_slurm_conf() {
-  local last_port=$((PORT_BASE + ${#NODES[@]} - 1)) new="$CONF_DIR/slurm.conf.new"
+  local new="$CONF_DIR/slurm.conf.new"
   cat >"$new" <<EOF
 # Written by slurm/local-cluster.sh; regenerated on every start.
 ClusterName=$CLUSTER_NAME
-SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldHost=$HOST($CTLD_ADDR)
 SlurmctldPort=$CTLD_PORT
 SlurmUser=root
 SlurmdUser=root
@@ -91,7 +221,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$CTLD_ADDR
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
 MailProg=/bin/true
@@ -107,7 +237,7 @@ Waittime=0
 ReturnToService=2
 JobRequeue=1
 SchedulerParameters=bf_interval=5
-NodeName=node[1-${#NODES[@]}] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$PORT_BASE-$last_port CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
+$(node_lines)
 # Preemption as production sites run it: a job in a higher PriorityTier partition preempts jobs in
 # lower ones; the preempted job gets SIGTERM at once, GraceTime seconds to checkpoint, then SIGKILL,
 # and is requeued (same job id) if it was submitted requeueable, else it ends PREEMPTED.
@@ -138,9 +268,9 @@ DebugLevel=info
 StorageType=accounting_storage/mysql
 StorageHost=localhost
 StoragePort=3306
-StorageUser=slurm
+StorageUser=$DB_USER
 StoragePass=$(cat "$DB_PASS_FILE")
-StorageLoc=slurm_acct_db
+StorageLoc=$ACCT_DB
 EOF
   umask 022
   chmod 600 "$CONF_DIR/slurmdbd.conf"
@@ -152,6 +282,7 @@ write_config() {
   chmod 700 "$STATE_DIR"
   write_slurm_conf
   write_dbd_conf
+  write_marker
 }
 
 start_munge() {
@@ -184,10 +315,10 @@ start_mariadb() {
   fi
   local pass; pass="$(cat "$DB_PASS_FILE")"
   mysql --protocol=socket <<EOF
-CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pass';
-ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$pass';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+CREATE DATABASE IF NOT EXISTS $ACCT_DB;
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$pass';
+ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$pass';
+GRANT ALL ON $ACCT_DB.* TO '$DB_USER'@'localhost';
 FLUSH PRIVILEGES;
 EOF
 }
@@ -219,8 +350,8 @@ start_slurmctld() {
 start_slurmd() {
   local node="$1"
   pid_alive "$RUN_DIR/slurmd-$node.pid" && return 0
-  log "starting slurmd $node"
-  slurmd -N "$node"
+  log "starting slurmd $node${NETNS:+}$( ((NETNS)) && echo " in $(node_ns "$node") ($(node_addr "$node"))")"
+  on_node "$node" slurmd -N "$node"
 }
 
 all_nodes_idle() {
@@ -240,8 +371,22 @@ resume_unavailable_nodes() {
   done
 }
 
+# The mode (plain or namespaced) the running daemons were started in, from the last marker.
+running_mode() { [[ -f "$MARKER" ]] && grep -q '"netns": true' "$MARKER" && echo 1 || echo 0; }
+
+stop_cluster_daemons() {
+  for n in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$n.pid"; done
+  stop_pidfile "$RUN_DIR/slurmctld.pid"
+}
+
 cmd_start() {
   install_packages
+  [[ -z "$PLAIN_WHY" ]] || log "plain cluster (every slurmd on this host's loopback): $PLAIN_WHY"
+  if [[ "$(running_mode)" != "$NETNS" ]] && pid_alive "$RUN_DIR/slurmctld.pid"; then
+    log "switching between plain and namespaced nodes: restarting slurmctld and slurmd"
+    stop_cluster_daemons
+  fi
+  if ((NETNS)); then setup_network; fi
   write_config
   start_munge
   start_mariadb
@@ -263,9 +408,10 @@ stop_pidfile() {
 }
 
 cmd_stop() {
-  for n in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$n.pid"; done
-  stop_pidfile "$RUN_DIR/slurmctld.pid"
+  stop_cluster_daemons
   stop_pidfile "$RUN_DIR/slurmdbd.pid"
+  teardown_network
+  if [[ -n "$INSTANCE" ]]; then log "stopped (MariaDB and munged are shared: left running)"; return 0; fi
   if mysql_up; then log "stopping MariaDB"; mysqladmin --protocol=socket shutdown || true; fi
   local munge_pid=/run/munge/munged.pid
   if pid_alive "$munge_pid"; then log "stopping munged"; stop_pidfile "$munge_pid"; fi
@@ -316,6 +462,7 @@ cmd_revive_node() {
     for p in $(pid_tree "$pid"); do kill -9 "$p" 2>/dev/null || true; done
   done
   rm -f "$RUN_DIR/slurmd-$node.pid"
+  if ((NETNS)); then setup_network; heal_link "$node"; fi
   start_slurmd "$node"
   # ReturnToService=2 brings it back on registration; resume covers a node that an admin drained.
   wait_for 30 node_responding "$node" || die "$node: slurmd did not register"
@@ -324,8 +471,42 @@ cmd_revive_node() {
   log "$node: revived"
 }
 
+need_netns() { ((NETNS)) || die "$1 needs the namespaced cluster (root, iproute2, ORCH_SLURM_NETNS not 0)"; }
+
+heal_link() {
+  local ns; ns="$(node_ns "$1")"
+  ip -n "$ns" link set "$NODE_IF" up
+  ip netns exec "$ns" tc qdisc del dev "$NODE_IF" root 2>/dev/null || true
+  ip -n "$ns" route replace default via "$BRIDGE_ADDR" dev "$NODE_IF"
+}
+
+# A partition: the node's link goes down; its slurmd and steps keep running, unreachable.
+cmd_partition_node() {
+  check_node "$1"; need_netns partition-node
+  ip -n "$(node_ns "$1")" link set "$NODE_IF" down
+  log "$1: link down (processes alive)"
+}
+
+cmd_heal_node() {
+  check_node "$1"; need_netns heal-node
+  heal_link "$1"
+  log "$1: link up, no rate limit"
+}
+
+# A slow link: a token-bucket filter on the node's egress (netem is not in these kernels; tbf is).
+cmd_slow_node() {
+  local node="$1" rate="$2" burst
+  check_node "$node"; need_netns slow-node
+  [[ "$rate" =~ ^[0-9]+$ ]] && ((rate >= 8)) || die "slow-node: RATE is kbit/s, an integer >= 8"
+  burst=$(( rate * 1000 / 8 / 100 )); ((burst >= 1600)) || burst=1600  # 10 ms of traffic, >= 1 packet
+  ip netns exec "$(node_ns "$node")" tc qdisc replace dev "$NODE_IF" root tbf rate "${rate}kbit" \
+    burst "$burst" latency 200ms
+  log "$node: egress limited to $rate kbit/s"
+}
+
 main() {
   [[ $EUID -eq 0 ]] || die "run as root"
+  decide_netns
   case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
@@ -333,7 +514,12 @@ main() {
     status) cmd_status ;;
     kill-node) [[ -n "${2:-}" ]] || die "usage: $0 kill-node NODE"; cmd_kill_node "$2" ;;
     revive-node) [[ -n "${2:-}" ]] || die "usage: $0 revive-node NODE"; cmd_revive_node "$2" ;;
-    *) echo "usage: $0 start|stop|restart|status|kill-node NODE|revive-node NODE" >&2; exit 2 ;;
+    partition-node) [[ -n "${2:-}" ]] || die "usage: $0 partition-node NODE"; cmd_partition_node "$2" ;;
+    heal-node) [[ -n "${2:-}" ]] || die "usage: $0 heal-node NODE"; cmd_heal_node "$2" ;;
+    slow-node) [[ -n "${3:-}" ]] || die "usage: $0 slow-node NODE RATE_KBIT"; cmd_slow_node "$2" "$3" ;;
+    env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+    *) echo "usage: $0 start|stop|restart|status|env|kill-node N|revive-node N|partition-node N|heal-node N|slow-node N KBIT" >&2
+       exit 2 ;;
   esac
 }
 
