@@ -190,8 +190,9 @@ def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:
 def _check_net_fault(cfg: RunConfig, i: int, fault: str) -> list[ConfigIssue]:
     """partition and slow_link act on a node's real link: only on the namespaced local cluster."""
     if cfg.cluster.backend == "slurm":
-        return [ConfigIssue(f"chaos.{i}.fault", f"{fault} would cut or throttle a real node's network on Slurm; "
-                            "it runs only on the local backend's namespaced nodes")]
+        from slurm.local_cluster import net_fault_refusal
+        why = net_fault_refusal(fault)
+        return [] if why is None else [ConfigIssue(f"chaos.{i}.fault", why)]
     from orchestrator.netns import unavailable_reason
     reason = unavailable_reason()
     if reason is not None:

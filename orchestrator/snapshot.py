@@ -89,6 +89,7 @@ class RunSnapshot:
     straggler_score_max: float | None = None
     telemetry_rejected: int = 0
     telemetry_rejected_by: dict[str, int] = field(default_factory=dict)  # reason → count
+    telemetry_sources: dict[str, str] = field(default_factory=dict)  # node → where its datagrams came from
     stale_epoch_rejected: int = 0  # telemetry and checkpoints of a fenced (older) epoch
     started_t: float | None = None
     updated_t: float | None = None

@@ -153,6 +153,7 @@ class Supervisor:
         snap.attempt, snap.excluded_nodes = self.attempt, list(self.excluded)
         snap.telemetry_rejected = self.telemetry.rejected
         snap.telemetry_rejected_by = dict(self.telemetry.rejected_by)
+        snap.telemetry_sources = dict(self.telemetry.sources)
         report = self.telemetry.rejection_report(now, force)
         if report is not None:  # one rate-limited line, never one per datagram
             self.journal.append("telemetry_rejected", **report)

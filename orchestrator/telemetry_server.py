@@ -73,6 +73,7 @@ class TelemetryServer:
         self.rejected_by: Counter[str] = Counter({r: 0 for r in REJECT_REASONS})
         self.received = 0
         self.last_rejected_from: str | None = None
+        self.sources: dict[str, str] = {}  # node -> the source address of its last accepted datagram
         self._reported: Counter[str] = Counter()
         self._report_t: float | None = None
 
@@ -100,6 +101,7 @@ class TelemetryServer:
                 self.last_rejected_from = f"{src[0]}:{src[1]}"
             else:
                 self.received += 1
+                self.sources[str(msg.get("node"))] = str(src[0])
                 out.append(msg)
         return out
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from orchestrator.launcher.node_agent import tail  # the log tail classify_exit reads (Xid, OOM, NCCL)
 from slurm.hostlist import expand
+from slurm.local_cluster import local_cluster
+from slurm.node_addr import controller_node_addr, is_loopback, link_env, resolve, route_source, split_host
 
 PREEMPTED_EXIT = 75  # mirrors trainer.rank_main.PREEMPTED_EXIT without importing torch here
 
@@ -36,17 +38,59 @@ class RankFailed(RuntimeError):
         self.code = code
 
 
-def node_address(node: str) -> str:
-    """NodeAddr of ``node`` from the controller; 127.0.0.1 when it cannot be asked."""
-    try:
-        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "127.0.0.1"
-    for token in out.split():
-        if token.startswith("NodeAddr="):
-            return token.split("=", 1)[1] or "127.0.0.1"
-    return "127.0.0.1"
+def known_address(node: str, toward: str | None = None) -> str | None:
+    """An address of ``node`` the other nodes reach, or None when this process cannot tell.
+
+    The controller's NodeAddr, resolved here when it is a name. A name that resolves to loopback (Debian
+    maps a host's own name to 127.0.1.1) is replaced, when this task runs on ``node``, by the local address
+    of the route toward ``toward`` (the supervisor's advertised host). Loopback comes back only when the
+    controller itself declares it (the plain local cluster: every node on this one host)."""
+    raw = controller_node_addr(node)
+    if raw is not None and is_loopback(raw):
+        return raw
+    addr = resolve(raw) if raw else None
+    if addr is not None and not is_loopback(addr):
+        return addr
+    if toward and os.environ.get("SLURMD_NODENAME") == node:
+        src = route_source(toward)
+        if src is not None and not is_loopback(src):
+            return src
+    return None
+
+
+def node_address(node: str, toward: str | None = None) -> str:
+    """:func:`known_address`, else the NodeAddr as given (a name the other hosts resolve themselves)."""
+    return known_address(node, toward) or controller_node_addr(node) or node
+
+
+def first_node_address(first: str, marker_dir: Path, toward: str, wait_s: float = 60.0) -> str:
+    """MASTER_ADDR: the first node's reachable address. Tasks on the first node publish theirs (shared
+    file system); a task elsewhere that cannot find it from the controller waits for that file."""
+    published = Path(marker_dir) / f"addr-{first}"
+    here = known_address(first, toward)
+    if os.environ.get("SLURMD_NODENAME") == first and here is not None:
+        published.parent.mkdir(parents=True, exist_ok=True)
+        tmp = published.with_name(f".{published.name}.{os.getpid()}")
+        tmp.write_text(here)
+        os.replace(tmp, published)
+    if here is not None:
+        return here
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            return published.read_text().strip()
+        except OSError:
+            time.sleep(0.2)
+    return node_address(first, toward)
+
+
+def node_link_env(toward: str) -> dict[str, str]:
+    """gloo/NCCL on the link toward the supervisor; on the namespaced local cluster, also the node's link
+    that chaos partition/slow_link acts on. A GLOO_SOCKET_IFNAME the user set is kept."""
+    lc = local_cluster()
+    node = os.environ.get("SLURMD_NODENAME", "")
+    env = link_env(toward, lc.netif(node) if lc is not None else None)
+    return {k: v for k, v in env.items() if k not in os.environ or not k.endswith("_SOCKET_IFNAME")}
 
 
 def exit_marker(marker_dir: Path, rank: int) -> Path:
@@ -114,8 +158,9 @@ class RankTask:
 
     def __call__(self) -> int:
         first = expand(os.environ["SLURM_JOB_NODELIST"])[0]
-        env = self.environment(os.environ, node_address(first))
-        os.environ.update(env)
+        toward = split_host(self.telemetry_addr)
+        env = self.environment(os.environ, first_node_address(first, Path(self.marker_dir), toward))
+        os.environ.update({**node_link_env(toward), **env})
         rank, node = int(env["RANK"]), env["ORCH_NODE"]
         log = self._redirect_output(node, env["RANK"])
         proc = subprocess.Popen([sys.executable, "-m", "slurm.job"])  # env and fds are inherited
@@ -185,4 +230,5 @@ class AgentTask:
     def __call__(self) -> int:
         from orchestrator.launcher.node_agent import run_agent
         node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+        os.environ.update(node_link_env(split_host(self.hub_addr)))  # the forked ranks inherit it
         return run_agent(node, Path(self.run_dir), self.hub_addr)

@@ -100,7 +100,9 @@ def test_stale_namespaces_of_a_dead_owner_are_removed() -> None:
         net.close()
 
 
-def test_network_faults_are_refused_on_slurm() -> None:
+def test_network_faults_are_refused_on_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "slurm.conf").write_text("ClusterName=prod\n")  # a production cluster's
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     with pytest.raises(ConfigError, match="chaos.0.fault: partition would cut"):
         load_config_data({"cluster": {"backend": "slurm"}, "chaos": [{"fault": "partition", "step": 3, "node": 1}]})
 

@@ -33,7 +33,8 @@ from tests.test_slurm_cluster import cluster, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slurm
 
-SLURM_RUN = Path("/run/slurm-orch")
+_INSTANCE = os.environ.get("ORCH_SLURM_INSTANCE", "")  # a second local-cluster.sh instance
+SLURM_RUN = Path(f"/run/slurm-orch-{_INSTANCE}" if _INSTANCE else "/run/slurm-orch")
 FIRED: dict[Path, float] = {}
 FAST = {"train": {"steps": 40, "step_sleep_s": 0.05}, "checkpoint": {"every_steps": 5},
         "health": {"startup_timeout_s": 240, "hang_timeout_s": 6.0}}  # 2 shared cores: slow start-up

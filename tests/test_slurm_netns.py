@@ -1,0 +1,199 @@
+"""The local Slurm cluster's nodes are hosts: each ``slurmd -N nodeN`` in its own network namespace on a
+bridge (``slurm/local-cluster.sh`` as root with iproute2).
+
+A run's telemetry crosses from the nodes' own addresses to the supervisor, MASTER_ADDR is the first
+node's address, and datagrams forged from a compute node are dropped and counted; a partitioned node
+(link down, its ranks alive) is excluded, the run completes on the spare, and the cut-off ranks,
+healed while the run goes on, commit nothing. Which clusters allow the network faults is decided by
+what the script writes next to slurm.conf (unit tests at the end, no cluster needed).
+
+In CI the cluster in use must be the namespaced one: anything else is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config_load import ConfigError, load_config_data
+from slurm.local_cluster import MARKER_NAME, LocalCluster, local_cluster
+from tests.conftest import deep_merge, run_submit
+from tests.test_fencing import applied_once
+from tests.test_slurm_backend import launches
+from tests.test_slurm_cluster import SCRIPT, cluster  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = {"cluster": {"backend": "slurm", "nodes": 2, "spare_nodes": 1,
+                   "slurm": {"partition": "main", "poll_interval_s": 0.5}},
+       "train": {"steps": 24}, "health": {"startup_timeout_s": 240, "agent_timeout_s": 2.0}}
+
+
+@pytest.fixture(scope="module")
+def ns_cluster(cluster: None) -> LocalCluster:
+    lc = local_cluster()
+    if lc is None or not lc.netns:
+        why = "not the local cluster" if lc is None else f"cluster {lc.cluster} is plain (one loopback)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the Slurm cluster in use must be the namespaced local cluster: {why}")
+        pytest.skip(f"the Slurm cluster in use is not namespaced: {why}")
+    return lc
+
+
+def node_addrs(lc: LocalCluster) -> dict[str, str]:
+    return {n: v["addr"] for n, v in lc.nodes.items()}
+
+
+def forge_from_node(lc: LocalCluster, node: str, run_dir: Path) -> dict[str, int]:
+    """tests.test_telemetry_forgery's forger, run inside ``node``'s namespace: another user on a compute
+    node sending a fake Xid 79 exit, NaN votes and a rollback, unsigned and with a wrong key."""
+    code = ("import json, sys; from tests.test_telemetry_forgery import forge; sent = {'no_mac': 0, "
+            "'bad_mac': 0, 'replay': 0}; forge(__import__('pathlib').Path(sys.argv[1]), sent); print(json.dumps(sent))")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{lc.nodes[node]['netns']}", sys.executable, "-c", code,
+                          str(run_dir)], capture_output=True, text=True, timeout=400, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return dict(json.loads(out.stdout))
+
+
+@pytest.mark.slurm
+def test_run_crosses_hosts_and_forgeries_from_a_node_are_dropped(ns_cluster: LocalCluster,
+                                                                  tmp_path: Path) -> None:
+    addrs = node_addrs(ns_cluster)
+    sent: dict[str, int] = {}
+    forger = threading.Thread(target=lambda: sent.update(forge_from_node(ns_cluster, "node4", tmp_path / "run")),
+                              daemon=True)
+    forger.start()
+    r = run_submit(tmp_path, deep_merge(RUN, {"cluster": {"spare_nodes": 0, "slurm": {"recovery": "resubmit"}}}))
+    forger.join(timeout=60)
+    assert r.code == 0, r.status.get("reason")
+    (launch,) = r.events("launch")
+    nodes = launch["nodes"]
+    # every rank's datagrams came from its own node's address on the bridge, none from a loopback
+    sources = r.status["telemetry_sources"]
+    assert {n: sources.get(n) for n in nodes} == {n: addrs[n] for n in nodes}, sources
+    assert not any(ipaddress.ip_address(a).is_loopback for a in sources.values()), sources
+    # MASTER_ADDR: the first node's own address, as the first node's tasks published it
+    published = r.run_dir / "slurm" / "attempt-0" / "exit" / f"addr-{nodes[0]}"
+    assert published.read_text().strip() == addrs[nodes[0]]
+    # the forged datagrams were dropped and counted, and changed nothing
+    assert sent and sent["no_mac"] > 0, sent
+    by = r.status["telemetry_rejected_by"]
+    assert by["no_mac"] == sent["no_mac"] and by["bad_mac"] == sent["bad_mac"], (by, sent)
+    assert not r.status["faults"] and not r.events("node_excluded")
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (a node agent's forked ranks)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(proc.name))
+    return out
+
+
+def _excluded(run_dir: Path) -> dict[str, Any] | None:
+    journal = run_dir / "journal.jsonl"
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        rec = json.loads(line)
+        if rec["event"] == "node_excluded":
+            return rec
+    return None
+
+
+def watch_partition(run_dir: Path, seen: dict[str, Any]) -> None:
+    """When the partitioned node is excluded: record which of its ranks are still alive, then heal its
+    link while the run goes on (the cut-off ranks wake up behind the fence)."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and (ex := _excluded(run_dir)) is None:
+        time.sleep(0.1)
+    if ex is None:
+        return
+    seen["node"] = ex["node"]
+    agent = launches(run_dir)[0]["agent_pids"][ex["node"]]
+    seen["alive"] = _children(int(agent))
+    subprocess.run(["bash", str(SCRIPT), "heal-node", ex["node"]], capture_output=True, timeout=60)
+    seen["healed_t"] = time.time()
+
+
+@pytest.fixture
+def healed(ns_cluster: LocalCluster) -> Any:
+    """Whatever the test did, every node's link is up and every node idle afterwards."""
+    yield
+    for node in ns_cluster.nodes:
+        subprocess.run(["bash", str(SCRIPT), "heal-node", node], capture_output=True, timeout=60)
+    from tests.test_slurm_cluster import cluster_settles
+    if not cluster_settles(90.0):
+        for node in ns_cluster.nodes:
+            subprocess.run(["bash", str(SCRIPT), "revive-node", node], capture_output=True, timeout=180)
+
+
+@pytest.mark.slurm
+def test_partitioned_node_is_excluded_and_its_running_ranks_commit_nothing(ns_cluster: LocalCluster,
+                                                                           tmp_path: Path, healed: Any) -> None:
+    seen: dict[str, Any] = {}
+    watcher = threading.Thread(target=watch_partition, args=(tmp_path / "run", seen), daemon=True)
+    watcher.start()
+    r = run_submit(tmp_path, deep_merge(RUN, {
+        "train": {"steps": 30, "step_sleep_s": 0.1}, "checkpoint": {"every_steps": 5},
+        "chaos": [{"fault": "partition", "step": 12, "node": 1, "steps": 100_000}]}))
+    watcher.join(timeout=60)
+    assert r.code == 0, r.status.get("reason")
+    first = launches(r.run_dir)[0]
+    cut = first["nodes"][1]
+    assert (r.run_dir / "chaos" / "fired-0").exists()
+    assert [e["node"] for e in r.events("node_excluded")] == [cut], r.events("node_excluded")
+    assert any(f["kind"] == "node_failure" and f["node"] == cut for f in r.status["faults"]), r.status["faults"]
+    assert cut not in r.events("launch")[-1]["nodes"]
+    # the cut-off ranks (its agent's children) were still running when it was excluded (not a crash) ...
+    assert seen.get("node") == cut and seen.get("alive"), seen
+    # ... and, healed while the run went on, committed nothing: no checkpoint of epoch 0 after its fence,
+    # every checkpoint loaded was accepted at a fence, every step applied once
+    ckpts = r.run_dir / "checkpoints"
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith("stale-")], sorted(os.listdir(ckpts))
+    fences = {f["epoch"]: f for f in r.events("fence")}
+    for loaded in r.events("checkpoint_loaded"):
+        if loaded.get("tier", "storage") == "storage" and int(loaded["step"]) > 0:
+            name = f"step_{int(loaded['step']):08d}"
+            assert any(name in f["accepted"] for e, f in fences.items() if e > 0), (loaded, fences)
+    applied_once(r)
+
+
+# ---- which clusters allow partition and slow_link (no cluster needed) --------------------------------
+def _conf(tmp_path: Path, cluster_name: str, marker: dict[str, Any] | None) -> Path:
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"# test\nClusterName={cluster_name}\nSlurmctldHost=login1\n")
+    if marker is not None:
+        (tmp_path / MARKER_NAME).write_text(json.dumps(marker))
+    return conf
+
+
+@pytest.mark.parametrize("name,marker,refused", [
+    ("prod", None, "is not that cluster's"),  # a production cluster: no marker
+    ("prod", {"cluster": "orch", "netns": True, "nodes": {}}, "is not that cluster's"),  # a stray marker
+    ("orch", {"cluster": "orch", "netns": False, "nodes": {}}, "runs every slurmd on one loopback"),
+    ("orch", {"cluster": "orch", "netns": True, "nodes": {}}, None),
+])
+def test_network_faults_allowed_only_on_the_namespaced_local_slurm_cluster(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, marker: dict[str, Any] | None,
+        refused: str | None) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(_conf(tmp_path, name, marker)))
+    data = {"cluster": {"backend": "slurm"}, "chaos": [{"fault": "slow_link", "step": 3, "node": 1}]}
+    if refused is None:
+        load_config_data(data)
+        return
+    with pytest.raises(ConfigError, match=f"chaos.0.fault: slow_link .*{refused}"):
+        load_config_data(data)
