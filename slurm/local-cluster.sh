@@ -96,9 +96,19 @@ decide_netns() {
   case "$want" in
     0|off|no|false) why="ORCH_SLURM_NETNS=$want" ;;
     *) if [[ $EUID -ne 0 ]]; then why="not running as root"
-       elif ! command -v ip >/dev/null; then why="iproute2 ('ip') is not installed"; fi ;;
+       elif ! command -v ip >/dev/null; then why="iproute2 ('ip') is not installed"
+       elif ! command -v nsenter >/dev/null; then why="util-linux's nsenter is not installed"
+       elif ! netns_possible; then why="network namespaces cannot be created here"; fi ;;
   esac
   if [[ -z "$why" ]]; then NETNS=1; CTLD_ADDR="$BRIDGE_ADDR"; else PLAIN_WHY="$why"; fi
+}
+
+# Whether this kernel/container lets us create a namespace (the nodes' may already exist).
+netns_possible() {
+  ns_exists "$(node_ns "${NODES[0]}")" && return 0
+  local probe="orch-sl$IDX-probe"
+  ip netns add "$probe" 2>/dev/null || return 1
+  ip netns del "$probe" 2>/dev/null || true
 }
 
 ns_exists() { ip netns list 2>/dev/null | cut -d' ' -f1 | grep -qx "$1"; }
