@@ -231,7 +231,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=$CTLD_ADDR
+AccountingStorageHost=$( ((NETNS)) && echo "$CTLD_ADDR" || echo localhost)
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
 MailProg=/bin/true
@@ -384,8 +384,11 @@ resume_unavailable_nodes() {
 # The mode (plain or namespaced) the running daemons were started in, from the last marker.
 running_mode() { [[ -f "$MARKER" ]] && grep -q '"netns": true' "$MARKER" && echo 1 || echo 0; }
 
+# Machines powered off: slurmd stopped, then whatever still runs on the node (job steps, their tasks) killed,
+# before its namespace goes away (a step left in a deleted namespace can never be reached or cleaned up).
 stop_cluster_daemons() {
-  for n in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$n.pid"; done
+  local n
+  for n in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$n.pid"; kill_node_processes "$n"; done
   stop_pidfile "$RUN_DIR/slurmctld.pid"
 }
 
@@ -464,13 +467,17 @@ cmd_kill_node() {
   log "$node: slurmd killed, steps frozen"
 }
 
-cmd_revive_node() {
-  local node="$1" pid
-  check_node "$node"
-  # A rebooted machine has none of its old processes.
-  for pid in $(node_daemon_pids "$node"); do
+kill_node_processes() {
+  local pid p
+  for pid in $(node_daemon_pids "$1"); do
     for p in $(pid_tree "$pid"); do kill -9 "$p" 2>/dev/null || true; done
   done
+}
+
+cmd_revive_node() {
+  local node="$1"
+  check_node "$node"
+  kill_node_processes "$node"  # a rebooted machine has none of its old processes
   rm -f "$RUN_DIR/slurmd-$node.pid"
   if ((NETNS)); then setup_network; heal_link "$node"; fi
   start_slurmd "$node"
