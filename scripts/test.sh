@@ -7,6 +7,9 @@
 # two xdist workers. pytest-xdist alone cannot keep the Slurm tests on one worker here (its loadgroup did
 # not group them), so the split is by process. Extra arguments go to both; the 25 slowest tests of each
 # part are printed for whoever trims the suite next.
+# After the Slurm part (whole-suite runs only), tests/test_slurm_netns.py runs again on a second Slurm
+# instance whose nodes are hosts (`ORCH_SLURM_INSTANCE=ns slurm/local-cluster.sh start`: every slurmd in
+# its own network namespace; the shared instance stays plain), where a skip would be a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -16,7 +19,21 @@ export OMP_NUM_THREADS=1 CI="${CI:-true}"
 PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25)
 slurm_log="$(mktemp /tmp/orch-slurm-tests.XXXXXX.log)"
 set +e
-"${PYTEST[@]}" -m slurm "$@" >"$slurm_log" 2>&1 &
+slurm_part() {
+  local rc=0 ns=0
+  "${PYTEST[@]}" -m slurm "$@" || rc=$?
+  (($# == 0)) || return "$rc"  # a chosen file or option: that part only
+  echo "=== tests/test_slurm_netns.py on the namespaced instance (ORCH_SLURM_INSTANCE=ns) ==="
+  if ORCH_SLURM_INSTANCE=ns bash slurm/local-cluster.sh start; then
+    ORCH_SLURM_INSTANCE=ns SLURM_CONF=/etc/slurm-ns/slurm.conf ORCH_REQUIRE_NETNS_SLURM=1 \
+      "${PYTEST[@]}" tests/test_slurm_netns.py || ns=$?
+  else
+    ns=1
+  fi
+  ((rc != 0)) && return "$rc"
+  return "$ns"
+}
+slurm_part "$@" >"$slurm_log" 2>&1 &
 slurm_pid=$!
 "${PYTEST[@]}" -m "not slurm" -n 2 --dist worksteal "$@"
 rest=$?

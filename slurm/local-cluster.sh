@@ -13,7 +13,8 @@
 # slurmdbd (accounting, so sacct works) on MariaDB, and munge for auth. Timeouts are short so that a dead
 # slurmd makes its node DOWN and its job NODE_FAIL within ~30 s.
 #
-# Nodes that are hosts (as root with iproute2; ORCH_SLURM_NETNS=0 turns it off): each `slurmd -N nodeN`
+# Nodes that are hosts (as root with iproute2; the default for a second instance, opt-in with
+# ORCH_SLURM_NETNS=1 for the shared one, ORCH_SLURM_NETNS=0 turns it off): each `slurmd -N nodeN`
 # runs in its own network namespace (entered with nsenter) with its own address on a bridge (NodeAddr), so a
 # node's loopback is its own, srun and slurmctld reach it across the bridge, and a batch script with its
 # srun runs inside its first node. slurmctld, slurmdbd, MariaDB and munge stay on the host side of the

@@ -7,7 +7,9 @@ node's address, and datagrams forged from a compute node are dropped and counted
 healed while the run goes on, commit nothing. Which clusters allow the network faults is decided by
 what the script writes next to slurm.conf (unit tests at the end, no cluster needed).
 
-They skip when the cluster in use is not namespaced (the shared instance is plain until it is switched).
+They skip when the cluster in use is not namespaced (the shared instance is plain; scripts/test.sh runs
+this file again on the namespaced instance ``ORCH_SLURM_INSTANCE=ns``, with ORCH_REQUIRE_NETNS_SLURM=1:
+there a plain cluster is a failure).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def ns_cluster(cluster: None) -> LocalCluster:
     lc = local_cluster()
     if lc is None or not lc.netns:
         why = "not the local cluster" if lc is None else f"cluster {lc.cluster} is plain (one loopback)"
+        if os.environ.get("ORCH_REQUIRE_NETNS_SLURM") == "1":  # scripts/test.sh's namespaced part
+            pytest.fail(f"the Slurm cluster in use must be the namespaced local cluster: {why}")
         pytest.skip(f"the Slurm cluster in use is not namespaced: {why}")
     return lc
 
