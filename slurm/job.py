@@ -25,7 +25,9 @@ from pathlib import Path
 from orchestrator.launcher.node_agent import tail  # the log tail classify_exit reads (Xid, OOM, NCCL)
 from slurm.hostlist import expand
 from slurm.local_cluster import local_cluster
-from slurm.node_addr import controller_node_addr, is_loopback, link_env, resolve, route_source, split_host
+from slurm.node_addr import (
+    controller_node_addr, is_loopback, is_loopback_ip, link_env, resolve, route_source, split_host,
+)
 
 PREEMPTED_EXIT = 75  # mirrors trainer.rank_main.PREEMPTED_EXIT without importing torch here
 
@@ -46,7 +48,7 @@ def known_address(node: str, toward: str | None = None) -> str | None:
     of the route toward ``toward`` (the supervisor's advertised host). Loopback comes back only when the
     controller itself declares it (the plain local cluster: every node on this one host)."""
     raw = controller_node_addr(node)
-    if raw is not None and is_loopback(raw):
+    if raw is not None and is_loopback_ip(raw):
         return raw
     addr = resolve(raw) if raw else None
     if addr is not None and not is_loopback(addr):

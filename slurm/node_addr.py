@@ -24,6 +24,14 @@ def is_loopback(addr: str) -> bool:
         return addr == "localhost"
 
 
+def is_loopback_ip(addr: str) -> bool:
+    """A literal loopback address (what a controller declares for nodes on one host), not a name."""
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
 def split_host(addr: str) -> str:
     """HOST of ``HOST:PORT`` or ``[V6]:PORT``."""
     host = addr.rpartition(":")[0] if ":" in addr else addr

@@ -199,3 +199,41 @@ def test_network_faults_allowed_only_on_the_namespaced_local_slurm_cluster(
         return
     with pytest.raises(ConfigError, match=f"chaos.0.fault: slow_link .*{refused}"):
         load_config_data(data)
+
+
+# ---- a task's own address: from the routing table, never the hostname (no cluster needed) -----------
+def test_a_task_on_the_node_replaces_a_loopback_nodeaddr_by_its_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian resolves a host's own name to 127.0.1.1: the NodeAddr name, looked up on that node, is
+    loopback; the source address of the route toward the supervisor is what the others reach."""
+    from orchestrator.telemetry_server import cluster_address
+    from slurm import job
+    from slurm.node_addr import route_source
+    toward = cluster_address()
+    if ipaddress.ip_address(toward).is_loopback:
+        pytest.skip("this host has no address beyond loopback")
+    monkeypatch.setattr(job, "controller_node_addr", lambda node: "localhost")  # a name → loopback here
+    monkeypatch.setenv("SLURMD_NODENAME", "node1")
+    got = job.known_address("node1", toward)
+    assert got == route_source(toward) and not ipaddress.ip_address(got).is_loopback
+    assert job.known_address("node2", toward) is None  # another node's: only that node can tell
+    monkeypatch.setattr(job, "controller_node_addr", lambda node: "127.0.0.1")  # the plain local cluster
+    assert job.known_address("node2", toward) == "127.0.0.1"
+
+
+def test_inside_a_node_gloo_uses_the_link_toward_the_supervisor(tmp_path: Path) -> None:
+    from orchestrator import netns
+    if netns.unavailable_reason() is not None:
+        pytest.skip(f"namespaces unavailable: {netns.unavailable_reason()}")
+    net = netns.NodeNetwork(["n0"])
+    net.create()
+    try:
+        code = "import json, sys; from slurm.node_addr import link_env; print(json.dumps(link_env(sys.argv[1])))"
+        out = subprocess.run([*net.exec_argv("n0"), sys.executable, "-c", code, net.bridge_addr],
+                             capture_output=True, text=True, timeout=60, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert out.returncode == 0, out.stderr
+        env = json.loads(out.stdout)
+        assert env == {"ORCH_NODE_ADDR": net.addr("n0"), "GLOO_SOCKET_IFNAME": netns.NODE_IF,
+                       "NCCL_SOCKET_IFNAME": netns.NODE_IF}, env
+    finally:
+        net.close()
