@@ -200,7 +200,8 @@ class ReplayConfig(Section):
     """Replay a step the in-step guard flags (same ranks, another replica, neighbouring batches) to tell
     data, hardware, a transient and the model's own dynamics apart (trainer.replay). Bounded per run."""
 
-    enabled: bool = Field(False, description="off: a flagged step is skipped and its batch skip-listed")
+    enabled: bool = Field(True, description="off: a flagged step is skipped and its batch skip-listed, "
+                                            "whatever caused it")
     max_replays: int = Field(8, ge=0, description="flagged steps replayed per run; later ones are skipped")
     max_seconds: float = Field(120.0, gt=0, description="replay time per run; past it, skip only")
     rel_tol: float = Field(1e-3, ge=0, description="two computations of one batch agree within this "
@@ -234,6 +235,9 @@ class ChaosFault(Section):
     rate_kbit: int = Field(1000, ge=8, le=10_000_000, description="slow_link: the link's rate limit")
     attempt: int | None = Field(None, ge=0, description="fire only in this launch attempt (0 is the "
                                                         "first): a fault that hits during recovery")
+    target: Literal["output", "grad"] = Field("output", description="sdc: what the faulty node corrupts: "
+                                              "each model part's output (the loss shows it) or only its "
+                                              "local gradients (the loss stays right)")
 
 
 class MetricsConfig(Section):

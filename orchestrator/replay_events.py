@@ -2,8 +2,9 @@
 its verdict, act.
 
 - ``data``: fault ``bad_data``, action skip_step; the batch's samples are in the journal's replay line.
-- ``transient``: fault ``transient_fault``, action apply_clean; the event counts against the node in the
-  lemon-node store (repeated ones make it a lemon).
+- ``transient``: fault ``transient_fault``, action apply_clean; the event counts against the node (and
+  names the rank, when one rank's result changed) in the lemon-node store (repeated ones make it a lemon);
+  none when every replica's first result was bad (a corrupted read, not a node).
 - ``dynamics``: fault ``dynamics``, action alert; the trainer's rollback policy acts if it persists.
 - ``hardware``: fault ``sdc`` on the one node the replay blamed: it goes through recovery like any
   node-bound fault (fence, exclude, relaunch on a spare from the last checkpoint) and is recorded in the
@@ -34,14 +35,17 @@ def on_replay(sup: Supervisor, msg: dict[str, Any], now: float) -> None:
     secs = float(msg.get("replay_s") or 0.0)
     sup.journal.append("replay", step=step, verdict=verdict, reason=msg.get("reason"), rule=msg.get("rule"),
                        samples=msg.get("samples"), suspect_nodes=suspects, replay_s=secs,
-                       first=msg.get("first"), same=msg.get("same"), cross=msg.get("cross"),
+                       first=msg.get("first"), same=msg.get("same"), same_grad=msg.get("same_grad"),
+                       cross=msg.get("cross"), suspect_ranks=msg.get("suspect_ranks"),
                        neighbours_bad=msg.get("neighbours_bad"), replica_nodes=msg.get("replica_nodes"),
                        used=msg.get("used"))
     kind = VERDICT_KIND.get(verdict, "loss_spike")
     node = suspects[0] if len(suspects) == 1 else None
     evidence = {"detail": str(msg.get("reason", "")), "verdict": verdict, "rule": msg.get("rule"),
                 "replay_s": secs, "samples": msg.get("samples"), "suspect_nodes": suspects}
-    c = Candidate(kind, float(msg.get("t_start") or msg["t"]), None, node, evidence)
+    ranks = [int(r) for r in msg.get("suspect_ranks") or []]
+    c = Candidate(kind, float(msg.get("t_start") or msg["t"]), ranks[0] if len(ranks) == 1 else None, node,
+                  evidence)
     if verdict == "hardware":
         _hardware(sup, c, suspects, secs, now)
         return

@@ -87,13 +87,15 @@ FAULTS: dict[str, FaultSpec] = {f.kind: f for f in (
     _f("preempted", 6, False, A.REQUEUE, None,
        "time limit or preemption after a checkpoint; resubmitted without spending restart budget"),
     _f("nan", 7, False, A.SKIP_STEP, "NaNLoss",
-       "a non-finite loss or gradient; the step was skipped and its batch put on the skip list", True),
+       "a non-finite loss or gradient skipped without a replay (policy.replay off, its budget spent, or "
+       "fp16): the step was skipped and its batch put on the skip list", True),
     _f("loss_spike", 7, False, A.SKIP_STEP, "LossSpike",
-       "the loss jumped far above its recent median; the step was skipped", True),
+       "the loss jumped far above its recent median and was not replayed (policy.replay off, its budget "
+       "spent, or fp16); the step was skipped", True),
     _f("bad_data", 7, False, A.SKIP_STEP, "LossSpike",
        "the batch is bad on any hardware (replayed on another node, same result; neighbouring batches "
        "fine): skipped, its samples are in the journal's replay line", True),
-    _f("transient_fault", 7, False, A.APPLY_CLEAN, None,
+    _f("transient_fault", 7, False, A.APPLY_CLEAN, "TransientFault",
        "the bad step did not reproduce when replayed: the clean result was applied and the event counted "
        "against the node (repeated ones make it a lemon)", True),
     _f("dynamics", 7, False, A.ALERT, "LossSpike",
@@ -132,8 +134,10 @@ def _c(name: str, *kinds: str, network: bool = False, verdict: str | None = None
 
 
 CHAOS: dict[str, ChaosSpec] = {c.name: c for c in (
-    _c("nan", "nan", "transient_fault"),  # one-shot: a replay does not reproduce it (transient)
-    _c("loss_spike", "loss_spike", "divergence", "transient_fault"),  # a corrupted read: transient too
+    # One rank's one-off NaN is what a transient hardware glitch looks like: its replay is clean (a NaN
+    # that comes from the batch is bad_batch's). nan/loss_spike: the kinds when replay is off.
+    _c("nan", "transient_fault", "nan", verdict="transient"),
+    _c("loss_spike", "transient_fault", "loss_spike", "divergence", verdict="transient"),  # a corrupted read
     _c("rank_crash", "rank_crash"),
     _c("node_failure", "node_failure", "silent", "hang"),
     _c("hang", "hang", "silent"),

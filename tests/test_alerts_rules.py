@@ -15,7 +15,7 @@ from orchestrator.snapshot import FaultRecord, RunSnapshot
 
 NOW = 1_700_000_000.0
 REQUIRED = {"TrainingStalled", "NaNLoss", "LossSpike", "StragglerDetected", "NodeExcluded",
-            "RestartLoop", "CheckpointStale", "GoodputLow", "RestartBudgetExhausted"}
+            "RestartLoop", "CheckpointStale", "GoodputLow", "RestartBudgetExhausted", "TransientFault"}
 
 
 def healthy() -> RunSnapshot:
@@ -31,7 +31,8 @@ def fault(kind: str, action: str, ago: float) -> FaultRecord:
 TRIGGERS = {
     "TrainingStalled": dict(heartbeat_age_max_s=120.0),
     "NaNLoss": dict(loss=math.nan),
-    "LossSpike": dict(faults=[fault("loss_spike", "rollback", 30)]),
+    "LossSpike": dict(faults=[fault("bad_data", "skip_step", 30)]),
+    "TransientFault": dict(faults=[fault("transient_fault", "apply_clean", 1800)]),
     "StragglerDetected": dict(straggler_score_max=3.0),
     "NodeExcluded": dict(excluded_nodes=["node3"]),
     "RestartLoop": dict(faults=[fault("rank_crash", "relaunch", a) for a in (10, 200, 600)]),
@@ -80,7 +81,8 @@ def test_running_only_rules_quiet_after_completion() -> None:
 
 def test_windows_expire() -> None:
     snap = healthy()
-    snap.faults = [fault("nan", "skip_step", 301), fault("loss_spike", "rollback", 601)]
+    snap.faults = [fault("nan", "skip_step", 301), fault("loss_spike", "rollback", 601),
+                   fault("dynamics", "alert", 601), fault("transient_fault", "apply_clean", 3601)]
     snap.faults += [fault("hang", "relaunch", a) for a in (10, 20, 901)]
     assert firing_alerts(snap, NOW) == []
 
@@ -129,3 +131,14 @@ def test_tracker_zero_for_fires_at_once() -> None:
     snap = healthy()
     snap.excluded_nodes = ["n"]
     assert names(tracker.firing(snap, NOW)) == {"NodeExcluded"}
+
+
+def test_each_replay_verdict_raises_its_own_alert() -> None:
+    """A one-off NaN replays clean (transient_fault: TransientFault, not the critical NaNLoss); a batch
+    or the model bad when replayed too is a LossSpike; a NaN skipped unreplayed stays NaNLoss."""
+    expect = {"transient_fault": {"TransientFault"}, "bad_data": {"LossSpike"}, "dynamics": {"LossSpike"},
+              "divergence": {"LossSpike"}, "loss_spike": {"LossSpike"}, "nan": {"NaNLoss"}, "sdc": set()}
+    for kind, alerts in expect.items():
+        snap = healthy()
+        snap.faults = [fault(kind, "x", 30)]
+        assert names(firing_alerts(snap, NOW)) == alerts, kind

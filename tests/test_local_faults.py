@@ -35,23 +35,35 @@ def test_clean_run_completes(clean_run: RunResult) -> None:
     assert len(clean_run.events("checkpoint")) >= 6
 
 
-@pytest.mark.parametrize("fault,expect", [
-    ({"fault": "nan", "step": 15, "rank": 1}, ("nan", "skip_step")),
-    ({"fault": "loss_spike", "step": 25}, ("loss_spike", "skip_step")),
-    ({"fault": "rank_crash", "step": 25, "rank": 3}, ("rank_crash", "relaunch")),
-    ({"fault": "node_failure", "step": 25, "node": 1}, ("node_failure", "exclude_node")),
-    ({"fault": "hang", "step": 25, "rank": 2}, ("hang", "relaunch")),
-])
-def test_single_fault(tmp_path: Path, clean_run: RunResult, fault: dict, expect: tuple[str, str]) -> None:
-    r = run_submit(tmp_path, {"chaos": [fault]})
+REPLAY_OFF = {"policy": {"replay": {"enabled": False}}}
+
+
+# policy.replay is on by default: a one-off NaN on one rank (what a transient hardware glitch looks like)
+# replays clean and is applied (transient_fault, counted against that rank's node); a batch replaced by
+# random bytes once on every rank (a corrupted read) replays clean too, counted against no node. With
+# replay off the flagged step is skipped and its batch skip-listed, whatever caused it.
+@pytest.mark.parametrize("fault,extra,expect,verdict", [
+    ({"fault": "nan", "step": 15, "rank": 1}, {}, ("transient_fault", "apply_clean"), "transient"),
+    ({"fault": "nan", "step": 15, "rank": 1}, REPLAY_OFF, ("nan", "skip_step"), None),
+    ({"fault": "loss_spike", "step": 25}, {}, ("transient_fault", "apply_clean"), "transient"),
+    ({"fault": "rank_crash", "step": 25, "rank": 3}, {}, ("rank_crash", "relaunch"), None),
+    ({"fault": "node_failure", "step": 25, "node": 1}, {}, ("node_failure", "exclude_node"), None),
+    ({"fault": "hang", "step": 25, "rank": 2}, {}, ("hang", "relaunch"), None),
+], ids=["nan", "nan-replay-off", "loss_spike", "rank_crash", "node_failure", "hang"])
+def test_single_fault(tmp_path: Path, clean_run: RunResult, fault: dict, extra: dict, expect: tuple[str, str],
+                      verdict: str | None) -> None:
+    r = run_submit(tmp_path, {"chaos": [fault], **extra})
     check_completed_close(r, clean_run)
-    assert expect in faults(r), faults(r)
+    assert faults(r) == [expect], faults(r)
     f = next(f for f in r.status["faults"] if f["kind"] == expect[0])
-    assert f["step"] == fault["step"]
+    assert f["step"] == fault["step"] and f.get("verdict") == verdict, f
+    if verdict == "transient":  # applied, not skipped: every step's batch is the clean run's
+        assert r.status["batches_skipped"] == 0 and sorted(r.losses()) == list(range(60))
+        assert f["node"] == ("node0" if fault["fault"] == "nan" else None), f
     # the latency starts at the injection (the chaos marker), not at the supervisor's estimate
     assert f["injected_t"] is not None and f["detected_t"] >= f["injected_t"], f
     assert abs(f["detected_after_s"] - (f["detected_t"] - f["injected_t"])) < 1e-3, f
-    if "rank" in fault and expect[0] in ("nan", "rank_crash", "hang"):
+    if "rank" in fault and expect[0] in ("nan", "transient_fault", "rank_crash", "hang"):
         assert f["rank"] == fault["rank"]
     if expect[0] == "node_failure":
         assert f["node"] == "node1" and r.status["excluded_nodes"] == ["node1"]
@@ -83,7 +95,11 @@ def test_all_faults_together(tmp_path: Path, clean_run: RunResult) -> None:
     r = run_submit(tmp_path, {"chaos": chaos})
     check_completed_close(r, clean_run)
     kinds = {k for k, _ in faults(r)}
-    assert {"straggler", "nan", "loss_spike", "rank_crash", "node_failure", "hang"} <= kinds, faults(r)
+    assert {"straggler", "transient_fault", "rank_crash", "node_failure", "hang"} <= kinds, faults(r)
+    transients = {f["step"]: f for f in r.status["faults"] if f["kind"] == "transient_fault"}
+    assert sorted(transients) == [12, 30] and all(f["action"] == "apply_clean" for f in transients.values())
+    assert (transients[12]["rank"], transients[12]["node"]) == (1, "node0")  # the NaN's own rank
+    assert transients[30]["node"] is None  # the corrupted read hit every rank: no node to blame
     for e in r.events("fault"):
         assert any(a["kind"] == e["kind"] and a["step"] == e["step"] for a in r.events("action"))
     assert r.status["restarts"] == 3

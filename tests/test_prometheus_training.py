@@ -1,9 +1,10 @@
 """A real Prometheus and a real Alertmanager watch a real training run on the local cluster with injected
 faults (one run for the whole module):
 
-- the series appear, NaNLoss and NodeExcluded fire in Prometheus, and our /alerts agrees while live;
+- the series appear, TransientFault (the injected NaN replays clean) and NodeExcluded fire in
+  Prometheus, and our /alerts agrees while live;
 - every query of the Grafana dashboard (`orchestrator dashboard`) returns data for the run;
-- Alertmanager delivers NaNLoss and NodeExcluded to a webhook receiver this test runs, both as
+- Alertmanager delivers TransientFault and NodeExcluded to a webhook receiver this test runs, both as
   evaluated by Prometheus (from `orchestrator alerts rules`) and as pushed directly by the run
   (`metrics.alertmanager_url`);
 - the run's TensorBoard events (`metrics.tensorboard`) hold its curves, faults and recoveries;
@@ -37,7 +38,7 @@ from tests.test_metrics_prometheus import _ready, api, free_port, poll, prom_fir
 
 pytestmark = pytest.mark.prometheus
 RUN = "t"  # tests.conftest.BASE's name
-EXPECTED = {"NaNLoss", "NodeExcluded"}
+EXPECTED = {"TransientFault", "NodeExcluded"}
 
 
 class Webhook:
@@ -153,7 +154,7 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         t = threading.Thread(target=lambda: results.append(run_submit(tmp, overrides, "promrun")), daemon=True)
         t.start()
         poll("the step series", lambda: query(seen.prom, f'orchestrator_step{{run="{RUN}"}} > 0'), 120)
-        poll("NaNLoss and NodeExcluded firing", lambda: EXPECTED <= prom_firing(seen.prom), 120)
+        poll("TransientFault and NodeExcluded firing", lambda: EXPECTED <= prom_firing(seen.prom), 120)
         ours = api(f"http://127.0.0.1:{metrics_port}", "/alerts")
         seen.ours_firing = {a["labels"]["alertname"] for a in ours["data"]["alerts"] if a["state"] == "firing"}
         t.join(timeout=300)
@@ -197,7 +198,7 @@ def _delivered(hook: Webhook, via_prometheus: bool) -> set[str]:
 def test_alertmanager_delivers_prometheus_alerts_to_a_webhook(faulty_run: Observed) -> None:
     hook = faulty_run.hook
     assert hook is not None
-    poll("NaNLoss and NodeExcluded from Prometheus at the webhook",
+    poll("TransientFault and NodeExcluded from Prometheus at the webhook",
          lambda: EXPECTED <= _delivered(hook, via_prometheus=True), 60)
 
 
@@ -205,7 +206,7 @@ def test_direct_push_reaches_the_same_alertmanager(faulty_run: Observed) -> None
     """metrics.alertmanager_url: the run pushes its own alerts (a final push when it ends, too)."""
     hook = faulty_run.hook
     assert hook is not None
-    poll("NaNLoss and NodeExcluded pushed by the run at the webhook",
+    poll("TransientFault and NodeExcluded pushed by the run at the webhook",
          lambda: EXPECTED <= _delivered(hook, via_prometheus=False), 60)
 
 
@@ -217,7 +218,7 @@ def test_tensorboard_holds_the_runs_curves_faults_and_recoveries(faulty_run: Obs
     assert len(scalars(acc, "train/loss")) >= 50
     assert scalars(acc, "eval/loss") and scalars(acc, "run/goodput") and scalars(acc, "train/tokens_per_s")
     faults = " ".join(t for _, t in texts(acc, "faults"))
-    assert "**nan**" in faults and "**node_failure**" in faults
+    assert "**transient_fault**" in faults and "**node_failure**" in faults
     recoveries = [t for _, t in texts(acc, "recoveries")]
     assert any(t.startswith("running again") for t in recoveries)
     assert recoveries[-1].startswith("run COMPLETED")

@@ -25,7 +25,7 @@ HYBRID = {"dp_mode": "fsdp", "tp": 2, "sp": True}
 
 
 def overrides(tmp: Path, db: Path, **extra: Any) -> dict[str, Any]:
-    return {"train": {"steps": STEPS}, "policy": {"replay": {"enabled": True}, "spike": SPIKE},
+    return {"train": {"steps": STEPS}, "policy": {"spike": SPIKE},  # replay: on by default
             "health": {"lemon_nodes": True, "lemon_db": str(db)}, **extra}
 
 

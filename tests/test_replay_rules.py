@@ -26,6 +26,52 @@ def test_clean_replay_is_transient_and_names_the_replica_that_changed() -> None:
     assert (v.verdict, v.suspects) == ("transient", (1,))
 
 
+def test_a_clean_replay_after_every_replica_was_bad_counts_against_no_node() -> None:
+    v = decide(False, {0: 7.9, 1: 8.2}, {0: 3.1, 1: 3.0}, [], [], TOL)  # a corrupted read, on every replica
+    assert (v.verdict, v.suspects) == ("transient", ()) and "not a node" in v.reason
+    one = decide(False, {0: NAN}, {0: 3.1}, [], [], TOL)  # one replica: nothing to compare it with
+    assert one.suspects == (0,)
+
+
+def test_gradients_that_follow_the_node_are_hardware_when_the_losses_agree() -> None:
+    """A fault in the backward pass only: every loss agrees; replica 1's node spoils the gradients of
+    whatever it computes (its local fingerprint is inf), so batch 1 disagrees on its own replica and
+    batch 2 on replica 1: replica 1 is blamed, and only it."""
+    loss = {0: 3.0, 1: 3.1, 2: 3.2}
+    grad = {0: 5.0, 1: math.inf, 2: 6.0}
+    cross = [Computation(1, 0, 3.1, 5.5), Computation(2, 1, 3.2, math.inf), Computation(0, 2, 3.0, 5.0)]
+    v = decide(True, loss, loss, cross, [False, False], TOL, grad)
+    assert (v.verdict, v.suspects) == ("hardware", (1,)) and "gradient norm²" in v.reason
+    # without fingerprints (a sharded layout) the same replays can only say: the batch
+    blind = [Computation(c.batch, c.computer, c.loss) for c in cross]
+    assert decide(True, loss, loss, blind, [False, False], TOL, grad).verdict == "data"
+
+
+def test_grad_print_sees_a_faulty_nodes_local_gradient(tmp_path: Path) -> None:
+    """The fingerprint hook runs after the chaos hook, on the gradient as backward produced it."""
+    import torch
+
+    from orchestrator.config import ChaosFault
+    from trainer.chaos import Chaos
+    from trainer.replay_gather import GradPrint
+
+    def fingerprint(node_index: int) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        chaos = Chaos([ChaosFault(fault="sdc", node=1, step=2, target="grad")], tmp_path / str(node_index),
+                      rank=node_index, node_index=node_index, ranks_per_node=1, node_name=f"node{node_index}")
+        chaos.install_sdc([model])
+        prints = GradPrint([model])
+        chaos.step = 2
+        prints.start()
+        loss = model(torch.ones(2, 4)).square().mean()
+        loss.backward()
+        return prints.take()
+
+    healthy, faulty = fingerprint(0), fingerprint(1)
+    assert math.isfinite(healthy) and healthy > 0 and faulty == math.inf
+
+
 def test_a_result_that_follows_the_node_is_hardware() -> None:
     same = {0: 3.0, 1: 9.0, 2: 3.1, 3: 3.2}  # replica 1's node corrupts whatever it computes
     cross = shifted(same, computed_by={0: 2.9 + 0.1, 1: 9.5})  # 0 computes batch 1 cleanly; 1 spoils batch 2
@@ -96,7 +142,8 @@ def test_replay_budget_is_per_run_and_bounds_replays(tmp_path: Path) -> None:
     used = Budget.load(tmp_path)
     assert (used.count, used.seconds) == (2, 2.0)
     cfg = RunConfig.model_validate({"policy": {"replay": {"enabled": True, "max_replays": 2}}})
-    engine = SimpleNamespace(loss_weight=1.0, dp_rank=0, dp_size=1, module=SimpleNamespace())
+    import torch
+    engine = SimpleNamespace(loss_weight=1.0, dp_rank=0, dp_size=1, module=torch.nn.Linear(2, 2))
     chaos = SimpleNamespace(install_sdc=lambda parts: None)
     r = Replayer(cfg, engine, None, chaos, SimpleNamespace(phase="step"), 0, None, tmp_path)  # type: ignore[arg-type]
     assert r.review(5, [0, 1], float("nan"), LossVerdict(True, "nonfinite_loss"), Sampler(), [],

@@ -18,6 +18,12 @@ import torch
 
 from orchestrator.config import ChaosFault
 
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """A parameter sharded by FSDP2/TP: hooks on it see gradients after their reduction."""
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
 STEP_FAULTS = ("rank_crash", "node_failure", "hang", "gpu_error", "collective_timeout")
 EVERY_RANK = ("loss_spike", "bad_batch", "diverge")  # act on every rank; rank 0 writes the marker
 NET_FAULTS = ("partition", "slow_link")  # real network faults on namespaced nodes (orchestrator.netns)
@@ -162,12 +168,12 @@ class Chaos:
                 return None
         return self._recs[i]
 
-    def sdc_active(self, step: int) -> bool:
+    def sdc_active(self, step: int, target: str = "output") -> bool:
         """sdc: this rank's node is the faulty one and ``step`` is at or past the fault's step. The node is
         the one at index ``node`` when it first fires (its name goes in the marker); in later attempts the
         fault stays with that node, wherever it sits, as a faulty GPU would."""
         for i, f in self.faults:
-            if f.fault != "sdc" or step < f.step:
+            if f.fault != "sdc" or step < f.step or f.target != target:
                 continue
             rec = self._rec(i) if i in self._fired_here else None
             if rec is not None and rec.get("node") is not None:
@@ -185,11 +191,23 @@ class Chaos:
         """A faulty GPU, simulated: while ``sdc_active``, the output of each model part this rank holds
         (logits, or a pipeline stage's activations) comes out negated and eight times too large,
         deterministically: the same input gives the same wrong result, so a replay on this node
-        reproduces it and one elsewhere does not."""
-        if not any(f.fault == "sdc" for _, f in self.faults):
-            return
-        for part in parts:
-            part.register_forward_hook(lambda _m, _i, out: out * -8.0 if self.sdc_active(self.step) else None)
+        reproduces it and one elsewhere does not. ``target: grad`` corrupts only the weight gradients
+        this rank computes (one element's exponent bits set: +inf, before any reduction), so the loss
+        stays right and only the gradients tell."""
+        targets = {f.target for _, f in self.faults if f.fault == "sdc"}
+        if "output" in targets:
+            for part in parts:
+                part.register_forward_hook(lambda _m, _i, out: out * -8.0 if self.sdc_active(self.step) else None)
+        if "grad" in targets:  # plain (data-parallel) parameters; a DTensor's hook sees the reduced grad
+            for p in (p for part in parts for p in part.parameters() if p.requires_grad and not is_dtensor(p)):
+                p.register_hook(self._corrupt_grad)
+
+    def _corrupt_grad(self, g: torch.Tensor) -> torch.Tensor | None:
+        if not self.sdc_active(self.step, "grad"):
+            return None
+        g = g.clone()
+        g.view(-1)[0] = float("inf")
+        return g
 
     def _bad_samples(self, step: int, idx: list[int]) -> set[int]:
         """bad_batch: the samples of the global batch at its step (every replica's share, so the spike is

@@ -31,12 +31,12 @@ import torch.distributed as dist
 from torch import nn
 
 from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
-from health.detectors.replay_rules import Computation, ReplayVerdict, decide
+from health.detectors.replay_rules import Computation, ReplayVerdict, agree, decide
 from orchestrator.config import RunConfig
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
-from trainer.device import flags_tensor
 from trainer.fence import EpochGuard
+from trainer.replay_gather import NOT_TAKEN, Gathered, GradPrint, gather
 from trainer.telemetry import Telemetry
 
 BUDGET_FILE = "replay_budget.json"
@@ -88,6 +88,22 @@ def _worth_showing(v: ReplayVerdict, orig: dict[int, float], same: dict[int, flo
     return set(v.suspects) | set(ranked[:n])
 
 
+def suspect_ranks(v: ReplayVerdict, orig: Gathered, same: Gathered, rel_tol: float) -> list[int]:
+    """transient: the ranks whose own first loss differs from their replay, within the replica counted
+    against (a NaN from one rank names that rank and its node, not every node of its replica). When no
+    replica's loss changed (the rank computes no loss of its replica: an early pipeline stage, whose NaN
+    was in its gradients) the changed ranks say it alone; when every replica changed (a corrupted read),
+    no rank is named."""
+    if v.verdict != "transient":
+        return []
+    changed = [r for r in sorted(same.rank_loss) if r in orig.rank_loss
+               and not agree(orig.rank_loss[r], same.rank_loss[r], rel_tol)]
+    if v.suspects:
+        return [r for r in changed if same.rank_replica[r] in v.suspects]
+    replicas_changed = [d for d in orig.loss if d in same.loss and not agree(orig.loss[d], same.loss[d], rel_tol)]
+    return [] if replicas_changed else changed
+
+
 def model_parts(engine: Any) -> list[nn.Module]:
     """The model modules this rank holds (one, or a pipeline rank's stages)."""
     return list(getattr(engine, "parts", None) or [engine.module])
@@ -105,6 +121,7 @@ class Replayer:
             run_dir = Path(os.environ["ORCH_RUN_DIR"])
         self.budget = Budget.load(run_dir)
         chaos.install_sdc(model_parts(engine))
+        self.prints = GradPrint(model_parts(engine))  # after the chaos hooks: sees what the node computed
 
     # ---- data ---------------------------------------------------------------------------------
     def batch(self, step: int, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,32 +135,15 @@ class Replayer:
         return self.chaos.poison_data(step, idx, mine, x, y)
 
     # ---- collectives ----------------------------------------------------------------------------
-    def _gather(self, loss: float, flag: float = 0.0) -> tuple[dict[int, float], dict[int, set[int]], float, bool]:
-        """One all-gather: replica → its loss, replica → its node indices, the global loss, any flag."""
-        w = float(self.engine.loss_weight)
-        t = flags_tensor([float(self.engine.dp_rank), float(self.node_index), loss * w if w else 0.0, w, flag])
-        rows = [t]
-        if dist.is_initialized():
-            rows = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-            dist.all_gather(rows, t)
-        sums: dict[int, list[float]] = {}
-        nodes: dict[int, set[int]] = {}
-        flagged = False
-        for row in rows:
-            d, node, lw, wt, fl = row.tolist()
-            nodes.setdefault(int(d), set()).add(int(node))
-            flagged = flagged or fl > 0
-            if wt > 0:
-                acc = sums.setdefault(int(d), [0.0, 0.0])
-                acc[0], acc[1] = acc[0] + lw, acc[1] + wt
-        per = {d: s / wt for d, (s, wt) in sums.items()}
-        total_w = sum(wt for _, wt in sums.values())
-        g = sum(s for s, _ in sums.values()) / max(total_w, 1.0)
-        return per, nodes, g, flagged
+    def _gather(self, loss: float, grad: float = NOT_TAKEN, flag: float = 0.0) -> Gathered:
+        return gather(self.engine, self.rank, self.node_index, loss, grad, flag)
 
-    def _compute(self, step: int, idx: list[int], replica: int) -> float:
-        """Forward and backward of ``replica``'s share of the batch (a collective over the whole world)."""
-        return float(self.engine.forward_backward(*self._shard(step, idx, replica)))
+    def _compute(self, step: int, idx: list[int], replica: int) -> tuple[float, float]:
+        """Forward and backward of ``replica``'s share of the batch (a collective over the whole world):
+        this rank's loss and its local gradient fingerprint."""
+        self.prints.start()
+        loss = float(self.engine.forward_backward(*self._shard(step, idx, replica)))
+        return loss, self.prints.take()
 
     # ---- the review -----------------------------------------------------------------------------
     def review(self, step: int, idx: list[int], local_loss: float, flagged: LossVerdict,
@@ -154,25 +154,24 @@ class Replayer:
             return None
         over = self.budget.count >= self.rc.max_replays or self.budget.seconds >= self.rc.max_seconds
         t0 = time.perf_counter()
-        orig, nodes, _, any_over = self._gather(local_loss, 1.0 if over else 0.0)
-        if any_over:
+        orig = self._gather(local_loss, flag=1.0 if over else 0.0)
+        if orig.flagged:
             return None
         prev, self.tel.phase = self.tel.phase, "replay"
         try:
-            same_loss = self._compute(step, idx, self.engine.dp_rank)
+            same = self._gather(*self._compute(step, idx, self.engine.dp_rank))
             gn = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
-            same, _, g_same, _ = self._gather(same_loss)
-            same_bad = judge_step(g_same, gn, history, spike).bad
+            same_bad = judge_step(same.glob, gn, history, spike).bad
             cross, neighbours = self._elsewhere(step, idx, sampler, history, spike) if same_bad else ([], [])
         finally:
             self.tel.phase = prev
-        v = decide(same_bad, orig, same, cross, neighbours, self.rc.rel_tol)
+        v = decide(same_bad, orig.loss, same.loss, cross, neighbours, self.rc.rel_tol, same.grad)
         secs = time.perf_counter() - t0
         self.budget.spend(secs, persist=self.rank == 0)
-        self._report(step, idx, flagged, v, orig, same, cross, neighbours, nodes, secs, t_start)
+        self._report(step, idx, flagged, v, orig, same, cross, neighbours, secs, t_start)
         if v.verdict == "hardware":
             self._halt()
-        return Review(v.verdict, v.verdict == "transient", v.verdict == "data", g_same, gn, secs)
+        return Review(v.verdict, v.verdict == "transient", v.verdict == "data", same.glob, gn, secs)
 
     def _elsewhere(self, step: int, idx: list[int], sampler: Sampler, history: list[float],
                    spike: SpikeParams) -> tuple[list[Computation], list[bool]]:
@@ -182,34 +181,37 @@ class Replayer:
         cross: list[Computation] = []
         if dp > 1:
             peer = (self.engine.dp_rank + 1) % dp
-            per, _, _, _ = self._gather(self._compute(step, idx, peer))
-            cross = [Computation((d + 1) % dp, d, loss) for d, loss in sorted(per.items())]
+            got = self._gather(*self._compute(step, idx, peer))
+            cross = [Computation((d + 1) % dp, d, loss, got.grad.get(d)) for d, loss in sorted(got.loss.items())]
         self.engine.discard()
         ahead = Sampler.from_state(sampler.state())
         bad: list[bool] = []
         for _ in range(self.rc.neighbour_batches):
             nxt = ahead.next_global_batch(self.cfg.train.global_batch)
             x, y = self._shard(step, nxt, self.engine.dp_rank)
-            _, _, g, _ = self._gather(self.engine.eval_loss(x, y))
-            bad.append(judge_step(g, None, history, spike).bad)
+            bad.append(judge_step(self._gather(self.engine.eval_loss(x, y)).glob, None, history, spike).bad)
         return cross, bad
 
-    def _report(self, step: int, idx: list[int], flagged: LossVerdict, v: ReplayVerdict, orig: dict[int, float],
-                same: dict[int, float], cross: list[Computation], neighbours: list[bool],
-                nodes: dict[int, set[int]], secs: float, t_start: float) -> None:
+    def _report(self, step: int, idx: list[int], flagged: LossVerdict, v: ReplayVerdict, orig: Gathered,
+                same: Gathered, cross: list[Computation], neighbours: list[bool], secs: float,
+                t_start: float) -> None:
         """Rank 0 sends the evidence; the supervisor journals it and acts (orchestrator.replay_events)."""
         if self.rank != 0:
             return
-        suspect_nodes = sorted({n for d in v.suspects for n in nodes.get(d, set())})
-        keep = _worth_showing(v, orig, same)  # a datagram holds 8 KiB: the replicas that tell the story
+        ranks = suspect_ranks(v, orig, same, self.rc.rel_tol)
+        suspect_nodes = (sorted({same.rank_node[r] for r in ranks}) if ranks
+                         else sorted({n for d in v.suspects for n in same.nodes.get(d, set())}))
+        keep = _worth_showing(v, orig.loss, same.loss)  # a datagram holds 8 KiB: the replicas that tell the story
         self.tel.event("replay", step=step, verdict=v.verdict, reason=v.reason[:600], rule=flagged.rule,
                        detail=flagged.detail, samples=list(idx)[:64], suspects=list(v.suspects)[:16],
-                       suspect_node_indices=suspect_nodes[:16], replay_s=round(secs, 4), t_start=t_start,
-                       replica_nodes={str(d): sorted(nodes[d])[:4] for d in keep if d in nodes},
-                       first={str(d): orig[d] for d in keep if d in orig},
-                       same={str(d): same[d] for d in keep if d in same},
-                       cross=[{"batch": c.batch, "computer": c.computer, "loss": c.loss} for c in cross
-                              if c.batch in keep or c.computer in keep],
+                       suspect_ranks=ranks[:16], suspect_node_indices=suspect_nodes[:16], replay_s=round(secs, 4),
+                       t_start=t_start, replica_nodes={str(d): sorted(same.nodes[d])[:4] for d in keep
+                                                       if d in same.nodes},
+                       first={str(d): orig.loss[d] for d in keep if d in orig.loss},
+                       same={str(d): same.loss[d] for d in keep if d in same.loss},
+                       same_grad={str(d): same.grad[d] for d in keep if d in same.grad},
+                       cross=[{"batch": c.batch, "computer": c.computer, "loss": c.loss, "grad": c.grad}
+                              for c in cross if c.batch in keep or c.computer in keep],
                        neighbours_bad=neighbours, used={"count": self.budget.count,
                                                         "seconds": round(self.budget.seconds, 3)})
 

@@ -13,7 +13,9 @@ The replays, in order:
    shard). Two computations of one batch on different nodes must agree (within ``rel_tol``: the kernels
    are deterministic). A batch whose two results disagree points at hardware; of the two, the higher
    loss (a non-finite one counts as infinite) is the corrupted one, and its computer is a suspect.
-   Suspects found: ``hardware``.
+   When the losses agree, the two computations' local gradient fingerprints (norm² of the rank's own
+   gradients before any reduction, ``trainer.replay_gather``) must agree too, with the same rule: a
+   fault in the backward pass alone leaves the loss right. Suspects found: ``hardware``.
 3. **neighbours** — everything reproduced wherever it was computed, so the result is a property of the
    batch *or* of the weights. The rule that tells them apart: evaluate the same weights on the next
    ``neighbour_batches`` batches. None of them bad → the batch is at fault: ``data`` (skip it, record its
@@ -41,6 +43,7 @@ class Computation:
     batch: int
     computer: int
     loss: float
+    grad: float | None = None  # the computer's local gradient fingerprint (None: not taken)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,15 @@ def agree(a: float, b: float, rel_tol: float) -> bool:
 
 
 def _transient(orig: Mapping[int, float], same: Mapping[int, float], rel_tol: float) -> ReplayVerdict:
+    """Not reproduced. The event counts against the replica whose first result changed most on replay,
+    unless every one of several replicas changed: then the input was bad for all of them at once (a
+    corrupted read of the batch), which no one node explains, and no node is counted against."""
     differ = [d for d in sorted(orig) if d in same and not agree(orig[d], same[d], rel_tol)]
+    if len(orig) > 1 and len(differ) == len(orig):
+        return ReplayVerdict("transient", (), "recomputed with the same weights on the same ranks, the step "
+                                              "was clean; every replica's first result differs from its "
+                                              "replay: the input was bad once for all (a corrupted read), "
+                                              "not a node")
     worst = max(differ, key=lambda d: _key(orig[d]) - _key(same[d]), default=None)
     return ReplayVerdict("transient", () if worst is None else (worst,),
                          "recomputed with the same weights on the same ranks, the step was clean"
@@ -71,23 +82,37 @@ def _transient(orig: Mapping[int, float], same: Mapping[int, float], rel_tol: fl
                             else "; every replica's loss matched its replay (a gradient-only fault)"))
 
 
-def _hardware(same: Mapping[int, float], cross: Sequence[Computation], rel_tol: float) -> ReplayVerdict | None:
-    mismatches = tuple(c for c in cross if c.batch in same and not agree(c.loss, same[c.batch], rel_tol))
-    if not mismatches:
+def _diverged(c: Computation, same: Mapping[int, float], same_grad: Mapping[int, float],
+              rel_tol: float) -> tuple[str, float, float] | None:
+    """(what, own replica's value, this computation's value) of the first quantity that disagrees: the
+    loss, else the gradient fingerprint (when both sides took one); None when the two agree."""
+    if not agree(c.loss, same[c.batch], rel_tol):
+        return "loss", same[c.batch], c.loss
+    if c.grad is not None and c.batch in same_grad and not agree(c.grad, same_grad[c.batch], rel_tol):
+        return "gradient norm²", same_grad[c.batch], c.grad
+    return None
+
+
+def _hardware(same: Mapping[int, float], same_grad: Mapping[int, float], cross: Sequence[Computation],
+              rel_tol: float) -> ReplayVerdict | None:
+    found = [(c, v) for c in cross if c.batch in same and (v := _diverged(c, same, same_grad, rel_tol))]
+    if not found:
         return None
-    suspects = sorted({c.batch if _key(same[c.batch]) > _key(c.loss) else c.computer for c in mismatches})
-    pairs = "; ".join(f"batch of replica {c.batch}: {same[c.batch]:.4g} on its own replica, {c.loss:.4g} "
-                      f"on replica {c.computer}" for c in mismatches)
+    suspects = sorted({c.batch if _key(own) > _key(other) else c.computer for c, (_, own, other) in found})
+    pairs = "; ".join(f"batch of replica {c.batch}: {what} {own:.4g} on its own replica, {other:.4g} on "
+                      f"replica {c.computer}" for c, (what, own, other) in found)
     return ReplayVerdict("hardware", tuple(suspects),
-                         f"the bad result follows replica(s) {suspects}, not the batch ({pairs})", mismatches)
+                         f"the bad result follows replica(s) {suspects}, not the batch ({pairs})",
+                         tuple(c for c, _ in found))
 
 
 def decide(same_bad: bool, orig: Mapping[int, float], same: Mapping[int, float],
-           cross: Sequence[Computation], neighbours_bad: Sequence[bool], rel_tol: float) -> ReplayVerdict:
+           cross: Sequence[Computation], neighbours_bad: Sequence[bool], rel_tol: float,
+           same_grad: Mapping[int, float] | None = None) -> ReplayVerdict:
     """The verdict from the replays (see the module docstring for the rules and why)."""
     if not same_bad:
         return _transient(orig, same, rel_tol)
-    hw = _hardware(same, cross, rel_tol)
+    hw = _hardware(same, same_grad or {}, cross, rel_tol)
     if hw is not None:
         return hw
     where = ("reproduced on the same ranks and on another replica" if cross

@@ -34,6 +34,8 @@ GROUP = "orchestrator"
 HEARTBEAT_STALE_S = 60          # well past health.hang_timeout_s: the supervisor failed to recover
 NAN_WINDOW_S = 300
 SPIKE_WINDOW_S = 600
+TRANSIENT_WINDOW_S = 3600       # a repeat within the hour on one node is a failing GPU, not bad luck
+SPIKE_KINDS = ("loss_spike", "bad_data", "dynamics", "divergence")  # spec/faults.py: alert LossSpike
 STRAGGLER_SCORE = 1.5           # slowest node's step time over the median node's
 RESTART_LOOP_COUNT = 3
 RESTART_LOOP_WINDOW_S = 900
@@ -102,7 +104,12 @@ def _nan_loss(snap: RunSnapshot, now: float, lim: Limits) -> float | None:
 
 
 def _loss_spike(snap: RunSnapshot, now: float, lim: Limits) -> float | None:
-    n = _recent(snap, now, SPIKE_WINDOW_S, kind="loss_spike")
+    n = sum(_recent(snap, now, SPIKE_WINDOW_S, kind=k) for k in SPIKE_KINDS)
+    return float(n) if n else None
+
+
+def _transient(snap: RunSnapshot, now: float, lim: Limits) -> float | None:
+    n = _recent(snap, now, TRANSIENT_WINDOW_S, kind="transient_fault")
     return float(n) if n else None
 
 
@@ -150,15 +157,26 @@ RULES: tuple[AlertRule, ...] = (
               "orchestrator_loss != orchestrator_loss or abs(orchestrator_loss) == Inf"
               f' or increase(orchestrator_faults_total{{kind="nan"}}[{_duration(NAN_WINDOW_S)}]) > 0',
               0, "critical",
-              "Run {{ $labels.run }}: the loss is NaN/Inf. The step is skipped; if it repeats, "
-              "lower train.lr, check train.precision (fp16 overflows) and the batch at that step.",
+              "Run {{ $labels.run }}: a NaN/Inf loss was skipped without a replay (policy.replay off, its "
+              "budget spent, or fp16). If it repeats, lower train.lr, check train.precision (fp16 "
+              "overflows) and the batch at that step.",
               _nan_loss),
     AlertRule("LossSpike",
-              f'increase(orchestrator_faults_total{{kind="loss_spike"}}[{_duration(SPIKE_WINDOW_S)}]) > 0',
+              f'increase(orchestrator_faults_total{{kind=~"{"|".join(SPIKE_KINDS)}"}}'
+              f"[{_duration(SPIKE_WINDOW_S)}]) > 0",
               0, "warning",
-              "Run {{ $labels.run }}: the loss jumped above median + k*MAD. Check that the "
-              "supervisor rolled back; if spikes repeat, lower train.lr or raise train.grad_clip.",
+              "Run {{ $labels.run }}: the loss jumped above median + k*MAD and it was not a one-off "
+              "(bad_data: the batch, replayed elsewhere too, skipped; dynamics/divergence: the model, "
+              "rolled back if it persists; loss_spike: skipped unreplayed). If spikes repeat, lower "
+              "train.lr or raise train.grad_clip.",
               _loss_spike),
+    AlertRule("TransientFault",
+              f'increase(orchestrator_faults_total{{kind="transient_fault"}}[{_duration(TRANSIENT_WINDOW_S)}]) > 0',
+              0, "warning",
+              "Run {{ $labels.run }}: a NaN or spike did not reproduce when its step was replayed: the "
+              "clean result was applied and the event counted against the node (journal.jsonl replay "
+              "line). Repeats on one node make it a lemon; test it with `orchestrator probe --probes burn_in` on it.",
+              _transient),
     AlertRule("StragglerDetected",
               f"orchestrator_straggler_score_max > {STRAGGLER_SCORE} and on(run) {RUNNING}",
               60, "warning",
