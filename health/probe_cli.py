@@ -18,7 +18,7 @@ from health.probes.result import ProbeResult, any_failed
 if TYPE_CHECKING:
     from orchestrator.config import RunConfig
 
-KNOWN_PROBES = ("node", "gpu", "collective")
+KNOWN_PROBES = ("node", "gpu", "collective", "burn_in")
 
 
 def node_name() -> str:
@@ -44,6 +44,9 @@ def _one(name: str, cfg: RunConfig | None, checkpoint_dir: Path, node: str) -> l
         from health.probes.collective import run_collective_probe
         world, backend = _collective_shape(cfg)
         return run_collective_probe(world, {r: node for r in range(world)}, 60.0, backend=backend)
+    if name == "burn_in":  # the known-answer compute check a lemon node passes before it is let back in
+        from health.probes.burn_in import compute_check, default_device
+        return [compute_check(node, default_device())]
     raise ValueError(f"unknown probe {name!r}; valid probes are: {', '.join(KNOWN_PROBES)}")
 
 

@@ -281,13 +281,15 @@ class Supervisor:
                 self.journal.append("node_readmitted", node=node, reason="passed the burn-in probe")
 
     def _compute_check(self, node: str) -> bool:
-        """The burn-in's known-answer compute check (health.probes.burn_in), run where a local node runs;
-        on Slurm it is not yet run on the node itself (the node probe alone re-admits there)."""
-        if self.cfg.cluster.backend != "local":
-            return True
+        """The burn-in's known-answer compute check (health.probes.burn_in), on the node itself: where a
+        local node runs, or through srun on a Slurm node."""
         from health.probes.burn_in import compute_check, default_device
-        r = compute_check(node, default_device())
-        self.journal.append("burn_in", node=node, verdict=r.verdict, evidence=r.evidence)
+        if self.cfg.cluster.backend == "slurm":
+            from slurm.preflight import burn_in
+            r = burn_in(node, self.cfg.cluster.slurm.partition, self.run_dir)
+        else:
+            r = compute_check(node, default_device())
+        self.journal.append("burn_in", node=node, ran_on=r.node, verdict=r.verdict, evidence=r.evidence)
         return r.verdict == "ok"
 
     def _preflight(self, nodes: list[str]) -> list[str]:

@@ -40,11 +40,12 @@ class Pool(Launcher):
         pass
 
 
-def first_launch(tmp: Path, pool: list[str], spares: int) -> tuple[list[str], list[dict[str, Any]]]:
+def first_launch(tmp: Path, pool: list[str], spares: int,
+                 extra: dict[str, Any] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     from orchestrator.supervisor import Supervisor
     db = tmp / "nodes.db"
-    cfg = RunConfig.model_validate(deep_merge(BASE, {"cluster": {"spare_nodes": spares},
-                                                     "health": {"lemon_nodes": True, "lemon_db": str(db)}}))
+    cfg = RunConfig.model_validate(deep_merge(deep_merge(BASE, extra or {}), {
+        "cluster": {"spare_nodes": spares}, "health": {"lemon_nodes": True, "lemon_db": str(db)}}))
     launcher = Pool(pool)
     run_dir = tmp / f"run{spares}"
     run_dir.mkdir()

@@ -8,6 +8,7 @@ filled: node1 is kept out from the start, and the faulty GPU lands on node2 inst
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,19 @@ def test_hybrid_layout_on_the_lemon_store(tmp_path: Path, runs: dict[str, RunRes
     assert r.status["excluded_nodes"] == ["node1", "node2"]
     assert all("node2" not in nodes for nodes in applied_after(r, 30).values())
     assert sorted(r.losses()) == list(range(STEPS))
+
+
+def test_gradient_only_corruption_is_hardware_on_its_node(tmp_path: Path) -> None:
+    """node1's GPU spoils only the weight gradients it computes (the loss stays right): the cross check
+    compares local gradient fingerprints too, so the verdict is hardware on node1, not bad data."""
+    chaos = [{"fault": "sdc", "node": 1, "step": 14, "target": "grad"}]
+    r = run_submit(tmp_path, {"train": {"steps": 24}, "policy": {"spike": SPIKE}, "chaos": chaos}, "grad")
+    assert r.code == 0, r.status["reason"]
+    f = by_step(r)
+    assert [(s, f[s]["kind"], f[s]["verdict"], f[s]["node"]) for s in f] == [(14, "sdc", "hardware", "node1")]
+    [replay] = r.events("replay")
+    assert "gradient norm²" in replay["reason"] and replay["suspect_nodes"] == ["node1"], replay
+    assert all(math.isfinite(x) for x in replay["first"].values())  # every replica's loss was right
+    assert r.status["excluded_nodes"] == ["node1"]
+    assert all("node1" not in nodes for nodes in applied_after(r, 14).values())
+    assert sorted(r.losses()) == list(range(24))
