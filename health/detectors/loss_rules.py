@@ -3,7 +3,9 @@ supervisor's detectors, so both always agree on what a bad step is.
 
 Spike rule: after ``warmup_steps`` good steps, a loss is a spike when it exceeds the median of the last
 ``window`` good losses by more than ``k`` robust standard deviations (1.4826 * MAD) *and* by at least
-``min_rel_increase`` of the median (so a flat, noise-free loss curve does not flag tiny wiggles).
+``min_rel_increase`` of the median (so a flat, noise-free loss curve does not flag tiny wiggles). While
+the window falls, the same band is also taken around a robust line through it (``spike_threshold``), so
+a bad batch early in training is not hidden by the fall itself.
 """
 
 from __future__ import annotations
@@ -35,14 +37,42 @@ def is_nonfinite(x: float | None) -> bool:
     return x is None or not math.isfinite(x)
 
 
+def _band(level: float, spread: float, p: SpikeParams) -> float:
+    return level + max(p.k * MAD_TO_SIGMA * spread, p.min_rel_increase * abs(level))
+
+
+def _falling_trend(recent: Sequence[float], p: SpikeParams) -> tuple[float, float] | None:
+    """A robust straight line through the window (Theil-Sen: the median pairwise slope, the median
+    intercept): (its value at the newest step, the MAD of the residuals). None unless the loss falls
+    across the window by more than the band is wide: a gentle drift is noise the median band handles."""
+    n = len(recent)
+    slope = median((recent[j] - recent[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
+    icept = median(x - slope * i for i, x in enumerate(recent))
+    resid = [x - (icept + slope * i) for i, x in enumerate(recent)]
+    mid = median(resid)
+    spread = median(abs(r - mid) for r in resid)
+    if not -slope * (n - 1) > p.k * MAD_TO_SIGMA * spread:
+        return None
+    level = max(icept + slope * (n - 1), median(recent[-3:]))  # never below where the loss is now
+    return level, spread
+
+
 def spike_threshold(history: Sequence[float], p: SpikeParams) -> float | None:
-    """The loss above which the next step is a spike, or None while still warming up."""
+    """The loss above which the next step is a spike, or None while still warming up.
+
+    While the loss falls, the window's median lags behind the current loss and the fall itself widens
+    the MAD, so a median band is loose exactly when a model is most fragile (early training). The band
+    is therefore also taken around a robust line through the window, at its newest step, with the
+    residuals' MAD; the lower of the two bands is used, and only while the fall across the window is
+    wider than that band (a flat, drifting or rising window keeps the median band: a slow climb must not
+    widen the band in front of a divergence, and late-training noise must not narrow it)."""
     if len(history) < max(p.warmup_steps, 4):
         return None
     recent = list(history[-p.window:])
     med = median(recent)
-    mad = median(abs(x - med) for x in recent)
-    return med + max(p.k * MAD_TO_SIGMA * mad, p.min_rel_increase * abs(med))
+    flat = _band(med, median(abs(x - med) for x in recent), p)
+    trend = _falling_trend(recent, p)
+    return flat if trend is None else min(flat, _band(*trend, p))
 
 
 def judge_step(loss: float, grad_norm: float | None, good_history: Sequence[float],
