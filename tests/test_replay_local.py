@@ -122,3 +122,22 @@ def test_gradient_only_corruption_is_hardware_on_its_node(tmp_path: Path) -> Non
     assert r.status["excluded_nodes"] == ["node1"]
     assert all("node1" not in nodes for nodes in applied_after(r, 14).values())
     assert sorted(r.losses()) == list(range(24))
+
+
+@pytest.mark.slow
+def test_a_replica_spanning_nodes_blames_only_the_node_of_the_stage_that_diverged(tmp_path: Path) -> None:
+    """dp2 x pp2, one rank per node: each replica spans two nodes (its two stages). node1 holds stage 1 of
+    replica 0 and corrupts its output; the replay's stage prints show stage 0 agreeing and stage 1 not,
+    so node1 alone is excluded (node0, the other half of its replica, stays) and a spare takes its place."""
+    layout = {"pp": 2, "microbatches": 2, "pp_schedule": "1f1b", "dp_mode": "fsdp"}
+    r = run_submit(tmp_path, {"train": {"steps": 24}, "policy": {"spike": SPIKE}, "parallel": layout,
+                              "cluster": {"nodes": 4, "ranks_per_node": 1, "spare_nodes": 1},
+                              "chaos": [{"fault": "sdc", "node": 1, "step": 14}]}, "pp")
+    assert r.code == 0, r.status["reason"]
+    assert r.events("launch")[0]["rank_map"] == {"0": "node0", "1": "node1", "2": "node2", "3": "node3"}
+    f = by_step(r)
+    assert [(s, f[s]["verdict"], f[s]["node"]) for s in f] == [(14, "hardware", "node1")], r.status["faults"]
+    assert r.events("replay")[0]["suspect_nodes"] == ["node1"]
+    assert r.status["excluded_nodes"] == ["node1"]
+    assert all("node1" not in nodes for nodes in applied_after(r, 14).values())
+    assert sorted(r.losses()) == list(range(24))

@@ -148,3 +148,24 @@ def test_replay_budget_is_per_run_and_bounds_replays(tmp_path: Path) -> None:
     r = Replayer(cfg, engine, None, chaos, SimpleNamespace(phase="step"), 0, None, tmp_path)  # type: ignore[arg-type]
     assert r.review(5, [0, 1], float("nan"), LossVerdict(True, "nonfinite_loss"), Sampler(), [],
                     SpikeParams(), 0.0) is None
+
+
+def test_a_replica_spanning_nodes_is_narrowed_to_the_first_stage_that_diverged() -> None:
+    """dp2 x pp2, one rank per node: replica 0 is ranks 0 (stage 0) and 1 (stage 1). Rank 1's node spoils
+    what it computes: stage 0's outputs agree on both computations, stage 1's do not, so only rank 1 (not
+    rank 0, on a healthy node) is blamed. Without stage prints the whole replica stays suspect."""
+    from trainer.replay import narrow
+    from trainer.replay_gather import Gathered
+
+    def g(stages: dict[int, dict[int, float]]) -> Gathered:
+        ranks = {(0, 0): {0}, (0, 1): {1}, (1, 0): {2}, (1, 1): {3}}
+        return Gathered({}, {}, {}, {}, {0: 0, 1: 1, 2: 2, 3: 3}, {0: 0, 1: 0, 2: 1, 3: 1}, 0.0, False,
+                        stages, ranks)
+
+    same = g({0: {0: 10.0, 1: 99.0}, 1: {0: 11.0, 1: 12.0}})  # replica 0 spoils its batch at stage 1
+    cross = g({0: {0: 11.0, 1: 97.0}, 1: {0: 10.0, 1: 8.0}})  # replica 0 spoils replica 1's batch there too
+    v = decide(True, {0: 9.0, 1: 3.1}, {0: 9.0, 1: 3.1}, [Computation(1, 0, 8.5), Computation(0, 1, 3.0)],
+               [False], TOL)
+    assert (v.verdict, v.suspects) == ("hardware", (0,))
+    assert narrow(v, same, cross, TOL) == [1]
+    assert narrow(v, g({}), g({}), TOL) is None  # no prints: nothing to narrow with

@@ -31,12 +31,12 @@ import torch.distributed as dist
 from torch import nn
 
 from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
-from health.detectors.replay_rules import Computation, ReplayVerdict, agree, decide
+from health.detectors.replay_rules import Computation, ReplayVerdict, agree, decide, first_diverging_stage
 from orchestrator.config import RunConfig
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
 from trainer.fence import EpochGuard
-from trainer.replay_gather import NOT_TAKEN, Gathered, GradPrint, gather
+from trainer.replay_gather import NOT_TAKEN, Gathered, GradPrint, StagePrint, gather
 from trainer.telemetry import Telemetry
 
 BUDGET_FILE = "replay_budget.json"
@@ -104,6 +104,34 @@ def suspect_ranks(v: ReplayVerdict, orig: Gathered, same: Gathered, rel_tol: flo
     return [] if replicas_changed else changed
 
 
+def narrow(v: ReplayVerdict, same: Gathered, cross: Gathered | None, rel_tol: float) -> list[int] | None:
+    """hardware: the ranks of the first pipeline stage whose output differs between the two computations
+    of each mismatched batch, on the blamed side (a replica spanning nodes then names the stage's node,
+    not all of them); None when a mismatch cannot be narrowed (the whole replica stays suspect)."""
+    if v.verdict != "hardware" or cross is None:
+        return None
+    ranks: set[int] = set()
+    for c in v.mismatches:
+        s = first_diverging_stage(same.stages.get(c.batch, {}), cross.stages.get(c.computer, {}), rel_tol)
+        if s is None:
+            return None
+        if c.batch in v.suspects:
+            ranks |= same.stage_ranks.get((c.batch, s), set())
+        if c.computer in v.suspects:
+            ranks |= cross.stage_ranks.get((c.computer, s), set())
+    return sorted(ranks) or None
+
+
+def stage_ids(engine: Any, cfg: RunConfig) -> list[int]:
+    """The pipeline stages of this rank's parts (one stage, 0, without pipelining)."""
+    mesh = getattr(engine, "mesh", None)
+    if mesh is None or cfg.parallel.pp == 1:
+        return [0]
+    from trainer.parallel import pipeline
+    per = pipeline.stages_per_rank(cfg.parallel.pp_schedule, cfg.parallel.pp)
+    return pipeline.stage_ids(mesh["pp"].get_local_rank(), cfg.parallel.pp, per)
+
+
 def model_parts(engine: Any) -> list[nn.Module]:
     """The model modules this rank holds (one, or a pipeline rank's stages)."""
     return list(getattr(engine, "parts", None) or [engine.module])
@@ -122,6 +150,7 @@ class Replayer:
         self.budget = Budget.load(run_dir)
         chaos.install_sdc(model_parts(engine))
         self.prints = GradPrint(model_parts(engine))  # after the chaos hooks: sees what the node computed
+        self.stage_prints = StagePrint(model_parts(engine), stage_ids(engine, cfg))
 
     # ---- data ---------------------------------------------------------------------------------
     def batch(self, step: int, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,15 +164,17 @@ class Replayer:
         return self.chaos.poison_data(step, idx, mine, x, y)
 
     # ---- collectives ----------------------------------------------------------------------------
-    def _gather(self, loss: float, grad: float = NOT_TAKEN, flag: float = 0.0) -> Gathered:
-        return gather(self.engine, self.rank, self.node_index, loss, grad, flag)
+    def _gather(self, loss: float, grad: float = NOT_TAKEN, flag: float = 0.0,
+                stages: list[float] | None = None) -> Gathered:
+        return gather(self.engine, self.rank, self.node_index, loss, grad, flag, stages)
 
-    def _compute(self, step: int, idx: list[int], replica: int) -> tuple[float, float]:
-        """Forward and backward of ``replica``'s share of the batch (a collective over the whole world):
-        this rank's loss and its local gradient fingerprint."""
+    def _compute(self, step: int, idx: list[int], replica: int) -> Gathered:
+        """Forward and backward of ``replica``'s share of the batch (a collective over the whole world),
+        gathered: every rank's loss, local gradient fingerprint and stage output prints."""
         self.prints.start()
+        self.stage_prints.start()
         loss = float(self.engine.forward_backward(*self._shard(step, idx, replica)))
-        return loss, self.prints.take()
+        return self._gather(loss, self.prints.take(), stages=self.stage_prints.take())
 
     # ---- the review -----------------------------------------------------------------------------
     def review(self, step: int, idx: list[int], local_loss: float, flagged: LossVerdict,
@@ -159,29 +190,31 @@ class Replayer:
             return None
         prev, self.tel.phase = self.tel.phase, "replay"
         try:
-            same = self._gather(*self._compute(step, idx, self.engine.dp_rank))
+            same = self._compute(step, idx, self.engine.dp_rank)
             gn = self.engine.clip_grad_norm(self.cfg.train.grad_clip)
             same_bad = judge_step(same.glob, gn, history, spike).bad
-            cross, neighbours = self._elsewhere(step, idx, sampler, history, spike) if same_bad else ([], [])
+            cross, got, neighbours = (self._elsewhere(step, idx, sampler, history, spike) if same_bad
+                                      else ([], None, []))
         finally:
             self.tel.phase = prev
         v = decide(same_bad, orig.loss, same.loss, cross, neighbours, self.rc.rel_tol, same.grad)
         secs = time.perf_counter() - t0
         self.budget.spend(secs, persist=self.rank == 0)
-        self._report(step, idx, flagged, v, orig, same, cross, neighbours, secs, t_start)
+        narrowed = narrow(v, same, got, self.rc.rel_tol)
+        self._report(step, idx, flagged, v, orig, same, cross, neighbours, secs, t_start, narrowed)
         if v.verdict == "hardware":
             self._halt()
         return Review(v.verdict, v.verdict == "transient", v.verdict == "data", same.glob, gn, secs)
 
     def _elsewhere(self, step: int, idx: list[int], sampler: Sampler, history: list[float],
-                   spike: SpikeParams) -> tuple[list[Computation], list[bool]]:
+                   spike: SpikeParams) -> tuple[list[Computation], Gathered | None, list[bool]]:
         """The batch on another replica (replica d computes replica d+1's), then the same weights on the
         following batches (forward only)."""
         dp = self.engine.dp_size
         cross: list[Computation] = []
+        got = None
         if dp > 1:
-            peer = (self.engine.dp_rank + 1) % dp
-            got = self._gather(*self._compute(step, idx, peer))
+            got = self._compute(step, idx, (self.engine.dp_rank + 1) % dp)
             cross = [Computation((d + 1) % dp, d, loss, got.grad.get(d)) for d, loss in sorted(got.loss.items())]
         self.engine.discard()
         ahead = Sampler.from_state(sampler.state())
@@ -190,15 +223,15 @@ class Replayer:
             nxt = ahead.next_global_batch(self.cfg.train.global_batch)
             x, y = self._shard(step, nxt, self.engine.dp_rank)
             bad.append(judge_step(self._gather(self.engine.eval_loss(x, y)).glob, None, history, spike).bad)
-        return cross, bad
+        return cross, got, bad
 
     def _report(self, step: int, idx: list[int], flagged: LossVerdict, v: ReplayVerdict, orig: Gathered,
                 same: Gathered, cross: list[Computation], neighbours: list[bool], secs: float,
-                t_start: float) -> None:
+                t_start: float, narrowed: list[int] | None) -> None:
         """Rank 0 sends the evidence; the supervisor journals it and acts (orchestrator.replay_events)."""
         if self.rank != 0:
             return
-        ranks = suspect_ranks(v, orig, same, self.rc.rel_tol)
+        ranks = narrowed or suspect_ranks(v, orig, same, self.rc.rel_tol)
         suspect_nodes = (sorted({same.rank_node[r] for r in ranks}) if ranks
                          else sorted({n for d in v.suspects for n in same.nodes.get(d, set())}))
         keep = _worth_showing(v, orig.loss, same.loss)  # a datagram holds 8 KiB: the replicas that tell the story

@@ -13,7 +13,7 @@ reduced gradients: there the fingerprint is not taken and the replay compares lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +51,39 @@ class GradPrint:
         return float(self.acc) if self.usable else NOT_TAKEN
 
 
+class StagePrint:
+    """Forward hooks on each model part this rank holds (a pipeline stage, or the whole model): the sum of
+    squares of the part's output over a replay's micro-batches, per part. Registered after the chaos
+    hooks. A replica spanning nodes is narrowed with them: the first stage, in pipeline order, whose
+    output differs between two computations of one batch is where it went wrong (its input, the stage
+    before's output, agreed)."""
+
+    SLOTS = 2  # parts per rank (interleaved 1F1B holds two)
+
+    def __init__(self, parts: list[nn.Module], stage_ids: list[int]) -> None:
+        self.ids = stage_ids[: self.SLOTS]
+        self.on = False
+        self.acc = [0.0] * len(self.ids)
+        for k, part in enumerate(parts[: self.SLOTS]):
+            part.register_forward_hook(lambda _m, _i, out, k=k: self._add(k, out))
+
+    def _add(self, k: int, out: Any) -> None:
+        if self.on and isinstance(out, torch.Tensor):
+            local = out.to_local() if is_dtensor(out) else out
+            self.acc[k] += float(local.detach().double().square().sum())
+
+    def start(self) -> None:
+        self.acc, self.on = [0.0] * len(self.ids), True
+
+    def take(self) -> list[float]:
+        """(stage id, fingerprint) for each slot, flattened; stage -1 marks an empty slot."""
+        self.on = False
+        out: list[float] = []
+        for k in range(self.SLOTS):
+            out += [float(self.ids[k]), self.acc[k]] if k < len(self.ids) else [-1.0, 0.0]
+        return out
+
+
 @dataclass
 class Gathered:
     """Every rank's row of one all-gather, folded per replica."""
@@ -63,14 +96,17 @@ class Gathered:
     rank_replica: dict[int, int]
     glob: float  # the global loss
     flagged: bool  # any rank raised the flag
+    stages: dict[int, dict[int, float]] = field(default_factory=dict)  # replica → stage → Σ output prints
+    stage_ranks: dict[tuple[int, int], set[int]] = field(default_factory=dict)  # (replica, stage) → ranks
 
 
 def gather(engine: Any, rank: int, node: int, loss: float, grad: float = NOT_TAKEN,
-           flag: float = 0.0) -> Gathered:
-    """One all-gather of (rank, replica, node, weighted loss, weight, flag, own loss, fingerprint)."""
+           flag: float = 0.0, stages: list[float] | None = None) -> Gathered:
+    """One all-gather of (rank, replica, node, weighted loss, weight, flag, own loss, fingerprint,
+    then (stage, output print) per part slot)."""
     w = float(engine.loss_weight)
     t = flags_tensor([float(rank), float(engine.dp_rank), float(node), loss * w if w else 0.0, w, flag,
-                      loss, grad])
+                      loss, grad] + (stages or [-1.0, 0.0] * StagePrint.SLOTS))
     rows = [t]
     if dist.is_initialized():
         rows = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -79,8 +115,13 @@ def gather(engine: Any, rank: int, node: int, loss: float, grad: float = NOT_TAK
     sums: dict[int, list[float]] = {}
     prints: dict[int, list[float]] = {}
     for row in rows:
-        r, d, n, lw, wt, fl, own, gp = row.tolist()
+        r, d, n, lw, wt, fl, own, gp, *slots = row.tolist()
         r, d = int(r), int(d)
+        for sid, sp in zip(slots[::2], slots[1::2]):
+            if sid >= 0:
+                per = g.stages.setdefault(d, {})
+                per[int(sid)] = per.get(int(sid), 0.0) + sp
+                g.stage_ranks.setdefault((d, int(sid)), set()).add(r)
         g.nodes.setdefault(d, set()).add(int(n))
         g.rank_loss[r], g.rank_node[r], g.rank_replica[r] = own, int(n), d
         g.flagged = g.flagged or fl > 0

@@ -23,6 +23,13 @@ The replays, in order:
    it persists). Some bad, some not → ``data`` (a bad region of the data set; skipping is the cheap,
    reversible choice, and a persistent problem still reaches the rollback policy).
 
+A replica spanning several nodes (pipeline stages on different nodes) is narrowed to the ranks of the
+first stage whose output differs between the two computations of a mismatched batch
+(``first_diverging_stage``). Tensor-parallel ranks of one stage are not told apart: their partial results
+are summed by an all-reduce inside the stage, so every one of them outputs the same (spoiled) tensor;
+the mesh keeps tp innermost, so a stage's tp ranks share a node whenever ranks_per_node is a multiple
+of tp, and the stage names one node.
+
 With one replica (dp = 1) step 2 cannot run (a spare's agent would be needed; not done): hardware is not
 ruled out, and the reason says so.
 """
@@ -104,6 +111,17 @@ def _hardware(same: Mapping[int, float], same_grad: Mapping[int, float], cross: 
     return ReplayVerdict("hardware", tuple(suspects),
                          f"the bad result follows replica(s) {suspects}, not the batch ({pairs})",
                          tuple(c for c, _ in found))
+
+
+def first_diverging_stage(own: Mapping[int, float], other: Mapping[int, float], rel_tol: float) -> int | None:
+    """stage → output fingerprint of two computations of one batch: the first stage, in pipeline order,
+    whose outputs disagree. Its input (the previous stage's output) agreed, so the fault is in that
+    stage's computation, on the ranks that hold it. None: no stage disagrees (a gradient-only fault),
+    or the stages are not known on both sides."""
+    common = sorted(set(own) & set(other))
+    if not common or len(common) != len(own) or len(common) != len(other):
+        return None
+    return next((s for s in common if not agree(own[s], other[s], rel_tol)), None)
 
 
 def decide(same_bad: bool, orig: Mapping[int, float], same: Mapping[int, float],
