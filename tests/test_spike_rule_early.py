@@ -1,5 +1,6 @@
 """The spike rule early in training: real loss curves of the test model (``tests/data/loss_curves.json``:
-three seeds of ``tests.conftest.BASE`` trained in one process with the scheduled lr, and at every step
+three seeds of ``tests.conftest.BASE`` for 60 steps and the demo model (``examples/local.yaml``, its first
+100 steps), trained in one process with the scheduled lr, and at every step
 the loss the same weights give the same batch with half its samples' bytes corrupted (top bit flipped)).
 While the loss falls fast the median band lags and is widened by the fall; the trend band must flag the
 corrupted batches there without flagging any clean step.
