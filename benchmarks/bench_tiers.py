@@ -1,4 +1,5 @@
-"""Recovery cost per tier, median and spread over repeats: in-step skip (a NaN), in-process rollback
+"""Recovery cost per tier, median and spread over repeats: in-step replay (a one-off NaN replayed clean:
+transient, applied), in-step skip (a NaN, replay off), in-process rollback
 (three bad steps in a row), relaunch (a rank crash) on the local cluster. Detection latency and time from
 the fault to the first good step after it. (Slurm resubmission: benchmarks/bench_slurm_recovery.py.)
 
@@ -18,10 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_recovery import rows_of, run  # noqa: E402
 from tests.conftest import BASE, deep_merge  # noqa: E402
 
-TIERS: dict[str, tuple[str, list[dict[str, Any]]]] = {
-    "in-step skip": ("nan", [{"fault": "nan", "step": 30, "rank": 1}]),
-    "in-process rollback": ("divergence", [{"fault": "nan", "step": 35, "rank": 1}] * 3),  # 3 bad in a row
-    "relaunch (local)": ("rank_crash", [{"fault": "rank_crash", "step": 35, "rank": 3}]),
+REPLAY_OFF = {"policy": {"replay": {"enabled": False}}}  # the skip/rollback tiers as such (no replay first)
+TIERS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
+    "in-step replay (transient)": ("transient_fault", [{"fault": "nan", "step": 30, "rank": 1}], {}),
+    "in-step skip": ("nan", [{"fault": "nan", "step": 30, "rank": 1}], REPLAY_OFF),
+    "in-process rollback": ("divergence", [{"fault": "nan", "step": 35, "rank": 1}] * 3, REPLAY_OFF),  # 3 bad in a row
+    "relaunch (local)": ("rank_crash", [{"fault": "rank_crash", "step": 35, "rank": 3}], {}),
 }
 
 
@@ -39,10 +42,10 @@ def main() -> int:
     print("| tier | fault | repeats | detection s, median [min–max] | fault → first good step s | steps recomputed |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for tier, (kind, chaos) in TIERS.items():
+        for tier, (kind, chaos, extra) in TIERS.items():
             det, rec, lost = [], [], []
             for i in range(args.repeats):
-                cfg = deep_merge(BASE, {"chaos": chaos, "metrics": {"enabled": False}})
+                cfg = deep_merge(BASE, {"chaos": chaos, "metrics": {"enabled": False}, **extra})
                 rows = [r for r in rows_of(run(cfg, Path(tmp), f"{kind}-{i}")) if r["fault"] == kind]
                 if rows:
                     det.append(rows[0]["detect_s"] or 0.0)
