@@ -12,10 +12,10 @@ from pathlib import Path
 from orchestrator import rundir
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.base import LaunchSpec
+from orchestrator.launcher.registry import make_launcher
 
 
 def cancel_run(run_dir: Path) -> int:
-    from orchestrator.commands import make_launcher
     cfg = rundir.load(run_dir)
     launches = [r for r in read_journal(run_dir) if r["event"] == "launch"]
     if not launches:

@@ -17,7 +17,7 @@ from orchestrator.cli_input import BadInput, existing_dir, run_config, run_dir_a
 from orchestrator.config import RunConfig
 from orchestrator.config_load import ConfigError, layout_warnings, load_config
 from orchestrator.journal import Journal, read_journal
-from orchestrator.launcher.base import Launcher
+from orchestrator.launcher.registry import make_launcher
 from orchestrator.progress import ProgressDisplay, summary_table
 from orchestrator.snapshot import RunSnapshot, read_status
 
@@ -33,17 +33,6 @@ def _config_or_exit(args: argparse.Namespace) -> RunConfig | None:
     for w in layout_warnings(cfg):
         print(f"warning: {w}", file=sys.stderr)
     return cfg
-
-
-def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
-    if cfg.cluster.backend == "slurm" and cfg.cluster.slurm.recovery == "in_allocation":
-        from slurm.alloc_launcher import SlurmAllocLauncher
-        return SlurmAllocLauncher(cfg, run_dir)
-    if cfg.cluster.backend == "slurm":
-        from slurm.launcher import SlurmLauncher
-        return SlurmLauncher(cfg, run_dir)
-    from orchestrator.launcher.local import LocalLauncher
-    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

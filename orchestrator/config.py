@@ -65,10 +65,16 @@ class SlurmConfig(Section):
         return v
 
 
+# backend -> its plugin module (exposes ``make_launcher(cfg, run_dir)``): a new backend is its folder, this
+# line and its section below (as ``slurm``'s).
+BACKEND_PLUGINS = {"local": "orchestrator.launcher.local.plugin", "slurm": "slurm.plugin"}
+BACKENDS = tuple(BACKEND_PLUGINS)
+
+
 class ClusterConfig(Section):
     """Where the ranks run: the embedded local cluster or Slurm."""
 
-    backend: Literal["local", "slurm"] = "local"
+    backend: Literal[BACKENDS] = "local"  # type: ignore[valid-type]
     nodes: int = Field(2, ge=1, le=4096)
     ranks_per_node: int = Field(2, ge=1, le=64)
     spare_nodes: int = Field(0, ge=0, le=64)

@@ -30,7 +30,7 @@ from orchestrator.goodput import GoodputMeter
 from orchestrator.ground_truth import GroundTruth
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
-from orchestrator.launcher.local import logs_dir
+from orchestrator.launcher.local.launcher import logs_dir
 from orchestrator.link_probe import LinkProbe, LinkVerdict
 from orchestrator.policy import Decision, Situation, decide
 from orchestrator.run_events import RunEvents
@@ -429,6 +429,9 @@ class Supervisor:
             self.on_requeue(ev, now)
         elif ev.kind == "node_verdict":  # recorded when it comes; the run moved on without it
             self.journal.append("node_verdict", node=ev.node, state=ev.state, evidence=ev.info)
+        elif ev.kind == "rank_exit" and ev.rank is not None:
+            w.on_rank_exit({"rank": ev.rank, "code": ev.code, "signal": ev.signal, "stderr_tail": ev.stderr_tail,
+                            "t": ev.t or now}, self.classify, now)
 
     def check_liveness(self, now: float) -> None:
         w = self.watch

@@ -109,7 +109,7 @@ def test_network_faults_are_refused_on_slurm(tmp_path: Path, monkeypatch: pytest
 
 def test_without_namespaces_nodes_are_plain_processes_and_it_is_said_once(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.launcher import local
+    from orchestrator.launcher.local import launcher as local
     monkeypatch.setenv("ORCH_LOCAL_NETNS", "0")
     monkeypatch.setattr(local, "_said_plain", False)
     first, second = local.LocalLauncher(2, 0), local.LocalLauncher(2, 0)

@@ -38,11 +38,17 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class LauncherEvent:
-    """Something the scheduler (not a rank) told us: a node vanished, the job ended or was requeued, or
-    the controller's later verdict on a node already moved away from (``node_verdict``: journaled only)."""
+    """Something the scheduler (not a rank) told us: a node vanished, the job ended or was requeued, the
+    controller's later verdict on a node already moved away from (``node_verdict``: journaled only), or
+    a rank exited (``rank_exit``: for a backend that sees exits itself; ranks also report their own exit
+    through telemetry, and both reach the same handler)."""
 
-    kind: Literal["node_lost", "job_ended", "requeued", "job_started", "node_verdict"]
+    kind: Literal["node_lost", "job_ended", "requeued", "job_started", "node_verdict", "rank_exit"]
     node: str | None = None
+    rank: int | None = None  # rank_exit: which rank, its exit code or signal, the tail of its stderr
+    code: int | None = None
+    signal: int | None = None
+    stderr_tail: str = ""
     state: str | None = None  # e.g. COMPLETED, FAILED, NODE_FAIL, TIMEOUT, PREEMPTED
     detail: str = ""
     t: float = 0.0

@@ -1,0 +1,14 @@
+"""The local backend's entry in the launcher registry (the config schema's ``BACKEND_PLUGINS`` names it for ``local``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import RunConfig
+from orchestrator.launcher.base import Launcher
+
+
+def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
+    """A local cluster of ``cluster.nodes`` + ``spare_nodes`` agents on this host."""
+    from orchestrator.launcher.local.launcher import LocalLauncher
+    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout)

@@ -1,0 +1,17 @@
+"""The Slurm backend's entry in the launcher registry (the config schema's ``BACKEND_PLUGINS`` names it for ``slurm``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import RunConfig
+from orchestrator.launcher.base import Launcher
+
+
+def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
+    """One warm allocation (``in_allocation``) or one sbatch job per attempt (``resubmit``)."""
+    if cfg.cluster.slurm.recovery == "in_allocation":
+        from slurm.alloc_launcher import SlurmAllocLauncher
+        return SlurmAllocLauncher(cfg, run_dir)
+    from slurm.launcher import SlurmLauncher
+    return SlurmLauncher(cfg, run_dir)
