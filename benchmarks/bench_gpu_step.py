@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 def without_supervisor(cfg: dict[str, Any], work: Path, name: str, timeout_s: float = 600.0) -> list[float]:
     """The trainer alone: one process, its step datagrams received here (no agent, no watchdog)."""
-    from orchestrator.telemetry_auth import create_or_load_key
+    from trainer.telemetry_auth import create_or_load_key
     from orchestrator.telemetry_server import TelemetryServer
     run_dir = work / name
     prepare_run_dir(cfg, run_dir)

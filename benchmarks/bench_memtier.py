@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from orchestrator import memstore  # noqa: E402
-from orchestrator.config import RunConfig  # noqa: E402
+from trainer import memstore  # noqa: E402
+from spec.config import RunConfig  # noqa: E402
 from trainer.fence import EpochGuard  # noqa: E402
 from trainer.memtier import MemoryTier, copy_into, load_payload  # noqa: E402
 

@@ -44,7 +44,7 @@ from health.detectors.hang import LivenessArrays, assess_liveness_arrays  # noqa
 from health.detectors.comm_slowdown import CommSlowdownDetector  # noqa: E402
 from health.detectors.straggler import StragglerDetector  # noqa: E402
 from orchestrator.step_stats import StepAggregator  # noqa: E402
-from orchestrator.telemetry_auth import seal  # noqa: E402
+from trainer.telemetry_auth import seal  # noqa: E402
 from orchestrator.telemetry_server import TelemetryServer  # noqa: E402
 
 RANKS_PER_NODE = 8
@@ -116,7 +116,7 @@ class RealSink:
 
     def __init__(self, ranks: int, run_dir: Path) -> None:
         from orchestrator.attempt import AttemptWatch
-        from orchestrator.config import RunConfig
+        from spec.config import RunConfig
         from orchestrator.goodput import GoodputMeter
         from orchestrator.launcher.base import LaunchSpec
         from orchestrator.run_events import RunEvents

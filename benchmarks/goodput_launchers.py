@@ -180,7 +180,7 @@ def run_elastic(kind: str, cfg: dict[str, Any], work: Path, name: str, args: arg
     (into ``rows_out`` too, when given). ``args``: max_restarts, hang_cap_s, replace_delay_s, timeout_s and,
     for ft_launcher, ft_mode (heartbeats: default)."""
     from torch.distributed import TCPStore
-    from orchestrator.telemetry_auth import create_or_load_key
+    from trainer.telemetry_auth import create_or_load_key
     from orchestrator.telemetry_server import TelemetryServer
     run_dir = work / name
     prepare_run_dir(cfg, run_dir)

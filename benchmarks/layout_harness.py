@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer.engine import all_ranks_agree
 from trainer.model import GPT, lm_loss
 

@@ -43,7 +43,7 @@ def _script(store_port: int, max_restarts: int) -> str:
 
 def run_peer(steps: int, work: Path, timeout_s: float = 900) -> dict[str, Any]:
     from torch.distributed import TCPStore
-    from orchestrator.telemetry_auth import create_or_load_key
+    from trainer.telemetry_auth import create_or_load_key
     from orchestrator.telemetry_server import TelemetryServer
     cfg = config("resubmit", steps)
     cfg["health"]["collective_timeout_s"] = WATCHDOG_S

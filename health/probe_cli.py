@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from health.probes.result import ProbeResult, any_failed
+from spec.layout import checkpoint_root
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunConfig
+    from spec.config import RunConfig
 
 KNOWN_PROBES = ("node", "gpu", "collective", "burn_in")
 
@@ -30,8 +31,7 @@ def checkpoint_dir_of(cfg: RunConfig | None) -> Path:
     """Where this run's checkpoints go: ``checkpoint.dir``, relative to ``runs/<name>/``."""
     if cfg is None:
         return Path("runs")
-    d = Path(cfg.checkpoint.dir)
-    return d if d.is_absolute() else Path("runs") / cfg.name / d
+    return checkpoint_root(Path("runs") / cfg.name, cfg.checkpoint.dir)
 
 
 def _one(name: str, cfg: RunConfig | None, checkpoint_dir: Path, node: str) -> list[ProbeResult]:
@@ -124,13 +124,9 @@ def results_json(results: list[ProbeResult]) -> list[dict[str, Any]]:
     return [r.to_json() for r in results]
 
 
-def main(config_path: str | None, as_json: bool, probes: list[str] | None = None,
+def main(cfg: RunConfig | None, as_json: bool, probes: list[str] | None = None,
          checkpoint_dir: str | None = None) -> int:
-    """Entry point for `orchestrator probe`: load the config if given, probe, print, exit code."""
-    cfg = None
-    if config_path is not None:
-        from orchestrator.config_load import load_config
-        cfg = load_config(config_path)
+    """Entry point for `orchestrator probe` (which loads and checks the config): probe, print, exit code."""
     names = probes or (list(cfg.health.probes) if cfg is not None else ["node", "gpu"])
     results = run_probes(cfg, names, checkpoint_dir)
     if as_json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from health.probe_cli import KNOWN_PROBES, main
 
@@ -26,7 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     probes = [p.strip() for p in a.probes.split(",") if p.strip()] if a.probes else None
-    return main(a.config, a.json, probes=probes, checkpoint_dir=a.checkpoint_dir)
+    cfg = None
+    if a.config is not None:  # the schema only: the orchestrator checked the run's config before the probe
+        import yaml
+
+        from spec.config import RunConfig
+        cfg = RunConfig.model_validate(yaml.safe_load(Path(a.config).read_text()) or {})
+    return main(cfg, a.json, probes=probes, checkpoint_dir=a.checkpoint_dir)
 
 
 if __name__ == "__main__":

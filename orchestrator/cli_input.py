@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from orchestrator import rundir
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.config_load import ConfigError
 from orchestrator.journal import JOURNAL_FILE
 from orchestrator.snapshot import STATUS_FILE, RunSnapshot

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from orchestrator import rundir
 from orchestrator.cli_input import BadInput, existing_dir, run_config, run_dir_arg, run_status, writable_output
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.config_load import ConfigError, layout_warnings, load_config
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.registry import make_launcher
@@ -185,9 +185,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from health.probe_cli import main as probe_main
-    if args.config is not None and _config_or_exit(args) is None:
+    cfg = _config_or_exit(args) if args.config is not None else None
+    if args.config is not None and cfg is None:
         return 2
-    return int(probe_main(args.config, args.json))
+    return int(probe_main(cfg, args.json))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.config import NET_FAULT_KINDS, RunConfig
+from spec.config import NET_FAULT_KINDS, RunConfig
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _check_layout(cfg: RunConfig, world: int) -> list[ConfigIssue]:
     out += [ConfigIssue(f, msg) for f, msg in errors if f not in seen]
     if any(i.path == "parallel" for i in out):
         return out
-    dp = par.dp if par.dp is not None else world // (par.tp * par.pp)
+    dp = par.dp_of(world)
     if cfg.train.global_batch % (dp * par.microbatches):
         out.append(ConfigIssue("train.global_batch", f"{cfg.train.global_batch} is not divisible by "
                                f"dp*microbatches={dp * par.microbatches}"))
@@ -157,7 +157,7 @@ def _choose_microbatches(cfg: RunConfig) -> None:
     if par.pp == 1 or "microbatches" in par.model_fields_set:
         return
     world = cfg.cluster.world_size
-    dp = par.dp if par.dp is not None else world // (par.tp * par.pp)
+    dp = par.dp_of(world)
     if dp < 1 or cfg.train.global_batch % dp:
         return  # the layout check reports the real problem
     m = default_microbatches(cfg.train.global_batch // dp, par.pp)

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.plan.reliability import DEFAULT_FAILURE_RATE, job_mtbf_s, young_daly_interval
+from spec.layout import INTERVALS_FILE
 from trainer.fence import atomic_write
 
-INTERVALS_FILE = "INTERVALS"
 STORAGE_PRIOR = (1.0, 9.0)  # Beta prior on the share of failures only storage can recover
-DEFAULT_AUTO_STORAGE = 10  # steps, until the first costs are measured
 WINDOW = 64
 PRIOR_MIN_EXPOSURE_S = 60.0
 
@@ -158,14 +157,6 @@ class IntervalTuner:
             return None
         self.memory_steps, self.storage_steps = mem, st
         return decision
-
-
-def read_intervals(run_dir: Path) -> tuple[int, int] | None:
-    try:
-        raw = json.loads((Path(run_dir) / INTERVALS_FILE).read_text())
-        return int(raw["memory"]), int(raw["storage"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def finite(x: float) -> float | None:

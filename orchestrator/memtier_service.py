@@ -8,7 +8,7 @@ memory) and removed when it exits.
 Replication: each agent pushes the newest copy of each of its ranks to its ring partner (the next node
 of the attempt) over TCP, and, before forking ranks that ran elsewhere in the previous attempt (a spare
 taking a lost node's place), fetches their copies from their old node and that node's partner. Every
-frame is authenticated with the run key (HMAC-SHA256, ``orchestrator.telemetry_auth``) and carries its
+frame is authenticated with the run key (HMAC-SHA256, ``trainer.telemetry_auth``) and carries its
 send time (frames older than :data:`MAX_AGE_S` are refused); a copy lands under a dot-name and is
 renamed only after its MAC verified.
 """
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import memstore
-from orchestrator.telemetry_auth import key_from_env
+from trainer import memstore
+from trainer.telemetry_auth import key_from_env
 
 DOMAIN = b"orchmem-repl1"
 MAX_AGE_S = 120.0

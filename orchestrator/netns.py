@@ -18,28 +18,20 @@ import ipaddress
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.node_net import NETIF_ENV, NetnsError, ip, ip_binary
+
 NS_PREFIX = "orch-"
 SUPERNET = ipaddress.ip_network("10.213.0.0/16")
 LOCK_FILE = Path("/run/lock/orch-netns.lock")
 NODE_IF = "eth0"  # the node's side of its veth pair, inside its namespace
-IP_TIMEOUT_S = 10.0
 _counter = itertools.count()
 _NS_RE = re.compile(r"^orch-([0-9a-f]+)x[0-9a-f]+-n\d+$")
 _IF_RE = re.compile(r"^o[bvp]([0-9a-f]+)x[0-9a-f]+(n\d+)?$")
-
-
-class NetnsError(RuntimeError):
-    """An ``ip`` command failed; the message carries its argv and stderr."""
-
-
-def ip_binary() -> str | None:
-    return shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.path.exists(p)), None)
 
 
 def unavailable_reason() -> str | None:
@@ -51,15 +43,6 @@ def unavailable_reason() -> str | None:
     if ip_binary() is None:
         return "iproute2 ('ip') is not installed"
     return None
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``ip ARGS`` (argv, no shell, bounded)."""
-    argv = [ip_binary() or "ip", *args]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S)
-    if check and res.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)}: {res.stderr.strip()}")
-    return res
 
 
 def _pid_alive(pid: int) -> bool:
@@ -201,48 +184,6 @@ class _global_lock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-
-
-# ---- inside a node: what chaos and the node agent do to the node's own link ----------------------------
-NETIF_ENV = "ORCH_NODE_NETIF"  # set in a namespaced node's agent (and so its ranks): the link's name
-
-
-def node_netif() -> str | None:
-    """The node's link when this process runs in a namespaced node, else None (plain processes)."""
-    return os.environ.get(NETIF_ENV) or None
-
-
-def tc_binary() -> str:
-    return shutil.which("tc") or next((p for p in ("/usr/sbin/tc", "/sbin/tc") if os.path.exists(p)), "tc")
-
-
-def set_link(ifname: str, up: bool) -> None:
-    """Bring the node's link down (a partition: processes keep running) or back up."""
-    ip("link", "set", ifname, "up" if up else "down")
-
-
-def shape(ifname: str, rate_kbit: int) -> None:
-    """A slow link: a token-bucket filter on the node's egress (netem is not in every kernel; tbf is)."""
-    burst = max(1600, rate_kbit * 1000 // 8 // 100)  # bytes: 10 ms of traffic, at least one packet
-    argv = [tc_binary(), "qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{rate_kbit}kbit",
-            "burst", str(burst), "latency", "200ms"]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S)
-    if res.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)}: {res.stderr.strip()}")
-
-
-def unshape(ifname: str) -> None:
-    subprocess.run([tc_binary(), "qdisc", "del", "dev", ifname, "root"], capture_output=True,
-                   timeout=IP_TIMEOUT_S)
-
-
-def heal(ifname: str) -> None:
-    """Undo any partition or slow link (the node agent does this when an attempt's ranks are gone)."""
-    try:
-        set_link(ifname, True)
-        unshape(ifname)
-    except (NetnsError, subprocess.TimeoutExpired, OSError):
-        pass
 
 
 def node_env() -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.config import PolicyConfig
+from spec.config import PolicyConfig
 from spec.faults import Action, spec
 
 

@@ -16,8 +16,9 @@ from health.probes.collective import run_collective_probe
 from health.probes.gpu import probe_gpu
 from health.probes.node import probe_node
 from health.probes.result import ProbeResult
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.journal import Journal
+from spec.layout import checkpoint_root, rank_map
 
 
 def _require_gpus(nodes: list[str], ranks_per_node: int) -> None:
@@ -35,8 +36,7 @@ def make_preflight(cfg: RunConfig, run_dir: Path, journal: Journal,
                    ) -> Callable[[list[str]], list[str]]:
     """``collective``: the launcher's way to run the collective probe with each node's ranks on that node
     (namespaced local nodes: inside their namespaces, across the bridge); None: plain local processes."""
-    ckpt = Path(cfg.checkpoint.dir)
-    ckpt_dir = ckpt if ckpt.is_absolute() else run_dir / ckpt
+    ckpt_dir = checkpoint_root(run_dir, cfg.checkpoint.dir)
     expected_gpus = cfg.cluster.ranks_per_node if cfg.cluster.device == "cuda" else None
 
     def preflight(nodes: list[str]) -> list[str]:
@@ -54,7 +54,7 @@ def make_preflight(cfg: RunConfig, run_dir: Path, journal: Journal,
         if "collective" in cfg.health.probes and not bad:
             rpn = cfg.cluster.ranks_per_node
             coll = collective(nodes) if collective is not None else run_collective_probe(
-                len(nodes) * rpn, {r: nodes[r // rpn] for r in range(len(nodes) * rpn)}, timeout_s=60.0)
+                len(nodes) * rpn, rank_map(nodes, rpn), timeout_s=60.0)
             results += coll
             bad = sorted({r.node for r in coll if r.verdict == "failed" and r.node in nodes})
         journal.append("preflight", nodes=nodes, seconds=round(time.perf_counter() - t0, 3),

@@ -17,6 +17,7 @@ import numpy as np
 
 from orchestrator.step_stats import StepRow
 from orchestrator.triage import Candidate
+from spec.layout import rank_log_name
 
 if TYPE_CHECKING:
     from orchestrator.supervisor import Supervisor
@@ -258,7 +259,7 @@ def hang_culprit(dump: Callable[[], bool], ranks: list[int], log_dir: Path,
     import time as _t
     sizes = {}
     for rank in ranks:
-        log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"
+        log = log_dir / rank_log_name(rank_node.get(rank), rank)
         sizes[rank] = log.stat().st_size if log.exists() else 0
     if not dump():
         return None
@@ -267,7 +268,7 @@ def hang_culprit(dump: Callable[[], bool], ranks: list[int], log_dir: Path,
     pending = set(ranks)
     while pending and _t.time() < deadline:
         for rank in list(pending):
-            log = log_dir / f"{rank_node.get(rank)}-rank{rank}.log"
+            log = log_dir / rank_log_name(rank_node.get(rank), rank)
             text = _read_from(log, sizes[rank])
             main = _main_thread_stack(text)
             if main is None:

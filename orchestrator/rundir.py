@@ -9,7 +9,7 @@ from typing import IO
 
 import yaml
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.config_load import ConfigError, ConfigIssue, load_config_data
 
 CONFIG_FILE = "config.yaml"

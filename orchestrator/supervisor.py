@@ -25,22 +25,22 @@ from health.detectors.silence import silent_nodes
 from health.detectors.comm_slowdown import CommSlowdown, CommSlowdownDetector
 from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.goodput import GoodputMeter
 from orchestrator.ground_truth import GroundTruth
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
-from orchestrator.launcher.local.launcher import logs_dir
 from orchestrator.link_probe import LinkProbe, LinkVerdict
 from orchestrator.policy import Decision, Situation, decide
 from orchestrator.run_events import RunEvents
 from orchestrator.snapshot import FaultRecord, RunSnapshot, write_status
 from orchestrator.state import RunState, StateMachine
-from orchestrator.telemetry_auth import create_or_load_key
+from trainer.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import TelemetryServer, endpoints
 from orchestrator.triage import Candidate, root_cause
 from spec.faults import spec
-from trainer.fence import advance as advance_epoch, checkpoint_root, read_state
+from spec.layout import checkpoint_root, logs_dir
+from trainer.fence import advance as advance_epoch, read_state
 
 SETTLE_S = 0.4  # after the first sign of failure, wait this long for the root cause to show up
 
@@ -82,7 +82,7 @@ def shrunk_node_count(cfg: RunConfig, available: int) -> int:
         world = n * cfg.cluster.ranks_per_node
         if world % (par.tp * par.pp):
             continue
-        dp = world // (par.tp * par.pp)
+        dp = par.dp_of(world)
         if cfg.train.global_batch % (dp * par.microbatches) == 0:
             return n
     return 0

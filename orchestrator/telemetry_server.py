@@ -1,7 +1,7 @@
 """The supervisor's end of the telemetry channel: a UDP socket that never trusts what it reads.
 
 Every datagram must carry a valid HMAC under the run's key and a sequence number newer than the last
-one from the same sender (:mod:`orchestrator.telemetry_auth`); then it must be well-formed JSON with the
+one from the same sender (:mod:`trainer.telemetry_auth`); then it must be well-formed JSON with the
 required fields. Anything else is dropped and counted by reason, never acted on: nothing another user
 on the network (or a buggy rank) sends can crash the supervisor or steer the run.
 """
@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from typing import Any
 
-from orchestrator.telemetry_auth import ReplayGuard, unseal
+from trainer.telemetry_auth import ReplayGuard, unseal
 
 MAX_MESSAGE = 8192  # the whole datagram, header included
 TYPES = {"hb", "step", "event", "rank_exit"}

@@ -27,10 +27,10 @@ from typing import Any
 
 import submitit
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.launcher.agent_link import AgentHub, Link
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
-from orchestrator.telemetry_auth import create_or_load_key
+from trainer.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import endpoints
 from slurm import cmd
 from slurm.job import PREEMPTED_EXIT, AgentTask, node_address

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
 
@@ -135,3 +136,8 @@ def compress(hosts: Iterable[str]) -> str:
         parts.append(f"{prefix}{ranges[0]}" if single else f"{prefix}[{','.join(ranges)}]")
     parts.extend(plain)
     return ",".join(parts)
+
+
+def node_sort_key(name: str) -> tuple[Any, ...]:
+    """node2 before node10: the order nodes appear in Slurm's own host lists."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))

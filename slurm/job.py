@@ -28,6 +28,7 @@ from slurm.local_cluster import local_cluster
 from slurm.node_addr import (
     controller_node_addr, is_loopback, is_loopback_ip, link_env, resolve, route_source, split_host,
 )
+from spec.layout import rank_env, rank_log_name
 
 PREEMPTED_EXIT = 75  # mirrors trainer.rank_main.PREEMPTED_EXIT without importing torch here
 
@@ -136,22 +137,19 @@ class RankTask:
 
     def environment(self, slurm_env: Mapping[str, str], master_addr: str) -> dict[str, str]:
         """The variables ``trainer.rank_main`` reads, derived from Slurm's for this task."""
-        return {
-            "MASTER_ADDR": master_addr, "MASTER_PORT": str(self.master_port),
-            "ORCH_RUN_DIR": self.run_dir, "ORCH_ATTEMPT": str(self.attempt),
-            "ORCH_TELEMETRY_ADDR": self.telemetry_addr,
-            "ORCH_TELEMETRY_KEY_FILE": os.path.join(self.run_dir, "telemetry.key"),  # a path, never the key
-            "ORCH_NODE": slurm_env.get("SLURMD_NODENAME", "node0"),
-            "ORCH_NODE_INDEX": slurm_env.get("SLURM_NODEID", "0"),
-            "RANK": slurm_env["SLURM_PROCID"], "WORLD_SIZE": slurm_env["SLURM_NTASKS"],
-            "LOCAL_RANK": slurm_env["SLURM_LOCALID"], "OMP_NUM_THREADS": "1",
-        }
+        return {**rank_env(rank=slurm_env["SLURM_PROCID"], world=slurm_env["SLURM_NTASKS"],
+                           local_rank=slurm_env["SLURM_LOCALID"], master_addr=master_addr,
+                           master_port=self.master_port, run_dir=self.run_dir, attempt=self.attempt,
+                           node=slurm_env.get("SLURMD_NODENAME", "node0"),
+                           node_index=slurm_env.get("SLURM_NODEID", "0")),
+                "ORCH_TELEMETRY_ADDR": self.telemetry_addr,
+                "ORCH_TELEMETRY_KEY_FILE": os.path.join(self.run_dir, "telemetry.key")}  # a path, never the key
 
     def _redirect_output(self, node: str, rank: str) -> Path:
         """The rank's stdout/stderr (and faulthandler stacks) go where the supervisor looks for them."""
         log_dir = Path(self.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"{node}-rank{rank}.log"
+        log = log_dir / rank_log_name(node, rank)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)

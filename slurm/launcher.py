@@ -16,7 +16,6 @@ when it has already returned to service; never by its position in the job's node
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,24 +24,21 @@ from typing import Any
 
 import submitit
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.base import free_port
 from slurm import cmd
+from slurm.hostlist import node_sort_key
 from slurm.job import PREEMPTED_EXIT, RankTask, read_exit_codes
 from slurm.parsers import NODE_FAULT_STATES, SacctRecord, TERMINAL_STATES
 from slurm.preflight import run_probes
 from slurm.sbatch_options import executor_parameters
+from spec.layout import checkpoint_root
 
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING",
                            "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"})
 REQUEUE_STATES = frozenset({"TIMEOUT", "PREEMPTED"})
 BLAME_WAIT_S = 10.0  # how long a NODE_FAIL waits for the controller's node event to reach accounting
-
-
-def node_sort_key(name: str) -> tuple[Any, ...]:
-    """node2 before node10: the order nodes appear in Slurm's own host lists."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 class SlurmLauncher(Launcher):
@@ -89,7 +85,7 @@ class SlurmLauncher(Launcher):
 
     def preflight(self, nodes: list[str]) -> list[str]:
         """Run the health probes on each node through srun; the nodes whose probes failed."""
-        return run_probes(nodes, self.scfg.partition, self.run_dir)
+        return run_probes(nodes, self.scfg.partition, checkpoint_root(self.run_dir, self.cfg.checkpoint.dir))
 
     # ---- one attempt -------------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.launcher.base import Launcher
 
 

@@ -13,22 +13,22 @@ import sys
 from pathlib import Path
 
 from health.probes.result import ProbeResult
-from slurm.hostlist import compress
+from slurm.hostlist import compress, node_sort_key
 
 
-def run_probes(nodes: list[str], partition: str | None, run_dir: Path, timeout: float = 120.0,
+def run_probes(nodes: list[str], partition: str | None, checkpoint_dir: Path, timeout: float = 120.0,
                probes: str = "node") -> list[str]:
-    """The nodes (of ``nodes``) whose probe failed or did not answer."""
+    """The nodes (of ``nodes``) whose probe failed or did not answer; each probes ``checkpoint_dir``."""
     if not nodes:
         return []
-    out = _srun(nodes, partition, run_dir, timeout, probes)
-    return list(nodes) if out is None else failed_nodes(out, sorted(nodes, key=_key))
+    out = _srun(nodes, partition, checkpoint_dir, timeout, probes)
+    return list(nodes) if out is None else failed_nodes(out, sorted(nodes, key=node_sort_key))
 
 
-def burn_in(node: str, partition: str | None, run_dir: Path, timeout: float = 120.0) -> ProbeResult:
+def burn_in(node: str, partition: str | None, checkpoint_dir: Path, timeout: float = 120.0) -> ProbeResult:
     """The burn-in's known-answer compute check run on ``node`` itself (health.probes.burn_in), as the
     node probe is: a node that cannot run it has not passed it."""
-    out = _srun([node], partition, run_dir, timeout, "burn_in")
+    out = _srun([node], partition, checkpoint_dir, timeout, "burn_in")
     for line in (out or "").splitlines():
         try:
             results = json.loads(line.partition(":")[2])
@@ -38,23 +38,19 @@ def burn_in(node: str, partition: str | None, run_dir: Path, timeout: float = 12
     return ProbeResult("burn_in", node, "failed", {"reason": "no answer from the node (srun)"}, "sdc")
 
 
-def _srun(nodes: list[str], partition: str | None, run_dir: Path, timeout: float, probes: str) -> str | None:
+def _srun(nodes: list[str], partition: str | None, checkpoint_dir: Path, timeout: float, probes: str
+          ) -> str | None:
     """``health.probe_entry --json`` on each node (``srun --label``), or None if srun could not run."""
     argv = ["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", f"--nodelist={compress(nodes)}",
             "--label", "--kill-on-bad-exit=0", "--job-name=orch-preflight"]
     if partition:
         argv.append(f"--partition={partition}")
     argv += [sys.executable, "-m", "health.probe_entry", "--json", "--probes", probes,
-             "--checkpoint-dir", str(run_dir / "checkpoints")]
+             "--checkpoint-dir", str(checkpoint_dir)]
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-def _key(name: str) -> tuple[object, ...]:
-    from slurm.launcher import node_sort_key
-    return node_sort_key(name)
 
 
 def failed_nodes(labelled: str, ordered: list[str]) -> list[str]:

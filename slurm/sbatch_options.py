@@ -18,7 +18,7 @@ from typing import Any
 from submitit.core.job_environment import JobEnvironment
 from submitit.slurm.slurm import SlurmExecutor
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from slurm.hostlist import compress, expand
 
 # sbatch options that a structured field (or submitit's own bookkeeping) already sets.

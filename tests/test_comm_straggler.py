@@ -56,7 +56,7 @@ def test_preflight_collective_probe_runs_across_the_bridge(tmp_path: Path) -> No
 
 def test_preflight_uses_the_launchers_placement(tmp_path: Path) -> None:
     from health.probes.result import ProbeResult
-    from orchestrator.config import RunConfig
+    from spec.config import RunConfig
     from orchestrator.journal import Journal
     from orchestrator.preflight import make_preflight
     cfg = RunConfig.model_validate({"health": {"probes": ["collective"]}})

@@ -9,7 +9,7 @@ from health.detectors.lemon import LemonNodeStore
 from health.detectors.loss import LossSpikeDetector, params_from_rule
 from health.detectors.loss_rules import SpikeParams, judge_step
 from health.detectors.precision import audit_precision
-from orchestrator.config import SpikeRule
+from spec.config import SpikeRule
 
 DAY = 86_400.0
 

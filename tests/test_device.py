@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from health.detectors.hardware import classify_exit
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer import device as dv
 from trainer.device import CudaInventory, DeviceUnavailable, choose
 

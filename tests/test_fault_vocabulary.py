@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from health.detectors.hardware import _RULES, classify_exit
-from orchestrator.config import PolicyConfig
+from spec.config import PolicyConfig
 from orchestrator.policy import Situation, decide
 from orchestrator.triage import Candidate, root_cause
 from spec.faults import CHAOS, FAULTS, Action, spec

@@ -31,7 +31,7 @@ def test_each_injection_is_claimed_once_by_a_matching_kind(tmp_path: Path) -> No
 
 
 def test_chaos_marker_is_the_ground_truth_format(tmp_path: Path) -> None:
-    from orchestrator.config import ChaosFault
+    from spec.config import ChaosFault
     from trainer.chaos import Chaos
     chaos = Chaos([ChaosFault(fault="nan", step=3, rank=1)], tmp_path, rank=1, node_index=0, ranks_per_node=2)
     assert not chaos.poison_loss(2) and chaos.poison_loss(3)

@@ -12,7 +12,7 @@ import torch
 
 from health.probe_cli import main, run_probes
 from health.probes.result import ProbeResult, worst_verdict
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 
 HAS_GPU = torch.cuda.is_available()
 GPU_VERDICTS = ("ok", "degraded") if HAS_GPU else ("skipped",)  # a real verdict where a GPU is present

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from orchestrator import rundir
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.journal import Journal, read_journal
-from orchestrator.telemetry_auth import seal
+from trainer.telemetry_auth import seal
 from orchestrator.telemetry_server import MAX_MESSAGE, TelemetryServer, validate
 from trainer import checkpoint as ckpt
 

@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from orchestrator.interval import (IntervalTuner, estimate_mtbf, plan, read_intervals, storage_share,
+from orchestrator.interval import (IntervalTuner, estimate_mtbf, plan, storage_share,
                                    write_intervals)
+from spec.layout import read_intervals
 from orchestrator.plan.reliability import DEFAULT_FAILURE_RATE
 from tests.conftest import run_submit
 from trainer.intervals import Intervals

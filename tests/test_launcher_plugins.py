@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import BACKEND_PLUGINS, RunConfig
+from spec.config import BACKEND_PLUGINS, RunConfig
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.registry import make_launcher

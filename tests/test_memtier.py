@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator import memstore, memtier_service
+from orchestrator import memtier_service
+from trainer import memstore
 from tests.conftest import RunResult, run_submit
 from trainer.fence import EpochGuard, EpochState, FenceRecord
 from trainer.memtier import MemoryTier, copy_into, load_payload

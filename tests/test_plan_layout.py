@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from orchestrator.config import ModelConfig
+from spec.config import ModelConfig
 from orchestrator.config_load import load_config_data
 from orchestrator.plan import build_plan
 from orchestrator.plan.layout import SearchSpace, bubble_fraction, hardware_warnings, recommend_layout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import ModelConfig
+from spec.config import ModelConfig
 from orchestrator.plan.model_math import (ModelShape, chinchilla_tokens, count_params, shape_from_config, six_nd,
                                           stage_params, training_flops)
 

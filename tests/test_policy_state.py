@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import PolicyConfig, RunConfig
+from spec.config import PolicyConfig, RunConfig
 from orchestrator.goodput import GoodputMeter
 from orchestrator.policy import Situation, decide
 from orchestrator.state import IllegalTransition, RunState, StateMachine

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from health.detectors.lemon import LemonNodeStore
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.journal import Journal, read_journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from tests.conftest import BASE, deep_merge

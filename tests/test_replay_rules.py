@@ -51,7 +51,7 @@ def test_grad_print_sees_a_faulty_nodes_local_gradient(tmp_path: Path) -> None:
     """The fingerprint hook runs after the chaos hook, on the gradient as backward produced it."""
     import torch
 
-    from orchestrator.config import ChaosFault
+    from spec.config import ChaosFault
     from trainer.chaos import Chaos
     from trainer.replay_gather import GradPrint
 
@@ -133,7 +133,7 @@ def test_replay_budget_is_per_run_and_bounds_replays(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from health.detectors.loss_rules import LossVerdict, SpikeParams
-    from orchestrator.config import RunConfig
+    from spec.config import RunConfig
     from trainer.data import Sampler
     from trainer.replay import Budget, Replayer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import ModelConfig
+from spec.config import ModelConfig
 from orchestrator.report import write_report
 from trainer.model import GPT
 from trainer.samples import MAX_CHARS, PROMPTS, generate, greedy_continue

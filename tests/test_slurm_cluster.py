@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from slurm.parsers import (
     SACCT_ARGS, SINFO_ARGS, SacctRecord, job_records, parse_sacct, parse_scontrol_jobs,
     parse_scontrol_nodes, parse_sinfo_nodes,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from slurm.sbatch_options import (
     SUBMITIT_ONLY, SbatchOptionError, auto_executor_parameters, excluded_nodes, executor_parameters,
     parse_extra_option, render_sbatch_script, sbatch_arguments,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.base import free_port

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.metrics.exporter import SnapshotCollector
 from orchestrator.snapshot import RunSnapshot
-from orchestrator.telemetry_auth import (TelemetryKeyError, create_or_load_key, key_from_env, key_path, read_key,
+from trainer.telemetry_auth import (TelemetryKeyError, create_or_load_key, key_from_env, key_path, read_key,
                                          seal, unseal)
 from orchestrator.telemetry_server import REPORT_EVERY_S, TelemetryServer, endpoints
 from trainer.telemetry import Telemetry

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.telemetry_auth import key_path, seal
+from trainer.telemetry_auth import key_path, seal
 from tests.conftest import run_submit
 
 FORGED_ROUNDS = 5

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import ChaosFault
+from spec.config import ChaosFault
 
 
 def is_dtensor(t: torch.Tensor) -> bool:
@@ -26,7 +26,7 @@ def is_dtensor(t: torch.Tensor) -> bool:
 
 STEP_FAULTS = ("rank_crash", "node_failure", "hang", "gpu_error", "collective_timeout")
 EVERY_RANK = ("loss_spike", "bad_batch", "diverge")  # act on every rank; rank 0 writes the marker
-NET_FAULTS = ("partition", "slow_link")  # real network faults on namespaced nodes (orchestrator.netns)
+NET_FAULTS = ("partition", "slow_link")  # real network faults on namespaced nodes (trainer.node_net)
 
 
 class Chaos:
@@ -107,7 +107,7 @@ class Chaos:
         """partition: the node's link goes down for about ``steps`` steps' time (its processes keep
         running; the node agent brings it back when the attempt's ranks are gone); slow_link: a tbf rate
         limit on the node's link from ``step`` to ``step + steps``."""
-        from orchestrator import netns
+        from trainer import node_net as netns
         now = time.monotonic()
         if self._first_step is None:
             self._first_step = (step, now)

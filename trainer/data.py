@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.config import DataConfig
+from spec.config import DataConfig
 
 
 def stdlib_files() -> list[Path]:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer.device import SpanTimer, flags_tensor
 from trainer.model import GPT, lm_loss
 
@@ -174,15 +174,6 @@ class Engine:
 
     def tensor_dtypes(self) -> dict[str, str]:
         return {k: str(v.dtype).replace("torch.", "") for k, v in self.module.state_dict().items()}
-
-
-def build_engine(cfg: RunConfig, rank: int, world: int, device: torch.device) -> Engine:
-    """Pick the engine for the configured layout."""
-    par = cfg.parallel
-    if par.tp > 1 or par.pp > 1 or par.dp_mode != "ddp":
-        from trainer.parallel import build_hybrid_engine  # heavy imports only when needed
-        return build_hybrid_engine(cfg, rank, world, device)
-    return Engine(cfg, rank, world, device)
 
 
 def all_ranks_agree(local_loss: float, weight: float, local_bad: bool) -> tuple[float, bool]:

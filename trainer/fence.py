@@ -169,7 +169,3 @@ def quarantine(ckpt_dir: Path, ckpt_epoch: int) -> Path:
     return target
 
 
-def checkpoint_root(run_dir: Path, ckpt_dir: str) -> Path:
-    """``checkpoint.dir`` resolved against the run directory (the one rule, without importing torch)."""
-    p = Path(ckpt_dir)
-    return p if p.is_absolute() else Path(run_dir) / p

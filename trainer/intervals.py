@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.interval import DEFAULT_AUTO_STORAGE, INTERVALS_FILE, read_intervals
+from spec.layout import DEFAULT_AUTO_STORAGE, INTERVALS_FILE, read_intervals
 
 
 class Intervals:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
 from health.detectors.precision import audit_precision
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer import checkpoint as ckpt
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard

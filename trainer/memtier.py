@@ -3,7 +3,7 @@
 Why: a storage checkpoint every N steps costs up to N steps of recomputation per fault; a copy in RAM
 owned by the node agent survives the rank (crash, hang, kill) and costs only a tensor copy on the
 training path. ``snapshot`` clones the state (model, optimizer, loop state, RNG) and returns; a writer
-thread serializes it and publishes it atomically (``orchestrator.memstore``), unless the epoch was
+thread serializes it and publishes it atomically (``trainer.memstore``), unless the epoch was
 fenced meanwhile. At most one copy is in flight: the next snapshot first waits for the previous write,
 so a copy is never more than one interval behind. ``choose`` is collective: every rank lists the copies
 it can load, and the newest step that every rank has wins.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator import memstore
+from trainer import memstore
 from trainer.fence import EpochGuard, read_state
 
 

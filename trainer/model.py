@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.config import ModelConfig
+from spec.config import ModelConfig
 
 
 class Attention(nn.Module):

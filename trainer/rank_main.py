@@ -19,18 +19,19 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from orchestrator import memstore
-from orchestrator.config import RunConfig
+from trainer import memstore
+from spec.config import RunConfig
 from trainer import device as placement
 from trainer import preempt
 from trainer.chaos import Chaos
 from trainer.data import Corpus
-from trainer.engine import build_engine
+from trainer.engines import build_engine
 from trainer.fence import EpochGuard
 from trainer.ft_heartbeat import attach as attach_ft_heartbeat
 from trainer.loop import TrainLoop
 from trainer.memtier import MemoryTier
 from trainer.telemetry import Telemetry
+from spec.layout import checkpoint_root
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,6 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
 
-def checkpoint_root(cfg: RunConfig, run_dir: Path) -> Path:
-    p = Path(cfg.checkpoint.dir)
-    return p if p.is_absolute() else run_dir / p
-
-
 def memory_tier(cfg: RunConfig, ctx: RankContext, guard: EpochGuard, tel: Telemetry) -> MemoryTier | None:
     """The memory tier when enabled and a node agent owns a shared-memory directory for it."""
     base = os.environ.get(memstore.ENV_DIR)
@@ -113,7 +109,7 @@ def main() -> int:
     corpus = Corpus.build(cfg.data, cfg.model.seq_len)
     ckpt_group = dist.new_group(backend="gloo") if cfg.checkpoint.async_save else None
     guard = EpochGuard(ctx.run_dir, ctx.attempt)
-    loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(cfg, ctx.run_dir), ctx.rank,
+    loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(ctx.run_dir, cfg.checkpoint.dir), ctx.rank,
                      ctx.world, ckpt_group, guard=guard, mem=memory_tier(cfg, ctx, guard, tel))
     resumed = loop.restore()
     tel.event("started", resume_step=resumed, pid=os.getpid())

@@ -32,7 +32,7 @@ from torch import nn
 
 from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
 from health.detectors.replay_rules import Computation, ReplayVerdict, agree, decide, first_diverging_stage
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer.chaos import Chaos
 from trainer.data import Corpus, Sampler, shard
 from trainer.fence import EpochGuard

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.config import ScheduleConfig
+from spec.config import ScheduleConfig
 
 
 def lr_factor(step: int, total: int, sched: ScheduleConfig, base_lr: float) -> float:

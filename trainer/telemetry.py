@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.telemetry_auth import HEADER, key_from_env, seal
+from trainer.telemetry_auth import HEADER, key_from_env, seal
 
 MAX_DATAGRAM = 8192
 MAX_PAYLOAD = MAX_DATAGRAM - HEADER

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from health.detectors.loss_rules import SpikeParams, judge_step
 
 if TYPE_CHECKING:
-    from orchestrator.config import SpikeRule
+    from spec.config import SpikeRule
 
 
 @dataclass(frozen=True)

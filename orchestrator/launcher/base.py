@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spec.layout import rank_map
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now (rendezvous, hubs): every backend needs one."""
@@ -33,7 +35,7 @@ class LaunchSpec:
         return len(self.nodes) * self.ranks_per_node
 
     def rank_map(self) -> dict[int, str]:
-        return {r: self.nodes[r // self.ranks_per_node] for r in range(self.world)}
+        return rank_map(self.nodes, self.ranks_per_node)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.telemetry_auth import ENV_KEY_FILE, key_from_env, key_path
+from trainer.telemetry_auth import ENV_KEY_FILE, key_from_env, key_path
+from spec.layout import checkpoint_root, rank_exit_name, rank_log_name
+from spec.layout import rank_env as layout_rank_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -157,10 +159,9 @@ def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
 
 
 def rank_env(s: dict[str, Any], rank: int, local: int) -> dict[str, str]:
-    env = {"RANK": str(rank), "WORLD_SIZE": str(s["world"]), "LOCAL_RANK": str(local),
-           "LOCAL_WORLD_SIZE": str(len(s["ranks"])), "MASTER_ADDR": s["master_addr"],
-           "MASTER_PORT": str(s["master_port"]), "ORCH_RUN_DIR": s["run_dir"], "ORCH_ATTEMPT": str(s["attempt"]),
-           "ORCH_NODE": s["node"], "ORCH_NODE_INDEX": str(s["node_index"]), "OMP_NUM_THREADS": "1"}
+    env = layout_rank_env(rank=rank, world=s["world"], local_rank=local, master_addr=s["master_addr"],
+                          master_port=s["master_port"], run_dir=s["run_dir"], attempt=s["attempt"], node=s["node"],
+                          node_index=s["node_index"], local_world=len(s["ranks"]))
     # the rank's index among all ranks on this host (trainer.device picks cuda:<it>)
     env["ORCH_HOST_LOCAL_RANK"] = str(int(s.get("host_rank_base", 0)) + local)
     env["ORCH_HOST_LOCAL_WORLD"] = str(s.get("host_world", len(s["ranks"])))
@@ -195,7 +196,7 @@ class NodeAgent:
             for local, rank in enumerate(spec["ranks"]):
                 pid = os.fork()
                 if pid == 0:
-                    run_rank(spec, rank, local, log_dir / f"{self.node}-rank{rank}.log")
+                    run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank))
                 self.children[pid] = rank
 
     def stop(self, grace_s: float) -> None:
@@ -240,20 +241,19 @@ class NodeAgent:
         from health.probes.node import probe_node
         from trainer.rank_main import load_run_config
         cfg = load_run_config(self.run_dir)
-        ckpt = Path(cfg.checkpoint.dir)
         try:
-            r = probe_node(ckpt if ckpt.is_absolute() else self.run_dir / ckpt, node=self.node)
+            r = probe_node(checkpoint_root(self.run_dir, cfg.checkpoint.dir), node=self.node)
             self.reply(ev="probe", verdict=r.verdict, fault_kind=r.fault_kind)
         except Exception as exc:  # noqa: BLE001 - a probe that cannot run is a failed probe
             self.reply(ev="probe", verdict="failed", fault_kind=None, detail=repr(exc)[:300])
 
     def report(self, rank: int, code: int) -> None:
         self.codes[rank] = code
-        log = Path(self.spec["log_dir"]) / f"{self.node}-rank{rank}.log"
+        log = Path(self.spec["log_dir"]) / rank_log_name(self.node, rank)
         sig = -code if code < 0 else None
         info = {"rank": rank, "node": self.node, "code": code, "signal": sig, "t": time.time(),
                 "stderr_tail": tail(log)}
-        (log.parent / f"{self.node}-rank{rank}.exit.json").write_text(json.dumps(info))
+        (log.parent / rank_exit_name(self.node, rank)).write_text(json.dumps(info))
         if self.tel is not None:
             self.tel.rank = rank
             self.tel.send("rank_exit", code=code, signal=sig, stderr_tail=info["stderr_tail"][-1500:],
@@ -262,7 +262,7 @@ class NodeAgent:
 
 def heal_link() -> None:
     """An attempt's ranks are gone: undo a partition or slow link they injected on this node's link."""
-    from orchestrator.netns import heal, node_netif
+    from trainer.node_net import heal, node_netif
     netif = node_netif()
     if netif is not None:
         heal(netif)
@@ -350,7 +350,7 @@ def run_agent(node: str, run_dir: Path, connect: str | None = None) -> int:
         channel: PipeChannel | LinkChannel = PipeChannel()
     else:
         from orchestrator.launcher.agent_link import dial
-        from orchestrator.telemetry_auth import read_key
+        from trainer.telemetry_auth import read_key
         channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node))
     agent = NodeAgent(node, channel, run_dir)
     from orchestrator import memtier_service

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from orchestrator.config import BACKEND_PLUGINS, RunConfig
+from spec.config import BACKEND_PLUGINS, RunConfig
 from orchestrator.launcher.base import Launcher
 
 

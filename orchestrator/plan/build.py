@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from orchestrator.plan import model_math as mm
 from orchestrator.plan.hardware import GpuSpec, get_gpu
 from orchestrator.plan.layout import LayoutChoice, SearchSpace, hardware_warnings, recommend_layout
@@ -86,7 +86,7 @@ def configured_layout(cfg: RunConfig, shape: mm.ModelShape, gpus: int, capacity:
     par, gb = cfg.parallel, cfg.train.global_batch
     if gpus % (par.tp * par.pp):
         return None
-    dp = par.dp or gpus // (par.tp * par.pp)
+    dp = par.dp_of(gpus)
     if dp * par.tp * par.pp != gpus or gb % (dp * par.microbatches) or shape.n_layers % par.pp:
         return None
     spec = LayoutSpec(dp=dp, tp=par.tp, pp=par.pp, microbatches=par.microbatches,

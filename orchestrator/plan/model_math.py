@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.config import ModelConfig
+from spec.config import ModelConfig
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 """Hoffmann et al. 2022 ("Training Compute-Optimal LLMs"): compute-optimal D is about 20 tokens per parameter."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer.parallel.mesh import node_map, rank_layout
 from trainer.parallel.validate import validate_layout
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 from trainer.device import SpanTimer
 from trainer.engine import Engine
 from trainer.model import GPT, lm_loss

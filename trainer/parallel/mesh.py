@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 
 if TYPE_CHECKING:  # torch only where a mesh is built: the layout arithmetic serves the config loader
     from torch.distributed.device_mesh import DeviceMesh
@@ -20,8 +20,7 @@ DIMS = ("dp", "pp", "tp")
 
 def resolve_dp(cfg: RunConfig, world: int) -> int:
     """dp as configured, or whatever is left of the world after tp and pp."""
-    par = cfg.parallel
-    return par.dp if par.dp is not None else max(world // (par.tp * par.pp), 1)
+    return max(cfg.parallel.dp_of(world), 1)
 
 
 def mesh_shape(cfg: RunConfig, world: int) -> tuple[int, int, int]:

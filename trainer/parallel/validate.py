@@ -6,7 +6,7 @@ waste hardware (odd dimensions, a TP group spread across nodes).
 
 from __future__ import annotations
 
-from orchestrator.config import RunConfig
+from spec.config import RunConfig
 
 
 def _tp_errors(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -44,7 +44,7 @@ def _layout_errors(cfg: RunConfig, world: int) -> tuple[list[tuple[str, str]], i
     if par.dp is None:
         if world % (par.tp * par.pp):
             return [("parallel", f"world size {world} is not divisible by tp*pp={par.tp * par.pp}")], 1
-        return [], max(world // (par.tp * par.pp), 1)
+        return [], max(par.dp_of(world), 1)
     if par.dp * par.tp * par.pp != world:
         return [("parallel", f"dp*pp*tp = {par.dp}*{par.pp}*{par.tp} != world size {world}")], par.dp
     return [], par.dp

@@ -26,12 +26,9 @@ from typing import Any
 
 from orchestrator import netns
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent, free_port
+from spec.layout import agent_log_name, rank_map
 
 _said_plain = False
-
-
-def logs_dir(run_dir: Path, attempt: int) -> Path:
-    return run_dir / "logs" / f"attempt-{attempt}"
 
 
 @dataclass
@@ -127,7 +124,7 @@ class LocalLauncher(Launcher):
             from health.probes.collective import run_collective_probe
             world = len(nodes) * ranks_per_node
             env = [f"{k}={v}" for k, v in netns.node_env().items()]  # gloo on the node's own link
-            return run_collective_probe(world, {r: nodes[r // ranks_per_node] for r in range(world)},
+            return run_collective_probe(world, rank_map(nodes, ranks_per_node),
                                         timeout_s=60.0, master_addr=net.addr(nodes[0]),
                                         node_argv={n: net.exec_argv(n) + ["env", *env] for n in nodes})
         return run
@@ -139,7 +136,7 @@ class LocalLauncher(Launcher):
     def _start_agent(self, node: str, run_dir: Path) -> Agent:
         log_dir = run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(log_dir / f"{node}-agent.log", "ab")
+        log = open(log_dir / agent_log_name(node), "ab")
         net = self.network()
         argv = [sys.executable, "-m", "orchestrator.launcher.node_agent", node, str(run_dir)]
         self.mem_ports[node] = free_port()
@@ -247,7 +244,7 @@ class LocalLauncher(Launcher):
                 a.proc.wait()
         self.agents = {}
         if self.mem_run_dir is not None:  # what an agent killed mid-run left in /dev/shm
-            from orchestrator import memstore
+            from trainer import memstore
             memstore.wipe(memstore.BASE / memstore.run_id(self.mem_run_dir))
         if self.net is not None:
             self.net.close()

@@ -276,6 +276,11 @@ class ParallelConfig(Section):
     microbatches: int = Field(1, ge=1)
     dp_mode: Literal["fsdp", "ddp", "replicate"] = "ddp"
 
+    def dp_of(self, world: int) -> int:
+        """dp as configured, or what the world leaves after tp and pp (0 when tp*pp exceeds it): the one
+        derivation the loader, the layout checks, the mesh, the planner and the supervisor share."""
+        return self.dp if self.dp is not None else world // (self.tp * self.pp)
+
 
 class RunConfig(Section):
     name: str = "run"
