@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from health.detectors.hang import LivenessArrays, RankLiveness, assess_liveness, assess_liveness_arrays
+from health.detectors.hang import LivenessLimits, assess_stall
 from health.detectors.hardware import classify_exit
-from health.detectors.loss import LossSpikeDetector
+from health.detectors.loss_rules import SpikeParams, judge_step
 from health.detectors.precision import audit_precision
 from health.detectors.straggler import StragglerDetector
 from health.detectors.synthetic import score_straggler, straggler_stream
@@ -47,14 +47,16 @@ def bench_ranks(n: int, steps: int = 200) -> dict[str, float]:
     out = {"straggler.observe (mapping)": timed_stream_ms(n, steps, False),
            "straggler.observe_array": timed_stream_ms(n, steps, True)}
     now = 1000.0
-    live = {r: RankLiveness(True, now - 0.1, now - 1.0, 10) for r in range(n)}
-    out["hang.assess_liveness (mapping)"] = per_call_ms(lambda i: assess_liveness(now, live, 10, 2), 20)
-    arr = LivenessArrays(n)
-    arr.last_heartbeat_t[:] = now - 0.1
-    arr.last_progress_t[:] = now - 1.0
-    out["hang.assess_liveness_arrays"] = per_call_ms(lambda i: assess_liveness_arrays(now, arr, 10, 2), steps)
-    loss = LossSpikeDetector()
-    out["loss.observe (global loss)"] = per_call_ms(lambda i: loss.observe(i, 3.0 - 1e-4 * i, 1.0), steps)
+    last_hb = {r: now - 0.1 for r in range(n)}
+    nodes = {r: f"node{r // 8}" for r in range(n)}
+    limits = LivenessLimits(10.0, 60.0, 1.0)
+    out["hang.assess_stall (progressing)"] = per_call_ms(
+        lambda i: assess_stall(now, now - 1.0, last_hb, nodes, set(), limits, True, False), steps)
+    out["hang.assess_stall (stalled, every rank)"] = per_call_ms(
+        lambda i: assess_stall(now, now - 30.0, last_hb, nodes, set(), limits, True, False), 20)
+    good = [3.0 - 1e-4 * i for i in range(20)]
+    out["loss_rules.judge_step (global loss)"] = per_call_ms(
+        lambda i: judge_step(3.0 - 1e-4 * i, 1.0, good, SpikeParams()), steps)
     return out
 
 
@@ -83,7 +85,7 @@ def main() -> None:
         res = bench_ranks(n)
         for k, v in res.items():
             print(f"  {k:40s} {v:8.3f}")
-        fixed = res["hang.assess_liveness_arrays"] + res["loss.observe (global loss)"]
+        fixed = res["hang.assess_stall (progressing)"] + res["loss_rules.judge_step (global loss)"]
         print(f"  {'per-step total, mapping API':40s} {res['straggler.observe (mapping)'] + fixed:8.3f}")
         per_step = res["straggler.observe_array"] + fixed
         print(f"  {'per-step total, array API':40s} {per_step:8.3f}")

@@ -9,10 +9,10 @@ invocation mean anything.
 second (real UDP, paced in 20 ms slices). The receiver (this process) does what the supervisor does with
 them, in one of two modes:
 * ``components``: TelemetryServer.drain → StepAggregator.add → StragglerDetector.observe_array per
-  completed step, LivenessArrays updates and assess_liveness_arrays every 50 ms tick;
+  completed step, receive-time updates and the liveness rule (hang.assess_stall) every 50 ms tick;
 * ``real``: the supervisor's own RunEvents.on_message over an AttemptWatch (a stand-in Supervisor object
   supplies the meter, snapshot, detector and a no-op journal), plus the per-tick calls watch_attempt and
-  publish make (AttemptWatch.stalled_for, heartbeat_age_max).
+  publish make (hang.assess_stall over the watch, heartbeat_age_max).
 It reports messages/s received, drops, CPU seconds per message (time.process_time of the receiver) and
 the share of one core used. ``--profile`` prints the top of a cProfile of the receiver.
 
@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, median, save_json, table  # noqa: E402
-from health.detectors.hang import LivenessArrays, assess_liveness_arrays  # noqa: E402
+from health.detectors.hang import LivenessLimits, assess_stall  # noqa: E402
 from health.detectors.comm_slowdown import CommSlowdownDetector  # noqa: E402
 from health.detectors.straggler import StragglerDetector  # noqa: E402
 from orchestrator.step_stats import StepAggregator  # noqa: E402
@@ -53,6 +53,7 @@ STEP_T = (b'{"type":"step","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d
           b'"grad_norm":1.0,"lr":0.001,"step_time":%.4f,"compute_time":%.4f,"sync_time":0.01,'
           b'"tokens":8192,"skipped":false,"rule":null,"sid":"b%d","seq":%d}')
 HB_T = b'{"type":"hb","rank":%d,"node":"n%d","attempt":0,"t":%.3f,"step":%d,"pid":%d,"sid":"b%d","seq":%d}'
+LIMITS = LivenessLimits(hang_timeout_s=10.0, startup_timeout_s=60.0, heartbeat_interval_s=1.0)
 KEY = bytes(range(32))  # the benchmark's run key: senders seal every datagram as ranks do
 
 
@@ -88,7 +89,8 @@ class ComponentSink:
 
     def __init__(self, ranks: int) -> None:
         self.agg = StepAggregator(ranks, 0)
-        self.live = LivenessArrays(ranks)
+        self.last_hb: dict[int, float] = {}
+        self.last_progress_t = time.time()
         self.det = StragglerDetector(window=20, factor=1.5, min_steps=8)
         self.nodes = {r: f"n{r // RANKS_PER_NODE}" for r in range(ranks)}
         self.ranks, self.rows = ranks, 0
@@ -96,10 +98,10 @@ class ComponentSink:
     def on_message(self, m: dict[str, Any], now: float) -> None:
         r = m["rank"]
         if m["type"] == "hb":
-            self.live.heartbeat(r, now)
+            self.last_hb[r] = now
             return
         if m["type"] == "step":
-            self.live.progress(r, m["step"], now)
+            self.last_hb[r] = self.last_progress_t = now
             for row in self.agg.add(m):
                 times = np.full(self.ranks, np.nan)
                 idx = np.fromiter(row.compute.keys(), dtype=np.int64, count=len(row.compute))
@@ -108,7 +110,7 @@ class ComponentSink:
                 self.rows += 1
 
     def tick(self, now: float) -> None:
-        assess_liveness_arrays(now, self.live, 10.0, 5.0)
+        assess_stall(now, self.last_progress_t, self.last_hb, self.nodes, set(), LIMITS, started=True, busy=False)
 
 
 class RealSink:
@@ -139,7 +141,8 @@ class RealSink:
 
     def tick(self, now: float) -> None:
         w = self.sup.watch
-        w.stalled_for(now)  # check_liveness, every tick
+        assess_stall(now, w.last_progress_max or w.started_t, w.last_hb, w.rank_node, w.exited_ok, LIMITS,
+                     started=w.first_step_t is not None, busy=bool(w.busy))  # check_liveness, every tick
         w.heartbeat_age_max(now)  # publish, every tick
 
 

@@ -88,10 +88,6 @@ class AttemptWatch:
             evidence["detail"] = fc.evidence
         self.add_candidate(Candidate(fc.kind, float(msg["t"]), rank, node, evidence), now)
 
-    def stalled_for(self, now: float) -> float:
-        """Seconds since any rank last made progress (or since launch, before the first step)."""
-        return now - (self.last_progress_max or self.started_t)
-
     def silent_ranks(self, now: float, timeout: float) -> list[int]:
         return [r for r, t in self.last_hb.items() if now - t > timeout and r not in self.exited_ok]
 

@@ -21,7 +21,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponen
 from health.detectors.hardware import classify_exit
 from health.detectors.lemon import LemonNodeStore
 from orchestrator.auto_interval import AutoInterval
-from health.detectors.silence import silent_nodes
+from health.detectors.hang import LivenessLimits, assess_stall
 from health.detectors.comm_slowdown import CommSlowdown, CommSlowdownDetector
 from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
@@ -446,25 +446,10 @@ class Supervisor:
             return
         if w.candidates:
             return
-        limit = h.hang_timeout_s if w.first_step_t is not None else h.startup_timeout_s
-        if w.busy:  # a checkpoint save, an eval or a restore in progress: give it the start-up budget
-            limit = max(limit, h.startup_timeout_s)
-        stalled = w.stalled_for(now)
-        if stalled > limit:
-            quiet = max(4 * h.heartbeat_interval_s, limit / 2)
-            lost = silent_nodes(w.last_hb, w.rank_node, w.exited_ok, now, quiet)
-            for node in lost:  # every rank of a node silent, others heard: the node is dead or cut off
-                w.add_candidate(Candidate("node_failure", now - stalled, None, node,
-                                          {"detail": f"no heartbeat from any rank of {node} for over {quiet:.1f}s "
-                                                     "while other nodes' ranks are heard: dead or unreachable"}), now)
-            if lost:
-                return
-            silent = set(w.silent_ranks(now, limit))
-            alive = [r for r in w.last_hb if r not in silent]
-            kind = "hang" if alive else "silent"
-            w.add_candidate(Candidate(kind, now - stalled, None, None,
-                                      {"detail": f"no progress for {stalled:.1f}s (timeout {limit}s); "
-                                                 f"{len(alive)} ranks still heartbeating"}), now)
+        limits = LivenessLimits(h.hang_timeout_s, h.startup_timeout_s, h.heartbeat_interval_s)
+        for f in assess_stall(now, w.last_progress_max or w.started_t, w.last_hb, w.rank_node, w.exited_ok, limits,
+                              started=w.first_step_t is not None, busy=bool(w.busy)):
+            w.add_candidate(Candidate(f.kind, f.since_t, None, f.node, {"detail": f.detail}), now)
 
     def classify(self, code: int | None, sig: int | None, tail: str) -> Any:
         return classify_exit(code, sig, tail)

@@ -1,4 +1,4 @@
-"""Typed views of what Slurm's commands print: sacct, squeue, sinfo, scontrol show node/job.
+"""Typed views of what Slurm's commands print: sacct, squeue, sinfo, scontrol show node, sacctmgr events.
 
 The Slurm launcher polls these to learn how a job ended (NODE_FAIL vs TIMEOUT vs CANCELLED) and which
 nodes are DOWN, so the policy can exclude them. Parsing is pure (text in, dataclasses out) and is tested
@@ -8,11 +8,9 @@ are the only formats these parsers accept; build commands from them, never by ha
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from slurm.hostlist import expand
 
@@ -182,41 +180,6 @@ def parse_squeue(text: str) -> list[QueueEntry]:
     return out
 
 
-def _json_number(value: Any) -> int | None:
-    """22.05 prints plain numbers; 23.02+ wraps them as ``{"set", "infinite", "number"}``."""
-    if isinstance(value, dict):
-        if not value.get("set", True) or value.get("infinite", False):
-            return None
-        value = value.get("number")
-    return None if value is None else int(value)
-
-
-def _json_state(value: Any) -> str:
-    """22.05 prints ``"RUNNING"``; 23.02+ prints ``["RUNNING", "COMPLETING"]`` (base first)."""
-    return str(value[0] if isinstance(value, list) and value else value).upper()
-
-
-def _json_entry(job: dict[str, Any]) -> QueueEntry:
-    limit_min = _json_number(job.get("time_limit"))
-    return QueueEntry(job_id=str(job["job_id"]), state=_json_state(job.get("job_state", "")),
-                      reason=str(job.get("state_reason", "")),
-                      num_nodes=_json_number(job.get("node_count")) or 0,
-                      nodes=nodes_of(str(job.get("nodes") or "")), elapsed_s=None,
-                      time_limit_s=None if limit_min is None else limit_min * 60,
-                      name=str(job.get("name", "")))
-
-
-def parse_squeue_json(text: str) -> list[QueueEntry]:
-    """Output of ``squeue --json``. ``elapsed_s`` is left None: the JSON has no run time field."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SlurmParseError(f"squeue --json output is not JSON: {exc}") from exc
-    if doc.get("errors"):
-        raise SlurmParseError(f"squeue reported errors: {doc['errors']}")
-    return [_json_entry(job) for job in doc.get("jobs", [])]
-
-
 # sinfo appends one of these to a state: '*' not responding, '~' powered off, '#' powering up, ...
 _STATE_SUFFIXES = "*~#!%$@^-"
 
@@ -334,43 +297,6 @@ def parse_scontrol_nodes(text: str) -> list[NodeInfo]:
                               cpus_alloc=_int(raw, "CPUAlloc"), addr=raw.get("NodeAddr", ""),
                               port=_int(raw, "Port"), raw=raw))
     return nodes
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """``scontrol show job``: state, reason and placement of a job the controller still knows."""
-
-    job_id: str
-    name: str
-    state: str
-    reason: str
-    nodes: tuple[str, ...]
-    excluded_nodes: tuple[str, ...]
-    batch_host: str
-    exit_code: int
-    exit_signal: int
-    requeue: bool
-    restarts: int
-    time_limit_s: int | None
-    raw: dict[str, str] = field(repr=False, compare=False)
-
-
-def _job_info(raw: dict[str, str], record: str) -> JobInfo:
-    if "JobId" not in raw:
-        raise SlurmParseError(f"not a job record: {record[:80]!r}")
-    code, sig = parse_exit_code(raw.get("ExitCode", "0:0"))
-    state, _ = _flags(raw.get("JobState", ""))
-    return JobInfo(job_id=raw["JobId"], name=raw.get("JobName", ""), state=state,
-                   reason=raw.get("Reason", ""), nodes=nodes_of(raw.get("NodeList", "")),
-                   excluded_nodes=nodes_of(raw.get("ExcNodeList", "")),
-                   batch_host=raw.get("BatchHost", ""), exit_code=code, exit_signal=sig,
-                   requeue=raw.get("Requeue") == "1", restarts=_int(raw, "Restarts") or 0,
-                   time_limit_s=parse_duration(raw.get("TimeLimit", "UNLIMITED")), raw=raw)
-
-
-def parse_scontrol_jobs(text: str) -> list[JobInfo]:
-    """Every job record in ``scontrol show job [ID]`` output."""
-    return [_job_info(parse_scontrol_record(r), r) for r in split_scontrol_records(text)]
 
 
 # ``sacctmgr show event``: the controller's node history, kept after a node has returned to service.

@@ -1,56 +1,47 @@
-"""Hang / silent / gone, on the mapping API and the vectorised one (which must agree)."""
+"""The supervisor's one liveness rule (health.detectors.hang.assess_stall): hang, silent ranks, a node
+gone quiet, and which timeout applies (hang once steps come; start-up before and while a rank is busy)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from health.detectors.hang import (LivenessArrays, RankLiveness, assess_liveness,
-                                   assess_liveness_arrays)
+from health.detectors.hang import LivenessLimits, assess_stall, stall_limit
 
 NOW = 1000.0
+LIMITS = LivenessLimits(hang_timeout_s=10.0, startup_timeout_s=60.0, heartbeat_interval_s=1.0)
+NODES = {0: "node0", 1: "node0", 2: "node1", 3: "node1"}
 
 
-def _cases() -> dict[int, RankLiveness]:
-    return {
-        0: RankLiveness(True, NOW - 0.2, NOW - 1.0, 50),     # healthy
-        1: RankLiveness(True, NOW - 0.3, NOW - 30.0, 42),    # heartbeating, no progress: hang
-        2: RankLiveness(False, NOW - 5.0, NOW - 5.0, 49),    # process exited: gone
-        3: RankLiveness(True, NOW - 8.0, NOW - 8.0, 49),     # no heartbeat: silent (not hang)
-        4: RankLiveness(True, None, None, None),             # not started: startup timeout's job
-        5: RankLiveness(True, NOW - 0.1, None, None),        # heartbeating, no first step yet
-    }
+def test_progressing_or_within_the_limit_is_no_finding() -> None:
+    hb = {r: NOW - 0.2 for r in NODES}
+    assert assess_stall(NOW, NOW - 10.0, hb, NODES, set(), LIMITS, started=True, busy=False) == []
+    assert assess_stall(NOW, NOW - 30.0, hb, NODES, set(), LIMITS, started=False, busy=False) == []
 
 
-def test_kinds() -> None:
-    found = assess_liveness(NOW, _cases(), hang_timeout_s=10.0, heartbeat_timeout_s=2.0)
-    assert [(f.rank, f.kind) for f in found] == [(1, "hang"), (2, "gone"), (3, "silent")]
-    by = {f.rank: f for f in found}
-    assert abs(by[1].age_s - 30.0) < 1e-9 and "step 42" in by[1].detail
-    assert abs(by[3].age_s - 8.0) < 1e-9
+def test_heartbeating_without_progress_is_a_hang_since_the_last_progress() -> None:
+    hb = {r: NOW - 0.2 for r in NODES}
+    (f,) = assess_stall(NOW, NOW - 12.5, hb, NODES, set(), LIMITS, started=True, busy=False)
+    assert (f.kind, f.node, f.since_t) == ("hang", None, NOW - 12.5)
+    assert "no progress for 12.5s (timeout 10.0s); 4 ranks still heartbeating" == f.detail
 
 
-def test_thresholds_are_strict() -> None:
-    s = {0: RankLiveness(True, NOW - 2.0, NOW - 10.0, 1)}
-    assert assess_liveness(NOW, s, 10.0, 2.0) == []
-    assert [f.kind for f in assess_liveness(NOW + 0.01, s, 10.0, 2.1)] == ["hang"]
+def test_a_node_whose_every_rank_is_quiet_failed() -> None:
+    hb = {0: NOW - 8.0, 1: NOW - 7.0, 2: NOW - 0.1, 3: NOW - 0.3}  # quiet = max(4 * 1 s, 10 / 2) = 5 s
+    found = assess_stall(NOW, NOW - 11.0, hb, NODES, set(), LIMITS, started=True, busy=False)
+    assert [(f.kind, f.node) for f in found] == [("node_failure", "node0")]
+    # one rank of node0 heard again: no node is quiet, the stall is a hang
+    hb[1] = NOW - 0.1
+    assert [f.kind for f in assess_stall(NOW, NOW - 11.0, hb, NODES, set(), LIMITS, True, False)] == ["hang"]
 
 
-def test_arrays_agree_with_mapping() -> None:
-    cases = _cases()
-    arr = LivenessArrays(len(cases))
-    for r, s in cases.items():
-        arr.alive[r] = s.alive
-        arr.last_heartbeat_t[r] = np.nan if s.last_heartbeat_t is None else s.last_heartbeat_t
-        arr.last_progress_t[r] = np.nan if s.last_progress_t is None else s.last_progress_t
-        arr.step[r] = -1 if s.step is None else s.step
-    assert assess_liveness_arrays(NOW, arr, 10.0, 2.0) == assess_liveness(NOW, cases, 10.0, 2.0)
+def test_nothing_heard_at_all_is_silent() -> None:
+    hb = {r: NOW - 20.0 for r in NODES}
+    (f,) = assess_stall(NOW, NOW - 20.0, hb, NODES, set(), LIMITS, started=True, busy=False)
+    assert f.kind == "silent" and "0 ranks still heartbeating" in f.detail
 
 
-def test_array_updates() -> None:
-    arr = LivenessArrays(3)
-    for r in range(3):
-        arr.progress(r, 5, NOW - 1)
-    arr.heartbeat(1, NOW)
-    arr.exited(2)
-    found = assess_liveness_arrays(NOW + 20, arr, 10.0, 30.0)
-    assert [(f.rank, f.kind) for f in found] == [(0, "hang"), (1, "hang"), (2, "gone")]
+def test_the_limit_is_the_startup_timeout_before_steps_and_while_busy() -> None:
+    assert stall_limit(LIMITS, started=True, busy=False) == 10.0
+    assert stall_limit(LIMITS, started=False, busy=False) == 60.0
+    assert stall_limit(LIMITS, started=True, busy=True) == 60.0
+    hb = {r: NOW - 0.2 for r in NODES}
+    assert assess_stall(NOW, NOW - 30.0, hb, NODES, set(), LIMITS, started=True, busy=True) == []
+    assert [f.kind for f in assess_stall(NOW, NOW - 61.0, hb, NODES, set(), LIMITS, False, False)] == ["hang"]

@@ -1,13 +1,11 @@
-"""Precision audit, the lemon-node store and the loss detector (a thin state keeper over loss_rules)."""
+"""Precision audit, the lemon-node store and the config's spike rule as the shared loss rule's parameters."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from health.detectors.lemon import LemonNodeStore
-from health.detectors.loss import LossSpikeDetector, params_from_rule
-from health.detectors.loss_rules import SpikeParams, judge_step
+from health.detectors.loss_rules import SpikeParams, params_from_rule
 from health.detectors.precision import audit_precision
 from spec.config import SpikeRule
 
@@ -58,19 +56,5 @@ def test_lemon_strikes_outside_window_do_not_count(tmp_path: Path) -> None:
     assert db.nodes_to_exclude(2 * DAY + 4) == ["n3"]
 
 
-def test_loss_detector_agrees_with_loss_rules() -> None:
-    p = params_from_rule(SpikeRule())
-    assert p == SpikeParams()
-    det, good = LossSpikeDetector(p), []
-    losses = [3.0 - 0.01 * i for i in range(40)] + [9.0, math.nan, 2.6, 2.61]
-    for step, loss in enumerate(losses):
-        grad = 1.0 if step != 42 else math.inf
-        expected = judge_step(loss, grad, good, p)
-        f = det.observe(step, loss, grad)
-        assert (f is not None) == expected.bad
-        if not expected.bad:
-            good.append(loss)
-    det2 = LossSpikeDetector(p)
-    findings = [det2.observe(s, x, 1.0 if s != 42 else math.inf) for s, x in enumerate(losses)]
-    bad = [(f.step, f.kind, f.consecutive) for f in findings if f]
-    assert bad == [(40, "loss_spike", 1), (41, "nan", 2), (42, "nan", 3)]
+def test_the_config_spike_rule_is_the_rules_default() -> None:
+    assert params_from_rule(SpikeRule()) == SpikeParams()

@@ -19,9 +19,9 @@ import pytest
 
 from spec.config import RunConfig
 from slurm.parsers import (
-    SACCT_ARGS, SINFO_ARGS, SacctRecord, job_records, parse_sacct, parse_scontrol_jobs,
-    parse_scontrol_nodes, parse_sinfo_nodes,
+    SACCT_ARGS, SINFO_ARGS, SacctRecord, job_records, parse_sacct, parse_scontrol_nodes, parse_sinfo_nodes,
 )
+from tests.slurm_jobs import parse_scontrol_jobs
 from slurm.sbatch_options import executor_parameters, render_sbatch_script
 
 pytestmark = pytest.mark.slurm

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from slurm.parsers import (
-    SlurmParseError, job_records, parse_duration, parse_exit_code, parse_sacct, parse_scontrol_jobs,
-    parse_scontrol_nodes, parse_scontrol_record, parse_sinfo_nodes, parse_squeue, parse_squeue_json,
-    parse_timestamp, split_state,
+    SlurmParseError, job_records, parse_duration, parse_exit_code, parse_sacct, parse_scontrol_nodes,
+    parse_scontrol_record, parse_sinfo_nodes, parse_squeue, parse_timestamp, split_state,
 )
+from tests.slurm_jobs import parse_scontrol_jobs
 
 DATA = Path(__file__).parent / "data" / "slurm"
 
@@ -84,23 +84,6 @@ def test_squeue_format_recorded() -> None:
     assert pending.time_limit_s is None
     assert running.nodes == ("node1", "node2", "node3", "node4") and running.num_nodes == 4
     assert running.name == "big|pending job"
-
-
-def test_squeue_json_recorded() -> None:
-    entries = {e.job_id: e for e in parse_squeue_json(read("squeue.json"))}
-    assert entries["2"].state == "NODE_FAIL" and entries["2"].reason == "NodeDown"
-    assert entries["4"].time_limit_s == 60 and entries["4"].nodes == ("node1",)
-    assert entries["8"].state == "PENDING" and entries["8"].reason == "Resources"
-    assert entries["8"].nodes == () and entries["8"].num_nodes == 4
-
-
-def test_squeue_json_newer_shape() -> None:
-    """Slurm 23.02+ wraps numbers and lists states; the parser takes both."""
-    doc = ('{"errors": [], "jobs": [{"job_id": 9, "name": "x", "job_state": ["RUNNING"], '
-           '"nodes": "n[1-2]", "state_reason": "None", "node_count": {"set": true, "number": 2}, '
-           '"time_limit": {"set": true, "infinite": false, "number": 30}}]}')
-    (entry,) = parse_squeue_json(doc)
-    assert (entry.state, entry.nodes, entry.num_nodes, entry.time_limit_s) == ("RUNNING", ("n1", "n2"), 2, 1800)
 
 
 def test_sinfo_recorded() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from health.detectors.loss_rules import LossVerdict, SpikeParams, judge_step
+from health.detectors.loss_rules import LossVerdict, judge_step, params_from_rule
 from health.detectors.precision import audit_precision
 from spec.config import RunConfig
 from trainer import checkpoint as ckpt
@@ -82,8 +82,7 @@ class TrainLoop:
         self.ckpt_group = ckpt_group  # a separate gloo group: async saves never share the training one
         self.pending: ckpt.PendingSave | None = None
         self.stager: Any = None  # created on the first async save, closed at the end of the run
-        p = cfg.policy.spike
-        self.spike = SpikeParams(p.window, p.k, p.warmup_steps, p.min_rel_increase)
+        self.spike = params_from_rule(cfg.policy.spike)
         self.st = LoopState()
         self.bad_run: list[list[int]] = []  # sample indices of consecutive bad steps
         self.rollbacks_to: dict[int, int] = {}  # checkpoint step → rollbacks that landed there

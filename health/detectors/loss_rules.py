@@ -14,6 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spec.config import SpikeRule
 
 MAD_TO_SIGMA = 1.4826
 
@@ -24,6 +28,12 @@ class SpikeParams:
     k: float = 6.0
     warmup_steps: int = 20
     min_rel_increase: float = 0.1
+
+
+def params_from_rule(rule: SpikeRule) -> SpikeParams:
+    """run.yaml's ``policy.spike`` as the rule's parameters (the trainer's guard and replay use them)."""
+    return SpikeParams(window=rule.window, k=rule.k, warmup_steps=rule.warmup_steps,
+                       min_rel_increase=rule.min_rel_increase)
 
 
 @dataclass(frozen=True)
