@@ -114,7 +114,8 @@ class ComponentSink:
 
 
 class RealSink:
-    """RunEvents.on_message, the supervisor's own handler, over a stand-in Supervisor."""
+    """RunEvents.on_message, the supervisor's own handler, and Supervisor.apply of the facts it returns,
+    over a stand-in Supervisor."""
 
     def __init__(self, ranks: int, run_dir: Path) -> None:
         from orchestrator.attempt import AttemptWatch
@@ -123,21 +124,24 @@ class RealSink:
         from orchestrator.launcher.base import LaunchSpec
         from orchestrator.run_events import RunEvents
         from orchestrator.snapshot import RunSnapshot
+        from orchestrator.supervisor import Supervisor
         nodes = [f"n{i}" for i in range(-(-ranks // RANKS_PER_NODE))]
         spec = LaunchSpec(0, nodes, RANKS_PER_NODE, run_dir, "127.0.0.1:0", run_dir)
         self.sup = SimpleNamespace(
             run_dir=run_dir, watch=AttemptWatch(spec, time.time()), meter=GoodputMeter(time.time()),
             snap=RunSnapshot(), straggler=StragglerDetector(window=20, factor=1.5, min_steps=8),
             cfg=RunConfig(), recovery_started_t=None, journal=SimpleNamespace(append=lambda *a, **k: None),
-            record_fault=lambda *a, **k: None, classify=lambda *a: None, comm=CommSlowdownDetector(),
-            on_comm_slowdown=lambda *a: None)
+            record_fault=lambda *a, **k: None, comm=CommSlowdownDetector(), on_comm_slowdown=lambda *a: None)
+        self.sup._on_step_timed = lambda f, now: Supervisor._on_step_timed(self.sup, f, now)  # type: ignore[arg-type]
+        self.apply = lambda facts, now: Supervisor.apply(self.sup, facts, now)  # type: ignore[arg-type]
         from orchestrator.auto_interval import AutoInterval
         self.sup.auto_interval = AutoInterval(self.sup)  # the real supervisor's interval tuner (fed per step)
-        self.events = RunEvents(self.sup)  # type: ignore[arg-type]
+        self.events = RunEvents(run_dir / "metrics.jsonl", self.sup.cfg, self.sup.straggler, self.sup.comm,
+                                lambda *a: None)
         self.rows = 0
 
     def on_message(self, m: dict[str, Any], now: float) -> None:
-        self.events.on_message(m, now)
+        self.apply(self.events.on_message(m, now, self.sup.watch), now)
 
     def tick(self, now: float) -> None:
         w = self.sup.watch

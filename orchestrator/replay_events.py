@@ -20,7 +20,7 @@ from orchestrator.triage import Candidate
 from spec.faults import VERDICT_KIND, spec
 
 if TYPE_CHECKING:
-    from orchestrator.supervisor import Supervisor
+    from orchestrator.run_host import RunHost as Supervisor  # the protocol the supervisor meets
 
 
 def _node_names(sup: Supervisor, indices: list[int]) -> list[str]:

@@ -3,7 +3,8 @@
 It launches an attempt through a :class:`Launcher`, reads telemetry, notices dead ranks and nodes (from
 process exits, never from a collective timeout), hangs (no progress within the timeout) and stragglers,
 then stops the survivors, excludes bad nodes (a spare takes their place) and relaunches from the last
-committed checkpoint, with a restart budget and exponential backoff (tenacity).
+committed checkpoint, with a restart budget and exponential backoff. The loop is steered by its phase
+(:class:`orchestrator.state.Phase`); how an attempt ended comes back as an :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from health.detectors.hardware import classify_exit
 from health.detectors.lemon import LemonNodeStore
@@ -32,9 +32,13 @@ from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.link_probe import LinkProbe, LinkVerdict
 from orchestrator.policy import Decision, Situation, decide
+from orchestrator.hang_attribution import attribute_hang
+from orchestrator.replay_events import on_replay
 from orchestrator.run_events import RunEvents
+from orchestrator.run_facts import (CheckpointSaved, Counted, Done, Fact, FaultFound, Journaled, Replayed, Restored,
+                                    RolledBack, SlowComm, Snapshot, StepTimed, Suspect)
 from orchestrator.snapshot import FaultRecord, RunSnapshot, write_status
-from orchestrator.state import RunState, StateMachine
+from orchestrator.state import Outcome, Phase, PhaseMachine, RunState, StateMachine, backoff_s
 from trainer.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import TelemetryServer, endpoints
 from orchestrator.triage import Candidate, root_cause
@@ -88,12 +92,9 @@ def shrunk_node_count(cfg: RunConfig, available: int) -> int:
     return 0
 
 
-class Relaunch(Exception):
-    """The attempt failed in a way a relaunch can cure."""
-
-
 class Abort(Exception):
-    """The run cannot continue; the message says why."""
+    """An attempt cannot start (too few healthy nodes, GPUs missing): raised where the nodes are chosen,
+    one or two calls below the loop. Everything that ends a running attempt is an :class:`Outcome`."""
 
 
 class Supervisor:
@@ -103,12 +104,14 @@ class Supervisor:
         self.cfg, self.run_dir, self.launcher, self.journal = cfg, run_dir, launcher, journal
         self.clock, self.sleep, self.on_update = clock, sleep, on_update
         self.sm = StateMachine()
+        self.phase = PhaseMachine()
         self.snap = RunSnapshot(name=cfg.name, total_steps=cfg.train.steps)
         self.meter = GoodputMeter(clock(), straggling_since=lambda: self.straggler.episode_since())
         self.telemetry = self._open_telemetry()
-        self.events = RunEvents(self)
         s = cfg.health.straggler
         self.straggler = StragglerDetector(s.window, s.factor, s.min_steps)
+        self.comm = CommSlowdownDetector()  # every rank slower while compute is not: a slow link
+        self.events = RunEvents(run_dir / "metrics.jsonl", cfg, self.straggler, self.comm, classify_exit)
         self.excluded: list[str] = []
         self.crashes: Counter[str] = Counter()
         self.attempt = -1
@@ -123,7 +126,6 @@ class Supervisor:
         self.lemons = open_lemon_store(cfg, run_dir)
         self.auto_interval = AutoInterval(self)  # checkpoint.every_steps: auto (Young/Daly, re-tuned)
         self.ground_truth = GroundTruth(run_dir)
-        self.comm = CommSlowdownDetector()  # every rank slower while compute is not: a slow link
         probing = "collective" in cfg.health.probes  # the collective probe is opt-in, here as in pre-flight
         self.link_probe = LinkProbe(launcher.link_probe_runner(cfg.cluster.ranks_per_node) if probing else None)
 
@@ -195,6 +197,58 @@ class Supervisor:
                 self.lemons.record_fault(f.node, c.kind, detected_t)
         return f
 
+    def apply(self, facts: list[Fact], now: float) -> None:
+        """Apply what the telemetry handler concluded, in order."""
+        for f in facts:
+            match f:
+                case Journaled(event, fields):
+                    self.journal.append(event, **fields)
+                case Snapshot(values):
+                    for name, value in values.items():
+                        setattr(self.snap, name, value)
+                case Counted(name, n):
+                    setattr(self.snap, name, getattr(self.snap, name) + n)
+                case FaultFound(c, action, step):
+                    self.record_fault(c, now, action, step=step)
+                case Suspect(c):
+                    assert self.watch is not None
+                    self.watch.add_candidate(c, now)
+                case StepTimed():
+                    self._on_step_timed(f, now)
+                case CheckpointSaved(_, save_s):
+                    self.meter.lost.checkpoint += save_s
+                    self.auto_interval.tuner.on_checkpoint(save_s)
+                case Restored(tier, _, step):
+                    self.auto_interval.tuner.on_restore(tier)
+                    if step is not None:  # restored older than the fault handler assumed: redo more
+                        self.snap.steps_lost_to_rollbacks += self.meter.rewind(step)
+                        self.snap.step = min(self.snap.step, step)
+                case RolledBack(to_step, skipped, c, from_step):
+                    lost = self.meter.rewind(to_step)
+                    self.snap.steps_lost_to_rollbacks += lost
+                    self.snap.batches_skipped += skipped
+                    self.record_fault(c, now, "rollback", lost_steps=lost, step=from_step)
+                case Replayed(msg):
+                    on_replay(self, msg, now)  # the verdict's journal line, fault and action
+                case SlowComm(finding):
+                    self.on_comm_slowdown(finding, now)
+                case Done(msg):
+                    assert self.watch is not None
+                    self.watch.done, self.watch.done_t = msg, now
+                    self.snap.eval_loss = msg.get("eval_loss")
+                    self.snap.step = int(msg.get("step", self.snap.step))
+
+    def _on_step_timed(self, f: StepTimed, now: float) -> None:
+        """Rank 0's step in the goodput ledger; the attempt's first step ends the restart time."""
+        if f.first:
+            began = self.recovery_started_t if self.recovery_started_t is not None else self.meter.t0
+            self.meter.lost.restart += max(0.0, now - began - f.seconds)
+            self.recovery_started_t = None
+        self.meter.on_step(f.step, f.seconds, f.skipped, f.ckpt_wait_s, f.replay_s)
+        self.meter.lost.checkpoint += float(f.mem_block_s or 0.0)  # the memory tier's tensor copy
+        if not f.skipped:
+            self.auto_interval.tuner.on_step(f.seconds, f.mem_block_s)
+
     # ---- the run ---------------------------------------------------------------------------------
     def run(self) -> int:
         """Run to COMPLETED (exit 0) or FAILED (exit 1)."""
@@ -202,24 +256,38 @@ class Supervisor:
         self.snap.started_t = self.meter.t0
         self.journal.append("run_start", name=cfg.name, total_steps=cfg.train.steps,
                             world_size=cfg.cluster.world_size, backend=cfg.cluster.backend)
-        retrying = Retrying(retry=retry_if_exception_type(Relaunch), stop=stop_never, reraise=True,
-                            wait=wait_exponential(multiplier=cfg.policy.backoff_initial_s,
-                                                  max=cfg.policy.backoff_max_s),
-                            sleep=self.sleep, before_sleep=self._before_backoff)
         try:
-            for attempt in retrying:
-                with attempt:
-                    self.run_attempt()
+            outcome = self.attempts()
         except Abort as exc:
             return self.finish_failed(str(exc))
         except KeyboardInterrupt:
             self.launcher.stop()
             return self.finish_failed("interrupted by the user (Ctrl-C); `orchestrator resume` continues")
-        return self.finish_completed()
+        return self.finish_completed() if outcome.kind == "completed" else self.finish_failed(outcome.reason)
 
-    def _before_backoff(self, state: Any) -> None:
-        wait = state.next_action.sleep if state.next_action else 0.0
-        self.journal.append("backoff", seconds=round(wait, 3), attempt=self.attempt + 1)
+    def attempts(self) -> Outcome:
+        """Launch, watch, stop, back off, relaunch, as the phase says, until an attempt completes or the
+        run must end; the outcome of the last attempt."""
+        failures, outcome = 0, Outcome("relaunch")
+        while True:
+            phase = self.phase.phase
+            if phase in (Phase.STARTING, Phase.RELAUNCHING):
+                self.run_attempt()
+                self.phase.go(Phase.WATCHING)
+            elif phase is Phase.WATCHING:
+                outcome = self.watch_attempt()  # every way out of it moves to STOPPING
+            elif phase is Phase.STOPPING and outcome.kind == "relaunch":
+                failures += 1
+                self.phase.go(Phase.BACKOFF)
+            elif phase is Phase.STOPPING:
+                return outcome
+            elif phase is Phase.BACKOFF:
+                wait = backoff_s(failures, self.cfg.policy.backoff_initial_s, self.cfg.policy.backoff_max_s)
+                self.journal.append("backoff", seconds=round(wait, 3), attempt=self.attempt + 1)
+                self.sleep(wait)
+                self.phase.go(Phase.RELAUNCHING)
+            else:
+                raise AssertionError(f"the loop has nothing to do in phase {phase.value}")
 
     def choose_nodes(self) -> list[str]:
         self._avoid_lemons()
@@ -236,11 +304,11 @@ class Supervisor:
         return healthy[:need]
 
     def run_attempt(self) -> None:
+        """Start the next attempt on healthy nodes (or take over the one a resume re-attached to)."""
         if self.attached is not None:  # resume found the previous attempt still running: watch it
             spec, self.attached = self.attached, None
             self.watch = AttemptWatch(spec, self.clock())
             self.transition(RunState.RUNNING, f"re-attached to attempt {spec.attempt}")
-            self.watch_attempt()
             return
         self.attempt += 1
         self.fence(self.attempt, "attempt starts")
@@ -262,7 +330,6 @@ class Supervisor:
             self.say(placement_text(self.cfg, spec))
         if self.sm.state is not RunState.RUNNING:
             self.transition(RunState.RUNNING, f"attempt {self.attempt} launched on {', '.join(nodes)}")
-        self.watch_attempt()
 
     def _avoid_lemons(self) -> None:
         """Keep nodes with repeated trouble (lemon-node history) out, unless they pass a burn-in
@@ -365,26 +432,29 @@ class Supervisor:
         self.journal.append("reattached", attempt=spec.attempt, telemetry=addr)
 
     # ---- watching one attempt -------------------------------------------------------------------
-    def watch_attempt(self) -> None:
+    def watch_attempt(self) -> Outcome:
+        """Until the attempt is over: its outcome, the phase moved to STOPPING."""
         w = self.watch
         assert w is not None
         while True:
             select.select([self.telemetry], [], [], 0.05)
             now = self.clock()
             for msg in self.telemetry.drain():
-                self.events.on_message(msg, now)
+                self.apply(self.events.on_message(msg, now, w), now)
             for ev in self.launcher.poll():
-                self.on_launcher_event(ev, now)
+                if (outcome := self.on_launcher_event(ev, now)) is not None:
+                    return outcome
             for verdict in self.link_probe.verdicts():
                 self.on_link_verdict(verdict, now)
             self.check_liveness(now)
             if w.candidates and now - (w.first_candidate_t or now) >= SETTLE_S:
-                self.recover(root_cause(w.candidates), now)
+                return self.recover(root_cause(w.candidates), now)
             if w.ended:
                 if w.done is None and not w.candidates:
                     w.done = self._done_from_evidence()
                 if w.done is not None and not w.candidates:
-                    return
+                    self.phase.go(Phase.STOPPING)
+                    return Outcome("completed")
                 if not w.candidates:
                     w.add_candidate(Candidate("rank_crash", now, None, None,
                                               {"detail": "ranks ended without completing"}), now)
@@ -413,7 +483,8 @@ class Supervisor:
                            "probe": v.evidence.get(node)})
             self.record_fault(c, now, "alert", step=v.finding.since_step)
 
-    def on_launcher_event(self, ev: LauncherEvent, now: float) -> None:
+    def on_launcher_event(self, ev: LauncherEvent, now: float) -> Outcome | None:
+        """Scheduler news; an outcome when it ends the attempt (a requeue, a cancel from outside)."""
         w = self.watch
         assert w is not None
         if ev.kind == "node_lost":
@@ -424,9 +495,10 @@ class Supervisor:
         elif ev.kind == "job_ended":
             w.ended = True
             if ev.state == "CANCELLED" and w.done is None:
-                self._cancelled_outside(ev.detail)
+                self.phase.go(Phase.STOPPING)
+                return self._cancelled_outside(ev.detail)
         elif ev.kind == "requeued":
-            self.on_requeue(ev, now)
+            return self.on_requeue(ev, now)
         elif ev.kind == "node_verdict":  # recorded when it comes; the run moved on without it
             self.journal.append("node_verdict", node=ev.node, state=ev.state, evidence=ev.info)
         elif ev.kind == "rank_exit" and ev.rank is not None:
@@ -455,14 +527,15 @@ class Supervisor:
         return classify_exit(code, sig, tail)
 
     # ---- recovery ---------------------------------------------------------------------------------
-    def recover(self, c: Candidate, now: float) -> None:
-        """Stop the attempt, record the fault and the decision, then relaunch (raise) or abort."""
+    def recover(self, c: Candidate, now: float) -> Outcome:
+        """Stop the attempt, record the fault and the decision: relaunch or abort."""
+        self.phase.go(Phase.STOPPING)
         if c.kind == "hang" and self.watch is not None:
-            c = self.events.attribute_hang(c)
+            c = attribute_hang(c, self.watch, self.launcher)
         if c.kind in ("peer_lost", "rank_crash", "silent"):  # killed by an admin's scancel?
             cancelled = self.launcher.cancelled_outside()
             if cancelled:
-                self._cancelled_outside(cancelled)
+                return self._cancelled_outside(cancelled)
         c = self._confirm_lost_node(c)
         self.fence(self.attempt + 1, f"attempt {self.attempt} declared dead ({c.kind})")
         self.launcher.stop()
@@ -485,7 +558,7 @@ class Supervisor:
         self.meter.lost.detection += f.detected_after_s or 0.0
         self.snap.steps_lost_to_rollbacks += lost
         self.snap.step = resume
-        self._apply(d, c, now)
+        return self._apply(d, c, now)
 
     def resume_step(self) -> int:
         """Where the next attempt should resume: the newer of the last storage checkpoint and the
@@ -508,8 +581,9 @@ class Supervisor:
                          {**c.evidence, **lost[first], "detail": f"{first} {lost[first].get('state')} per "
                           f"{lost[first].get('evidence_source')}; " + str(c.evidence.get("detail", ""))})
 
-    def on_requeue(self, ev: LauncherEvent, now: float) -> None:
+    def on_requeue(self, ev: LauncherEvent, now: float) -> Outcome:
         """Time limit or preemption after a checkpoint: resubmit without spending restart budget."""
+        self.phase.go(Phase.STOPPING)
         self.fence(self.attempt + 1, f"attempt {self.attempt} requeued")
         self.launcher.stop()
         resume = self.snap.last_checkpoint_step or 0
@@ -520,17 +594,17 @@ class Supervisor:
         self.recovery_started_t = now
         if self.sm.state is not RunState.RECOVERING:
             self.transition(RunState.RECOVERING, "requeued after a checkpoint")
-        raise Relaunch("requeued after a checkpoint")
+        return Outcome("relaunch", "requeued after a checkpoint")
 
-    def _apply(self, d: Decision, c: Candidate, now: float) -> None:
+    def _apply(self, d: Decision, c: Candidate, now: float) -> Outcome:
         if d.exclude_node and c.node:
             self.exclude(str(c.node), d.reason, c.evidence)
         if not d.relaunch:
-            raise Abort(d.reason if d.action == "abort" else f"{c.kind}: {d.reason}")
+            return Outcome("abort", d.reason if d.action == "abort" else f"{c.kind}: {d.reason}")
         self.recovery_started_t = now
         if self.sm.state is not RunState.RECOVERING:
             self.transition(RunState.RECOVERING, d.reason)
-        raise Relaunch(d.reason)
+        return Outcome("relaunch", d.reason)
 
     # ---- fencing and evidence -----------------------------------------------------------------------
     def fence(self, epoch: int, why: str) -> None:
@@ -544,13 +618,13 @@ class Supervisor:
         rec = state.fences[-1] if state.fences and state.fences[-1].epoch == epoch else None
         self.journal.append("fence", epoch=epoch, reason=why, accepted=list(rec.accepted) if rec else [])
 
-    def _cancelled_outside(self, detail: str) -> None:
+    def _cancelled_outside(self, detail: str) -> Outcome:
         """Someone cancelled our job (an admin, scancel, or `orchestrator cancel`, which leaves
         CANCEL_REQUESTED in the run directory first): respect it, end FAILED, relaunch nothing."""
         who = ("by `orchestrator cancel`" if (self.run_dir / "CANCEL_REQUESTED").exists()
                else "outside the orchestrator")
-        raise Abort(f"the job was cancelled {who} ({detail}); nothing was relaunched; "
-                    "`orchestrator resume` continues from the last checkpoint")
+        return Outcome("abort", f"the job was cancelled {who} ({detail}); nothing was relaunched; "
+                                "`orchestrator resume` continues from the last checkpoint")
 
     def _done_from_evidence(self) -> dict[str, Any] | None:
         """The ranks' ``done`` can be lost (sent while no supervisor listened, e.g. before a resumed
@@ -598,6 +672,7 @@ class Supervisor:
 
     # ---- endings ----------------------------------------------------------------------------------
     def finish_completed(self) -> int:
+        self.phase.go(Phase.DONE)
         self.launcher.stop()  # the job has ended: confirm squeue and sacct agree before saying COMPLETED
         self.publish(force=True)
         done = self.watch.done if self.watch else None
@@ -609,6 +684,7 @@ class Supervisor:
         return 0
 
     def finish_failed(self, reason: str) -> int:
+        self.phase.go(Phase.DONE)
         self.fence(self.attempt + 1, "run failed")
         self.launcher.stop()
         self.journal.append("failed", reason=reason)
