@@ -188,17 +188,11 @@ def _check_chaos(cfg: RunConfig, world: int) -> list[ConfigIssue]:
 
 
 def _check_net_fault(cfg: RunConfig, i: int, fault: str) -> list[ConfigIssue]:
-    """partition and slow_link act on a node's real link: only on the namespaced local cluster."""
-    if cfg.cluster.backend == "slurm":
-        from slurm.local_cluster import net_fault_refusal
-        why = net_fault_refusal(fault)
-        return [] if why is None else [ConfigIssue(f"chaos.{i}.fault", why)]
-    from orchestrator.netns import unavailable_reason
-    reason = unavailable_reason()
-    if reason is not None:
-        return [ConfigIssue(f"chaos.{i}.fault", f"{fault} needs namespaced local nodes (root and iproute2): "
-                            f"{reason}")]
-    return []
+    """partition and slow_link act on a node's real link: only where the backend's nodes are namespaced
+    (its plugin says why not, if not)."""
+    from orchestrator.launcher.registry import net_fault_refusal
+    why = net_fault_refusal(cfg.cluster.backend, fault)
+    return [] if why is None else [ConfigIssue(f"chaos.{i}.fault", why)]
 
 
 def _check_telemetry(cfg: RunConfig) -> list[ConfigIssue]:

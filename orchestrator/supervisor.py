@@ -350,11 +350,9 @@ class Supervisor:
     def _compute_check(self, node: str) -> bool:
         """The burn-in's known-answer compute check (health.probes.burn_in), on the node itself: where a
         local node runs, or through srun on a Slurm node."""
-        from health.probes.burn_in import compute_check, default_device
-        if self.cfg.cluster.backend == "slurm":
-            from slurm.preflight import burn_in
-            r = burn_in(node, self.cfg.cluster.slurm.partition, self.run_dir)
-        else:
+        r = self.launcher.burn_in(node)
+        if r is None:  # the node is this host
+            from health.probes.burn_in import compute_check, default_device
             r = compute_check(node, default_device())
         self.journal.append("burn_in", node=node, ran_on=r.node, verdict=r.verdict, evidence=r.evidence)
         return r.verdict == "ok"

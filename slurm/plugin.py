@@ -15,3 +15,9 @@ def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
         return SlurmAllocLauncher(cfg, run_dir)
     from slurm.launcher import SlurmLauncher
     return SlurmLauncher(cfg, run_dir)
+
+
+def net_fault_refusal(fault: str) -> str | None:
+    """Only the namespaced local Slurm cluster (slurm/local-cluster.sh) has links chaos may cut."""
+    from slurm.local_cluster import net_fault_refusal as refusal
+    return refusal(fault)

@@ -12,3 +12,10 @@ def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
     """A local cluster of ``cluster.nodes`` + ``spare_nodes`` agents on this host."""
     from orchestrator.launcher.local.launcher import LocalLauncher
     return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout)
+
+
+def net_fault_refusal(fault: str) -> str | None:
+    """Namespaced local nodes need root and iproute2."""
+    from orchestrator.netns import unavailable_reason
+    reason = unavailable_reason()
+    return None if reason is None else f"{fault} needs namespaced local nodes (root and iproute2): {reason}"
