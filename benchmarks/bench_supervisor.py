@@ -5,14 +5,19 @@ trainer needs nothing else), and compares the median per-step time (rank 0's ``s
 runs are interleaved ``--repeats`` times: other jobs share these cores, so only ratios within one
 invocation mean anything.
 
-(b) a sender process plays N simulated ranks, each sending one ``step`` and one ``hb`` datagram per
-second (real UDP, paced in 20 ms slices). The receiver (this process) does what the supervisor does with
-them, in one of two modes:
+(b) sender processes play N simulated ranks (real UDP, paced in 20 ms slices, sealed with the run key).
+The receiver (this process) does what the supervisor does with
+them, in one of three modes:
 * ``components``: TelemetryServer.drain → StepAggregator.add → StragglerDetector.observe_array per
   completed step, receive-time updates and the liveness rule (hang.assess_stall) every 50 ms tick;
 * ``real``: the supervisor's own RunEvents.on_message over an AttemptWatch (a stand-in Supervisor object
   supplies the meter, snapshot, detector and a no-op journal), plus the per-tick calls watch_attempt and
   publish make (hang.assess_stall over the watch, heartbeat_age_max).
+* ``full``: a real Supervisor (its authenticated socket, RunEvents → facts → apply, check_liveness and publish
+  every tick with status.json once a second, the fsynced journal) and its Prometheus endpoint scraped once a
+  second; only the launcher is idle.
+By default each rank sends a heartbeat every 0.5 s (the default heartbeat interval) and a step row every
+second (``--hb-hz``, ``--step-hz``).
 It reports messages/s received, drops, CPU seconds per message (time.process_time of the receiver) and
 the share of one core used. ``--profile`` prints the top of a cProfile of the receiver.
 
@@ -32,6 +37,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -44,8 +50,9 @@ from health.detectors.hang import LivenessLimits, assess_stall  # noqa: E402
 from health.detectors.comm_slowdown import CommSlowdownDetector  # noqa: E402
 from health.detectors.straggler import StragglerDetector  # noqa: E402
 from orchestrator.step_stats import StepAggregator  # noqa: E402
-from trainer.telemetry_auth import seal  # noqa: E402
+from trainer.telemetry_auth import create_or_load_key, seal  # noqa: E402
 from orchestrator.telemetry_server import TelemetryServer  # noqa: E402
+from orchestrator.launcher.base import Launcher, LaunchSpec  # noqa: E402
 
 RANKS_PER_NODE = 8
 TICK_S = 0.05  # the supervisor's select() timeout
@@ -58,15 +65,19 @@ KEY = bytes(range(32))  # the benchmark's run key: senders seal every datagram a
 
 
 # ---- (b) sender -------------------------------------------------------------------------------------------
-def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0: float) -> None:
-    """Each second: every rank sends step s and a heartbeat, spread over 50 slices of 20 ms.
-    Writes (datagrams sent, seconds it took) into ``counter`` so a sender that fell behind shows."""
+def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0: float,
+           key: bytes = KEY, hb_hz: int = 1, step_hz: int = 1) -> None:
+    """Each second: every rank sends ``step_hz`` step rows and ``hb_hz`` heartbeats, spread over 50 slices
+    of 20 ms (a rank's messages evenly apart). Writes (datagrams sent, seconds it took) into ``counter`` so
+    a sender that fell behind shows."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     rng = np.random.default_rng(ranks.start)
     jitter = (0.5 + 0.02 * rng.standard_normal(len(ranks))).tolist()
-    sent, slices = 0, 50
+    sent, slices, seq, step = 0, 50, [0] * len(ranks), [0] * len(ranks)
     per = -(-len(ranks) // slices)
+    hb_at = {(k * slices) // hb_hz for k in range(hb_hz)}  # slice offsets of a rank's heartbeats
+    step_at = {(k * slices) // step_hz for k in range(step_hz)}
     for s in range(int(seconds)):
         for k in range(slices):
             due = t0 + s + k / slices
@@ -74,12 +85,20 @@ def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0
             if delay > 0:
                 time.sleep(delay)
             now = time.time()
-            for i in range(k * per, min(len(ranks), (k + 1) * per)):
-                r = ranks[i]
-                node = r // RANKS_PER_NODE
-                sock.sendto(seal(KEY, STEP_T % (r, node, now, s, jitter[i], jitter[i], r, 2 * s + 1)), addr)
-                sock.sendto(seal(KEY, HB_T % (r, node, now, s + 1, 1000 + r, r, 2 * s + 2)), addr)
-                sent += 2
+            for offset in sorted(hb_at | step_at):
+                c = (k - offset) % slices  # the chunk of ranks whose message is due in this slice
+                for i in range(c * per, min(len(ranks), (c + 1) * per)):
+                    r, node = ranks[i], ranks[i] // RANKS_PER_NODE
+                    if offset in step_at:
+                        seq[i] += 1
+                        sock.sendto(seal(key, STEP_T % (r, node, now, step[i], jitter[i], jitter[i], r, seq[i])),
+                                    addr)
+                        step[i] += 1
+                        sent += 1
+                    if offset in hb_at:
+                        seq[i] += 1
+                        sock.sendto(seal(key, HB_T % (r, node, now, step[i], 1000 + r, r, seq[i])), addr)
+                        sent += 1
     counter[0], counter[1] = sent, time.time() - t0
 
 
@@ -150,6 +169,65 @@ class RealSink:
         w.heartbeat_age_max(now)  # publish, every tick
 
 
+class IdleLauncher(Launcher):
+    """Launches nothing: the sender processes play the ranks. What the supervisor does per tick still runs."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+
+    def pool(self) -> list[str]:
+        return self.nodes
+
+    def launch(self, spec: LaunchSpec) -> dict[str, Any]:
+        return {}
+
+    def poll(self) -> list[Any]:
+        return []
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        return None
+
+
+class FullSink:
+    """The whole path of a real Supervisor: its authenticated telemetry socket, RunEvents, apply, the
+    liveness check and publish (status.json once a second, the snapshot for the exporter) every tick, its
+    fsynced journal, and the Prometheus endpoint scraped once a second (Prometheus' default is 15 s)."""
+
+    def __init__(self, ranks: int, run_dir: Path) -> None:
+        from orchestrator.attempt import AttemptWatch
+        from orchestrator.journal import Journal
+        from orchestrator.metrics.server import MetricsServer
+        from orchestrator.supervisor import Supervisor
+        from spec.config import RunConfig
+        nodes = [f"n{i}" for i in range(-(-ranks // RANKS_PER_NODE))]
+        self.journal = Journal(run_dir)
+        self.journal.__enter__()
+        self.sup = Supervisor(RunConfig(), run_dir, IdleLauncher(nodes), self.journal)
+        self.srv = self.sup.telemetry
+        spec = LaunchSpec(0, nodes, RANKS_PER_NODE, run_dir, self.srv.address, run_dir)
+        self.sup.attempt, self.sup.watch = 0, AttemptWatch(spec, time.time())
+        self.metrics = MetricsServer(lambda: self.sup.snap, host="127.0.0.1", port=0)
+        self.metrics.start()
+        self.next_scrape, self.scrapes, self.rows = time.time(), 0, 0
+
+    def on_message(self, m: dict[str, Any], now: float) -> None:
+        self.sup.apply(self.sup.events.on_message(m, now, self.sup.watch), now)
+
+    def tick(self, now: float) -> None:
+        self.sup.check_liveness(now)
+        self.sup.publish()
+        if now >= self.next_scrape:  # the exporter renders from the snapshot on every scrape
+            with urllib.request.urlopen(self.metrics.url + "/metrics", timeout=5) as resp:
+                resp.read()
+            self.scrapes += 1
+            self.next_scrape = now + 1.0
+
+    def close(self) -> None:
+        self.metrics.stop()
+        self.sup.close()
+        self.journal.__exit__(None, None, None)
+
+
 def receive(sink: Any, srv: TelemetryServer, sending: Callable[[], bool]) -> int:
     """The supervisor's loop shape: select with a 50 ms timeout, drain, handle, tick; until the senders
     are done and the socket has been quiet for a tick."""
@@ -166,17 +244,25 @@ def receive(sink: Any, srv: TelemetryServer, sending: Callable[[], bool]) -> int
     return n
 
 
-def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: int) -> dict[str, Any]:
-    srv = TelemetryServer(KEY)
-    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+def make_sink(mode: str, ranks: int, run_dir: Path) -> tuple[Any, TelemetryServer, bytes]:
+    """The receiver for ``mode`` with the socket it reads and the key the senders must seal with."""
+    if mode == "full":
+        sink = FullSink(ranks, run_dir)
+        return sink, sink.srv, create_or_load_key(run_dir)
+    return (ComponentSink(ranks) if mode == "components" else RealSink(ranks, run_dir)), TelemetryServer(KEY), KEY
+
+
+def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: int,
+               hb_hz: int = 1, step_hz: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        sink: Any = ComponentSink(ranks) if mode == "components" else RealSink(ranks, Path(tmp))
+        sink, srv, key = make_sink(mode, ranks, Path(tmp))
+        srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         host, port = srv.sock.getsockname()[:2]
         ctx = mp.get_context("fork")
         parts = [range(i, ranks, senders) for i in range(senders)]
         counters = [ctx.Array("d", 2) for _ in parts]
         w0 = time.time() + 0.2
-        procs = [ctx.Process(target=sender, args=((host, port), part, seconds, c, w0))
+        procs = [ctx.Process(target=sender, args=((host, port), part, seconds, c, w0, key, hb_hz, step_hz))
                  for part, c in zip(parts, counters)]
         for p in procs:
             p.start()
@@ -190,7 +276,10 @@ def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: in
             prof.disable()
         for p in procs:
             p.join()
-        srv.close()
+        if mode == "full":
+            sink.close()  # closes its telemetry socket too
+        else:
+            srv.close()
     if prof:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(12)
@@ -200,14 +289,14 @@ def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: in
     return {"mode": mode, "ranks": ranks, "sent": sent, "offered_per_s": round(sent / send_s), "received": got, "lost_pct": round(100 * (1 - got / max(sent, 1)), 2),
             "msgs_per_s": round(got / wall), "cpu_s": round(cpu, 2), "us_per_msg": round(1e6 * cpu / max(got, 1), 2),
             "cores_used": round(cpu / wall, 3), "max_msgs_per_s_1core": round(got / max(cpu, 1e-9)),
-            "rows": sink.rows if mode == "components" else None}
+            "rows": sink.rows if mode == "components" else None, "hb_hz": hb_hz, "step_hz": step_hz}
 
 
 def ingest(a: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for mode in a.mode.split(","):
         for n in (int(x) for x in a.ranks.split(",")):
-            rows.append(ingest_one(n, a.seconds, mode, a.profile, a.senders))
+            rows.append(ingest_one(n, a.seconds, mode, a.profile, a.senders, a.hb_hz, a.step_hz))
             print(rows[-1], flush=True)
     print(table(rows, ["mode", "ranks", "offered_per_s", "sent", "received", "lost_pct", "msgs_per_s", "us_per_msg",
                        "cores_used", "max_msgs_per_s_1core"]))
@@ -249,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("ingest")
     i.add_argument("--ranks", default="1024,4096,16384")
     i.add_argument("--seconds", type=float, default=8.0)
-    i.add_argument("--mode", default="components,real")
+    i.add_argument("--mode", default="components,real,full")
+    i.add_argument("--hb-hz", type=int, default=2, help="heartbeats per rank per second (default: the default "
+                   "health.heartbeat_interval_s of 0.5 s)")
+    i.add_argument("--step-hz", type=int, default=1, help="step rows per rank per second")
     i.add_argument("--profile", action="store_true")
     i.add_argument("--senders", type=int, default=2, help="sender processes (one Python sender tops out "
                    "near 20k datagrams/s on a busy core)")

@@ -66,7 +66,9 @@ def test_ingest_benchmark_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import bench_supervisor
     assert bench_supervisor.main(["ingest", "--ranks", "64", "--seconds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "| components | 64 |" in out and "| real | 64 |" in out
+    assert "| components | 64 |" in out and "| real | 64 |" in out and "| full | 64 |" in out
+    full = next(line for line in out.splitlines() if line.startswith("| full | 64 |")).split("|")
+    assert int(full[5]) > 0  # the real Supervisor received the senders' authenticated datagrams
 
 
 @pytest.mark.slow
