@@ -13,6 +13,8 @@ from orchestrator.launcher.base import LaunchSpec
 from orchestrator.step_stats import StepAggregator
 from orchestrator.triage import Candidate, is_peer_failure
 
+PREEMPTED_EXIT = 75  # trainer.rank_main.PREEMPTED_EXIT (no torch here): checkpointed on a signal
+
 
 @dataclass
 class AttemptWatch:
@@ -73,7 +75,7 @@ class AttemptWatch:
         if code == 0:
             self.exited_ok.add(rank)
             return
-        if msg.get("stopping"):
+        if msg.get("stopping") or code == PREEMPTED_EXIT:  # checkpointed on a signal: the launcher says why
             return
         tail = str(msg.get("stderr_tail", ""))
         sig = msg.get("signal") if isinstance(msg.get("signal"), int) else None

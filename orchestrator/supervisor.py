@@ -432,9 +432,9 @@ class Supervisor:
     # ---- watching one attempt -------------------------------------------------------------------
     def watch_attempt(self) -> Outcome:
         """Until the attempt is over: its outcome, the phase moved to STOPPING."""
-        w = self.watch
-        assert w is not None
         while True:
+            w = self.watch  # replaced when Slurm requeues the same attempt
+            assert w is not None
             select.select([self.telemetry], [], [], 0.05)
             now = self.clock()
             for msg in self.telemetry.drain():
@@ -495,8 +495,12 @@ class Supervisor:
             if ev.state == "CANCELLED" and w.done is None:
                 self.phase.go(Phase.STOPPING)
                 return self._cancelled_outside(ev.detail)
+        elif ev.kind == "requeued" and ev.info.get("same_job"):
+            self.on_slurm_requeue(ev, now)  # the same attempt goes on: keep watching
         elif ev.kind == "requeued":
             return self.on_requeue(ev, now)
+        elif ev.kind == "job_started" and self.sm.state is RunState.RECOVERING:
+            self.transition(RunState.RUNNING, f"job {ev.info.get('job_id')} running again")
         elif ev.kind == "node_verdict":  # recorded when it comes; the run moved on without it
             self.journal.append("node_verdict", node=ev.node, state=ev.state, evidence=ev.info)
         elif ev.kind == "rank_exit" and ev.rank is not None:
@@ -593,6 +597,22 @@ class Supervisor:
         if self.sm.state is not RunState.RECOVERING:
             self.transition(RunState.RECOVERING, "requeued after a checkpoint")
         return Outcome("relaunch", "requeued after a checkpoint")
+
+    def on_slurm_requeue(self, ev: LauncherEvent, now: float) -> None:
+        """Slurm requeued the preempted job itself (cluster.slurm.requeue_on_preemption): the same
+        attempt, epoch and job id; its ranks start again from the checkpoint they wrote on SIGTERM. No
+        restart budget is spent and nothing is fenced: Slurm ended every task before requeueing."""
+        assert self.watch is not None
+        resume = self.snap.last_checkpoint_step or 0
+        c = Candidate("preempted", ev.t or now, None, None, {"detail": ev.detail, "state": ev.state, **ev.info})
+        self.record_fault(c, now, "requeue", lost_steps=self.meter.rewind(resume))  # same_job in evidence
+        self.snap.step = resume
+        self.journal.append("requeued_same_job", attempt=self.attempt, job_id=ev.info.get("job_id"),
+                            resume_step=resume, restarts=ev.info.get("restarts"))
+        self.watch = AttemptWatch(self.watch.spec, now)  # the same ranks again, from the start
+        self.recovery_started_t = now
+        if self.sm.state is not RunState.RECOVERING:
+            self.transition(RunState.RECOVERING, f"job {ev.info.get('job_id')} preempted and requeued by Slurm")
 
     def _apply(self, d: Decision, c: Candidate, now: float) -> Outcome:
         if d.exclude_node and c.node:

@@ -91,6 +91,10 @@ class SlurmAllocLauncher(Launcher):
         self.submitted_t: float | None = None
         self.attempt = -1
         self.allocations = 0
+        self.spec: LaunchSpec | None = None  # the running attempt, relaunched as-is after Slurm's requeue
+        self.preempted = False  # the agents got Slurm's preemption notice (SIGTERM)
+        self.awaiting_requeue = False  # requeue_on_preemption: the same job comes back, same attempt
+        self.requeue_t = 0.0
 
     # ---- the allocation ---------------------------------------------------------------------------
     def usable(self) -> list[str]:
@@ -127,6 +131,8 @@ class SlurmAllocLauncher(Launcher):
         executor.update_parameters(**params)
         job = executor.submit(AgentTask(run_dir=str(self.run_dir), hub_addr=self.hub.address))
         self.job_id, self.submitted_t, self.ending = str(job.job_id), time.time(), None
+        self.hub.expect_job = self.job_id  # agents of earlier allocations are refused at the handshake
+        self.preempted = self.awaiting_requeue = False
         self.job_nodes, self.agents, self.lost, self._reported = [], {}, {}, set()
         self._wait_for_agents(count)
 
@@ -185,6 +191,7 @@ class SlurmAllocLauncher(Launcher):
     # ---- one attempt ------------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self.current, self.finished, self.codes, self.attempt = list(spec.nodes), set(), {}, spec.attempt
+        self.spec = spec
         self.dead_on_launch = [n for n in spec.nodes if n in self.lost or n not in self.agents]  # next poll
         master = self.addr.get(spec.nodes[0]) or node_address(spec.nodes[0])
         port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
@@ -230,6 +237,8 @@ class SlurmAllocLauncher(Launcher):
             return []
         self._accept()
         now = time.monotonic()
+        if self.awaiting_requeue:
+            return self._requeue_progress(now)
         events: list[LauncherEvent] = []
         for node in self.dead_on_launch:
             self.finished.add(node)
@@ -254,14 +263,65 @@ class SlurmAllocLauncher(Launcher):
         ev = msg.get("ev")
         if ev == "ready":
             self.agents[node].pid = msg.get("pid")
+        if ev == "preempt_notice":
+            self.preempted = True
         if ev in ("ranks_done", "stopped") and node in self.current:
             self.finished.add(node)
             self.codes.update({int(r): int(c) for r, c in (msg.get("codes") or {}).items()})
-            if PREEMPTED_EXIT in self.codes.values():  # checkpointed on the time-limit warning
-                self.ending = self.ending or "time limit warning"
-                return self._event("requeued", "checkpointed", state="CHECKPOINTED",
-                                   detail="ranks checkpointed on the warning signal (exit 75)")
+            if PREEMPTED_EXIT in self.codes.values():  # checkpointed on the time-limit warning or preemption
+                return self._checkpointed()
         return []
+
+    def _checkpointed(self) -> list[LauncherEvent]:
+        """Ranks saved and left on a signal. Preempted with requeue_on_preemption: Slurm will run this job
+        again (same id); the agents leave so that it ends now, and the same attempt is relaunched into
+        its new agents. Otherwise the allocation cannot continue: a new one, no restart budget spent."""
+        if self.preempted and self.scfg.requeue_on_preemption:
+            if set(self.finished) < set(self.current):
+                return []  # every node's ranks first: they all stop at one step
+            self.awaiting_requeue, self.requeue_t = True, time.monotonic()
+            for a in self.agents.values():  # their job ends now; only the requeued job's agents count
+                a.link.send({"cmd": "exit", "grace_s": 1.0})
+                a.pid = None
+            return self._event("requeued", "slurm-requeue", state="PREEMPTED",
+                               detail=f"allocation {self.job_id} preempted; ranks checkpointed (exit 75); "
+                                      "Slurm requeues the same job", info={"same_job": True})
+        why = "preempted" if self.preempted else "time limit warning"
+        self.ending = self.ending or why
+        return self._event("requeued", "checkpointed", state="CHECKPOINTED",
+                           detail=f"ranks checkpointed on the {why} signal (exit 75)")
+
+    def _requeue_progress(self, now: float) -> list[LauncherEvent]:
+        """Slurm requeued the preempted job: old agents leave (not lost nodes), the job pends, runs
+        again, its new agents dial in; then the same attempt is launched into them. If Slurm ended the
+        job instead of requeueing it, or it came back on other nodes, this is an ordinary requeue."""
+        for node, a in list(self.agents.items()):
+            if a.link.closed is not None:
+                del self.agents[node]
+            else:
+                a.inbox += a.read(now)
+        if now < self._next_query:
+            return []
+        self._next_query = now + max(self.scfg.poll_interval_s, 1.0)
+        self._query_job()
+        if self.ending:  # not requeued after all: a new allocation
+            self.awaiting_requeue = False
+            return self._event("requeued", "ended", state=self.ending.upper(),
+                               detail=f"allocation {self.job_id} {self.ending}, not requeued by Slurm")
+        spec = self.spec
+        ready = [n for n in self.job_nodes if n in self.agents and self.agents[n].pid]
+        if spec is None or not self.job_nodes or len(ready) < len(self.job_nodes):
+            return []
+        self.awaiting_requeue = False
+        if not set(spec.nodes) <= set(ready):  # elsewhere this time: the supervisor relaunches (no budget)
+            return self._event("requeued", "moved", state="REQUEUED",
+                               detail=f"allocation {self.job_id} requeued onto {', '.join(self.job_nodes)}")
+        self._reported = {k for k in self._reported if k[0] == "node_verdict"}  # a later preemption reports again
+        self.preempted = False
+        self.launch(spec)
+        return self._event("job_started", f"requeue-{self.job_nodes}", state="RUNNING",
+                           detail=f"allocation {self.job_id} running again; attempt {spec.attempt} relaunched "
+                                  f"into its agents after {now - self.requeue_t:.1f}s")
 
     def _check_alive(self, node: str, a: RemoteAgent, now: float) -> list[LauncherEvent]:
         silent = now - a.heard_t

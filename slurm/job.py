@@ -100,6 +100,19 @@ def exit_marker(marker_dir: Path, rank: int) -> Path:
     return marker_dir / f"exit-rank{rank}.json"
 
 
+def restart_marker_dir(marker_dir: Path, restarts: int) -> Path:
+    """Where the tasks of the job's ``restarts``-th run (Slurm's requeue count) leave their markers: a
+    requeued job's ranks must not find the exit codes of the run that was preempted."""
+    return marker_dir if restarts == 0 else marker_dir / f"restart-{restarts}"
+
+
+def _restarts() -> int:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
 def read_exit_markers(marker_dir: Path) -> dict[int, dict[str, object]]:
     """rank -> its exit marker (code, signal, node, stderr tail) for every rank that has exited."""
     out: dict[int, dict[str, object]] = {}
@@ -177,7 +190,7 @@ class RankTask:
         sig = -code if code < 0 else None
         info = {"rank": rank, "code": code, "signal": sig, "node": node, "t": time.time(),
                 "stderr_tail": stderr_tail}
-        marker = exit_marker(Path(self.marker_dir), rank)
+        marker = exit_marker(restart_marker_dir(Path(self.marker_dir), _restarts()), rank)
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f".{marker.name}.tmp")
         tmp.write_text(json.dumps(info))
@@ -231,4 +244,4 @@ class AgentTask:
         from orchestrator.launcher.node_agent import run_agent
         node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
         os.environ.update(node_link_env(split_host(self.hub_addr)))  # the forked ranks inherit it
-        return run_agent(node, Path(self.run_dir), self.hub_addr)
+        return run_agent(node, Path(self.run_dir), self.hub_addr, preemptible=True)

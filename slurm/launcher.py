@@ -29,7 +29,7 @@ from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
 from orchestrator.launcher.base import free_port
 from slurm import cmd
 from slurm.hostlist import node_sort_key
-from slurm.job import PREEMPTED_EXIT, RankTask, read_exit_codes
+from slurm.job import PREEMPTED_EXIT, RankTask, read_exit_codes, restart_marker_dir
 from slurm.parsers import NODE_FAULT_STATES, SacctRecord, TERMINAL_STATES
 from slurm.preflight import run_probes
 from slurm.sbatch_options import executor_parameters
@@ -38,6 +38,7 @@ from spec.layout import checkpoint_root
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING",
                            "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"})
 REQUEUE_STATES = frozenset({"TIMEOUT", "PREEMPTED"})
+QUEUED_AGAIN = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})  # after it ran: Slurm requeued it
 BLAME_WAIT_S = 10.0  # how long a NODE_FAIL waits for the controller's node event to reach accounting
 
 
@@ -50,7 +51,7 @@ class SlurmLauncher(Launcher):
         self.job_id: str | None = None
         self.attempt = -1
         self.job_nodes: list[str] = []
-        self.marker_dir = self.run_dir
+        self.marker_dir = self.base_marker_dir = self.run_dir
         self.ended = True
         self._reported: set[tuple[str, str]] = set()
         self._next_query = 0.0
@@ -58,6 +59,8 @@ class SlurmLauncher(Launcher):
         self.submit_t: float | None = None
         self.job_start: datetime | None = None  # cluster local time, for the node event history
         self.gone: set[str] = set()  # job ids squeue and sacct both report finished
+        self.ran = False  # the job was seen RUNNING (queued again after that: Slurm requeued it)
+        self.restarts = 0  # Slurm's requeues of this attempt's job (requeue_on_preemption)
         self.cancelled_by_us: set[str] = set()
 
     # ---- nodes -----------------------------------------------------------------------------------
@@ -113,8 +116,9 @@ class SlurmLauncher(Launcher):
 
     def _watch(self, job_id: str, attempt: int, folder: Path) -> None:
         self.job_id, self.attempt, self.ended = job_id, attempt, False
-        self.marker_dir = folder / "exit"
+        self.marker_dir = self.base_marker_dir = folder / "exit"
         self.job_nodes, self._reported, self._next_query = [], set(), 0.0
+        self.ran, self.restarts = False, 0
         self.job_start = datetime.now() - timedelta(seconds=2)  # refined from sacct once it started
 
     def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
@@ -158,7 +162,7 @@ class SlurmLauncher(Launcher):
     def _check_markers(self) -> list[LauncherEvent]:
         codes = read_exit_codes(self.marker_dir)
         ranks = sorted(r for r, c in codes.items() if c == PREEMPTED_EXIT)
-        if not ranks:
+        if not ranks or self.scfg.requeue_on_preemption:  # Slurm may requeue it: its state decides
             return []
         return self._event("requeued", "checkpointed", state="CHECKPOINTED",
                            detail=f"ranks {ranks} checkpointed on the warning signal (exit 75)",
@@ -171,7 +175,10 @@ class SlurmLauncher(Launcher):
         if entry is not None and entry.nodes:
             self.job_nodes = list(entry.nodes)
         if entry is not None and entry.state == "RUNNING":
+            self.ran = True
             events += self._event("job_started", "running", state="RUNNING", info={"nodes": self.job_nodes})
+        if entry is not None and entry.state in QUEUED_AGAIN and self.ran:
+            return events + self._requeued_by_slurm(entry.state)
         if entry is not None and self.job_nodes:
             events += self._dead_nodes(self.job_nodes)
         if entry is not None and entry.state in ACTIVE_STATES:
@@ -180,6 +187,17 @@ class SlurmLauncher(Launcher):
         if rec is None or not rec.terminal:
             return events
         return events + self._ended(rec)
+
+    def _requeued_by_slurm(self, state: str) -> list[LauncherEvent]:
+        """The job ran and is queued again under its id: Slurm requeued it (a preemption, with
+        requeue_on_preemption). The same attempt: its next run's tasks leave markers of their own."""
+        self.ran = False
+        self.restarts += 1
+        self.marker_dir = restart_marker_dir(self.base_marker_dir, self.restarts)
+        self._reported = {k for k in self._reported if k[0] == "node_lost"}  # its next run reports anew
+        return [LauncherEvent("requeued", t=time.time(), state=state,
+                              detail=f"job {self.job_id} preempted and requeued by Slurm (run {self.restarts + 1})",
+                              info={"job_id": self.job_id, "same_job": True, "restarts": self.restarts})]
 
     def _dead_nodes(self, nodes: list[str]) -> list[LauncherEvent]:
         events: list[LauncherEvent] = []

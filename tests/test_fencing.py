@@ -103,7 +103,7 @@ def lineage_starts(r: RunResult) -> list[tuple[int, int]]:
     """(attempt, step it started from) per attempt: the checkpoint its ranks loaded (journal order)."""
     out: list[tuple[int, int]] = []
     for e in r.journal:
-        if e["event"] == "launch":
+        if e["event"] in ("launch", "requeued_same_job"):  # Slurm's requeue runs the same attempt again
             out.append((int(e["attempt"]), int(e.get("resume_step") or 0)))
         elif e["event"] == "checkpoint_loaded" and out:
             out[-1] = (out[-1][0], int(e["step"]))

@@ -33,14 +33,16 @@ from tests.test_slurm_cluster import cluster  # noqa: F401  (fixture)
 KEY, OTHER = b"k" * 32, b"o" * 32
 
 
-def _pair(hub_key: bytes, agent_key: bytes) -> tuple[AgentHub, Any, list[tuple[str, Link]]]:
+def _pair(hub_key: bytes, agent_key: bytes, expect_job: str | None = None,
+          job: str = "") -> tuple[AgentHub, Any, list[tuple[str, Link]]]:
     """Dial a hub from a thread; returns the hub, the agent's result (Link or exception), what it accepted."""
     hub = AgentHub(hub_key, "127.0.0.1", "127.0.0.1")
+    hub.expect_job = expect_job
     result: dict[str, Any] = {}
 
     def agent() -> None:
         try:
-            result["link"] = dial(hub.address, agent_key, "node7", timeout_s=5)
+            result["link"] = dial(hub.address, agent_key, "node7", timeout_s=5, job=job)
         except (LinkError, OSError) as exc:
             result["link"] = exc
     t = threading.Thread(target=agent)
@@ -90,6 +92,17 @@ def test_link_refuses_a_wrong_key_on_either_side() -> None:
         t.start()
         with pytest.raises(LinkError, match="hub does not hold"):
             dial(f"127.0.0.1:{fake.getsockname()[1]}", KEY, "node7", timeout_s=5)
+
+
+def test_agent_of_an_earlier_allocation_is_refused() -> None:
+    """It holds the run's key, but it runs in job 41 while the current allocation is job 42."""
+    hub, agent, accepted = _pair(KEY, KEY, expect_job="42", job="41")
+    assert isinstance(agent, LinkError) and "refused" in str(agent) and accepted == [], agent
+    assert "not of the current allocation 42" in hub.rejected[-1], hub.rejected
+    hub.close()
+    hub, agent, accepted = _pair(KEY, KEY, expect_job="42", job="42")
+    assert isinstance(agent, Link) and [n for n, _ in accepted] == ["node7"]
+    hub.close()
 
 
 def test_forged_or_replayed_line_closes_the_link() -> None:

@@ -87,6 +87,7 @@ class TrainLoop:
         self.bad_run: list[list[int]] = []  # sample indices of consecutive bad steps
         self.rollbacks_to: dict[int, int] = {}  # checkpoint step → rollbacks that landed there
         self.ema_step_s = 0.0
+        self.preempt_agreed = False  # a preemption/time-limit signal, agreed by every rank at one step
         self.replay = Replayer(cfg, engine, corpus, chaos, tel, rank, self.guard)  # data, node or model?
         self.mem = mem  # the memory tier (trainer.memtier): restored before storage
         self.intervals = Intervals(cfg.checkpoint, self.guard.path.parent if self.guard.path else None, rank)
@@ -288,9 +289,11 @@ class TrainLoop:
         local_bad = not math.isfinite(loss)  # this rank's own loss (grads are already averaged)
         g_loss, any_bad, sums = agree_with_counts(loss, self.engine.loss_weight,
                                                   local_bad or not math.isfinite(grad_norm),
-                                                  self.pending_counts() + self.intervals.counts())
+                                                  self.pending_counts() + self.intervals.counts()
+                                                  + (1.0 if preempt.requested() else 0.0,))
         self.settle_pending(*sums[:2])
-        self.intervals.agreed(sums[2:])  # checkpoint.every_steps: auto, the same on every rank
+        self.intervals.agreed(sums[2:-1])  # checkpoint.every_steps: auto, the same on every rank
+        self.preempt_agreed = self.preempt_agreed or sums[-1] > 0  # signals land mid-step on some ranks
         sync_s = time.perf_counter() - t_sync
         lr = self._lr()
         if getattr(self.engine, "last_overflow", False) and math.isfinite(g_loss):
@@ -400,7 +403,7 @@ class TrainLoop:
             self.save_checkpoint()  # step 0: something to roll back to
         while self.st.step < total:
             self._fence_check()
-            if preempt.requested():
+            if self.preempt_agreed:  # every rank stops at the same step, whenever its signal came
                 self.save_checkpoint(blocking=True)  # time limit or preemption: save, then requeue
                 self.tel.event("preempted", step=self.st.step)
                 return None

@@ -1,8 +1,10 @@
 """Preemption and time-limit warnings: a signal sets a flag, the loop checkpoints at the next step.
 
-Slurm sends the warning signal (``--signal``) before the time limit and SIGTERM on preemption; the
-handler only sets a flag, because saving from inside a signal handler while a collective is in flight
-would deadlock. Every rank gets the signal, so every rank stops at the same step boundary.
+Slurm sends the warning signal (``--signal``) before the time limit and SIGTERM on preemption (then
+SIGKILL after the partition's GraceTime); the handler only sets a flag, because saving from inside a
+signal handler while a collective is in flight would deadlock. The signal reaches ranks at different
+moments, so the loop agrees on the flag in the step's one all-reduce and every rank stops at the same
+step. A rank's own launcher stops it with SIGKILL, never SIGTERM, so a stop is never read as preemption.
 """
 
 from __future__ import annotations

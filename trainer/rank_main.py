@@ -87,7 +87,7 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit sign
 
 
 def main() -> int:
-    preempt.install()
+    preempt.install((signal.SIGUSR2, signal.SIGTERM))  # the time-limit warning; SIGTERM: preemption
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the supervisor asks for stacks on a hang
     ctx = context_from_env()
     cfg = load_run_config(ctx.run_dir)

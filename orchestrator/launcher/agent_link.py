@@ -6,8 +6,12 @@ them. Each agent dials the supervisor's hub (bound and advertised like telemetry
 they hold the run's key (``RUN_DIR/telemetry.key``) without sending it:
 
 1. hub -> agent  ``{"hello": PROTO, "nonce": Nh}``
-2. agent -> hub  ``{"node": N, "nonce": Na, "mac": HMAC(key, "agent|Nh|Na|N")}``
-3. hub -> agent  ``{"mac": HMAC(key, "hub|Na|Nh|N")}``
+2. agent -> hub  ``{"node": N, "job": J, "nonce": Na, "mac": HMAC(key, "agent|Nh|Na|N|J")}``
+3. hub -> agent  ``{"mac": HMAC(key, "hub|Na|Nh|N|J")}``
+
+``J`` is the Slurm job (allocation) the agent runs in: the hub takes only agents of the allocation it
+currently expects, so a stale agent of an earlier allocation (still running on a node that came back,
+or a copy left by a cancel that has not landed yet) holds the key but is refused.
 
 Fresh nonces on both sides make a recorded handshake useless. Afterwards each line is
 ``hex(HMAC(session, direction | seq | payload)) payload`` with ``session = HMAC(key, "session|Nh|Na")``
@@ -136,8 +140,9 @@ class Link:
             pass
 
 
-def dial(addr: str, key: bytes, node: str, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> Link:
-    """The agent's side: connect to the hub at ``host:port`` and authenticate both ways."""
+def dial(addr: str, key: bytes, node: str, timeout_s: float = HANDSHAKE_TIMEOUT_S, job: str = "") -> Link:
+    """The agent's side: connect to the hub at ``host:port`` and authenticate both ways, naming the
+    allocation ``job`` it belongs to (bound into the MAC)."""
     host, _, port = addr.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
@@ -146,9 +151,11 @@ def dial(addr: str, key: bytes, node: str, timeout_s: float = HANDSHAKE_TIMEOUT_
         if hello.get("hello") != PROTO or not isinstance(hello.get("nonce"), str):
             raise LinkError(f"handshake: unexpected greeting {str(hello)[:80]}")
         nh, na = hello["nonce"], os.urandom(16).hex()
-        _send_line(sock, {"node": node, "nonce": na, "mac": _mac(key, "agent", nh, na, node)})
+        _send_line(sock, {"node": node, "job": job, "nonce": na, "mac": _mac(key, "agent", nh, na, node, job)})
         answer = _read_line(sock, deadline)
-        if not hmac.compare_digest(str(answer.get("mac", "")), _mac(key, "hub", na, nh, node)):
+        if answer.get("refused"):
+            raise LinkError(f"handshake: refused by the hub: {str(answer['refused'])[:200]}")
+        if not hmac.compare_digest(str(answer.get("mac", "")), _mac(key, "hub", na, nh, node, job)):
             raise LinkError("handshake: the hub does not hold the run's key")
     except BaseException:
         sock.close()
@@ -171,6 +178,7 @@ class AgentHub:
         port = self.server.getsockname()[1]
         self.address = f"[{advertise}]:{port}" if ":" in advertise else f"{advertise}:{port}"
         self.rejected: list[str] = []  # why each refused connection was refused
+        self.expect_job: str | None = None  # the current allocation; None: any (no allocation yet)
 
     def fileno(self) -> int:
         return self.server.fileno()
@@ -194,11 +202,15 @@ class AgentHub:
         nh = os.urandom(16).hex()
         _send_line(sock, {"hello": PROTO, "nonce": nh})
         claim = _read_line(sock, deadline)
-        node, na = str(claim.get("node", "")), str(claim.get("nonce", ""))
+        node, na, job = str(claim.get("node", "")), str(claim.get("nonce", "")), str(claim.get("job", ""))
         if not node or len(na) < 16 or not hmac.compare_digest(str(claim.get("mac", "")),
-                                                                _mac(self.key, "agent", nh, na, node)):
+                                                                _mac(self.key, "agent", nh, na, node, job)):
             raise LinkError(f"handshake: {node or '?'} does not hold the run's key")
-        _send_line(sock, {"mac": _mac(self.key, "hub", na, nh, node)})
+        if self.expect_job is not None and job != self.expect_job:  # proven, but of another allocation
+            _send_line(sock, {"refused": f"job {job or '?'} is not the current allocation {self.expect_job}"})
+            raise LinkError(f"handshake: {node} is an agent of job {job or '?'}, not of the current "
+                            f"allocation {self.expect_job}")
+        _send_line(sock, {"mac": _mac(self.key, "hub", na, nh, node, job)})
         return node, Link(sock, bytes.fromhex(_mac(self.key, "session", nh, na)), "h2a", "a2h", peer)
 
     def close(self) -> None:

@@ -182,6 +182,16 @@ class NodeAgent:
         self.stop_deadline: float | None = None
         self.stopping = False
         self.mem: Any = None  # the memory tier's node side (orchestrator.memtier_service)
+        self.preemptible = False  # a Slurm task: SIGTERM announces preemption instead of ending the agent
+        self.preempted = False
+
+    def preempt_notice(self) -> None:
+        """Slurm preempts the allocation: ranks checkpoint (SIGTERM, also sent to them by Slurm), and the
+        supervisor learns it was a preemption, not a crash, before the links drop."""
+        if not self.preempted:
+            self.preempted = True
+            self.signal_ranks("TERM")
+            self.reply(ev="preempt_notice", t=time.time())
 
     def launch(self, spec: dict[str, Any]) -> None:
         from trainer.telemetry import Telemetry
@@ -200,9 +210,11 @@ class NodeAgent:
                 self.children[pid] = rank
 
     def stop(self, grace_s: float) -> None:
+        """SIGKILL: a rank reads SIGTERM as preemption (checkpoint, exit 75), and a stopped attempt is
+        fenced, so there is nothing for it to finish."""
         self.stopping = True
         for pid in self.children:
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGKILL)
         self.stop_deadline = time.monotonic() + grace_s
         if not self.children:
             self.reply(ev="stopped")
@@ -231,8 +243,9 @@ class NodeAgent:
         self.channel.send(msg)
 
     def signal_ranks(self, name: str) -> None:
-        """Pass a signal on to every rank (USR1: dump stacks, USR2: checkpoint before the time limit)."""
-        sig = {"USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}.get(name)
+        """Pass a signal on to every rank (USR1: dump stacks, USR2: checkpoint before the time limit,
+        TERM: preemption, checkpoint and leave)."""
+        sig = {"USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2, "TERM": signal.SIGTERM}.get(name)
         for pid in list(self.children) if sig is not None else []:
             _signal(pid, sig)
 
@@ -282,6 +295,8 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     for sig in (signal.SIGUSR1, signal.SIGUSR2):  # Slurm's signals to the task are the ranks' to act on
         signal.signal(sig, lambda signum, _f: agent.signal_ranks(signal.Signals(signum).name[3:]))
+    if agent.preemptible:  # under Slurm, SIGTERM is a preemption notice: the agent stays, its ranks checkpoint
+        signal.signal(signal.SIGTERM, lambda *_: agent.preempt_notice())
     sel = selectors.DefaultSelector()
     sel.register(agent.channel.fileno(), selectors.EVENT_READ)
     sel.register(r, selectors.EVENT_READ)
@@ -342,17 +357,20 @@ def _drain(agent: NodeAgent) -> None:
         time.sleep(0.01)
 
 
-def run_agent(node: str, run_dir: Path, connect: str | None = None) -> int:
-    """Warm up, open the channel (pipes, or the authenticated link to ``connect``), then serve."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible: bool = False) -> int:
+    """Warm up, open the channel (pipes, or the authenticated link to ``connect``), then serve.
+    ``preemptible``: a Slurm task, where SIGTERM is the scheduler's preemption notice."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if preemptible else signal.SIG_DFL)
     cfg = warm_up(run_dir)
     if connect is None:
         channel: PipeChannel | LinkChannel = PipeChannel()
     else:
         from orchestrator.launcher.agent_link import dial
         from trainer.telemetry_auth import read_key
-        channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node))
+        channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node,
+                                   job=os.environ.get("SLURM_JOB_ID", "")))  # proves which allocation
     agent = NodeAgent(node, channel, run_dir)
+    agent.preemptible = preemptible
     from orchestrator import memtier_service
     agent.mem = memtier_service.start(node, run_dir)  # the memory tier's directory dies with the agent
     agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename)
