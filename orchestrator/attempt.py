@@ -75,7 +75,10 @@ class AttemptWatch:
         if code == 0:
             self.exited_ok.add(rank)
             return
-        if msg.get("stopping") or code == PREEMPTED_EXIT:  # checkpointed on a signal: the launcher says why
+        if code == PREEMPTED_EXIT:  # checkpointed on a signal: the launcher says why (preemption, time limit)
+            self.busy[rank] = "checkpointed, awaiting requeue"  # the start-up budget, not the hang timeout
+            return
+        if msg.get("stopping"):
             return
         tail = str(msg.get("stderr_tail", ""))
         sig = msg.get("signal") if isinstance(msg.get("signal"), int) else None

@@ -19,6 +19,7 @@ nodes are left than the run needs.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,17 @@ from slurm.sbatch_options import executor_parameters
 ENDING_STATES = {"TIMEOUT": "time limit", "PREEMPTED": "preempted", "CANCELLED": "cancelled",
                  "NODE_FAIL": "node failure", "FAILED": "failed", "COMPLETED": "ended", "DEADLINE": "deadline",
                  "OUT_OF_MEMORY": "out of memory", "BOOT_FAIL": "boot failure"}
+
+
+RELEASED = "RELEASED"  # written in the allocation's folder when the orchestrator lets it go
+
+
+def released_teardown(marker: Path) -> list[str]:
+    """Batch-script lines after the agents' step: with ``--no-kill`` a lost node's task makes srun exit
+    non-zero and sacct would show the job FAILED even when the run recovered and completed. The job ends
+    with srun's status unless the orchestrator released the allocation (its verdict, the marker); the
+    step's own record still shows the lost task."""
+    return ["rc=$?", f"if [ -e {shlex.quote(str(marker))} ]; then exit 0; fi", 'exit "$rc"']
 
 
 @dataclass
@@ -91,6 +103,7 @@ class SlurmAllocLauncher(Launcher):
         self.submitted_t: float | None = None
         self.attempt = -1
         self.allocations = 0
+        self.folder: Path | None = None  # the current allocation's submitit folder
         self.spec: LaunchSpec | None = None  # the running attempt, relaunched as-is after Slurm's requeue
         self.preempted = False  # the agents got Slurm's preemption notice (SIGTERM)
         self.awaiting_requeue = False  # requeue_on_preemption: the same job comes back, same attempt
@@ -126,6 +139,8 @@ class SlurmAllocLauncher(Launcher):
         params["additional_parameters"] = {**params["additional_parameters"], "no-kill": True}
         params["cpus_per_task"] = self.cfg.cluster.ranks_per_node * (self.scfg.cpus_per_task or 1)  # its ranks
         folder = self.run_dir / "slurm" / f"allocation-{self.allocations}"
+        params["teardown"] = released_teardown(folder / RELEASED)
+        self.folder = folder
         self.allocations += 1
         executor = submitit.SlurmExecutor(folder=folder)
         executor.update_parameters(**params)
@@ -175,6 +190,8 @@ class SlurmAllocLauncher(Launcher):
     def _release(self, wait_s: float = 15.0) -> None:
         """Agents exit (the job then ends by itself, COMPLETED), else it is cancelled; either way
         confirmed gone (squeue and sacct agree) before returning."""
+        if self.folder is not None:  # our verdict: a task lost on the way was handled (see released_teardown)
+            (self.folder / RELEASED).write_text(f"{time.time()}\n")
         for a in self.agents.values():
             a.link.send({"cmd": "exit", "grace_s": 1.0})
         deadline = time.monotonic() + wait_s
@@ -276,20 +293,36 @@ class SlurmAllocLauncher(Launcher):
         """Ranks saved and left on a signal. Preempted with requeue_on_preemption: Slurm will run this job
         again (same id); the agents leave so that it ends now, and the same attempt is relaunched into
         its new agents. Otherwise the allocation cannot continue: a new one, no restart budget spent."""
-        if self.preempted and self.scfg.requeue_on_preemption:
-            if set(self.finished) < set(self.current):
-                return []  # every node's ranks first: they all stop at one step
-            self.awaiting_requeue, self.requeue_t = True, time.monotonic()
-            for a in self.agents.values():  # their job ends now; only the requeued job's agents count
-                a.link.send({"cmd": "exit", "grace_s": 1.0})
-                a.pid = None
+        if set(self.finished) < set(self.current):
+            return []  # every node's ranks first: they all stop at one step
+        assert self.job_id is not None
+        try:
+            when = cmd.preempted_at(self.job_id)  # the controller's word, not only the agents' SIGTERM
+        except cmd.SlurmCommandError:
+            when = None
+        if when is not None and self.scfg.requeue_on_preemption and self._requeue():
             return self._event("requeued", "slurm-requeue", state="PREEMPTED",
-                               detail=f"allocation {self.job_id} preempted; ranks checkpointed (exit 75); "
-                                      "Slurm requeues the same job", info={"same_job": True})
-        why = "preempted" if self.preempted else "time limit warning"
+                               detail=f"allocation {self.job_id} preempted at {when}; ranks checkpointed "
+                                      "(exit 75); requeued under the same id",
+                               info={"same_job": True, "preempt_time": when, "evidence_source": "scontrol PreemptTime"})
+        why = "preempted" if when is not None or self.preempted else "time limit warning"
         self.ending = self.ending or why
         return self._event("requeued", "checkpointed", state="CHECKPOINTED",
                            detail=f"ranks checkpointed on the {why} signal (exit 75)")
+
+    def _requeue(self) -> bool:
+        """The agents leave, and Slurm requeues the job now: left alone, a job whose tasks end inside
+        GraceTime ends COMPLETED and is never requeued (seen on the local cluster)."""
+        for a in self.agents.values():  # only the requeued job's agents count from here on
+            a.link.send({"cmd": "exit", "grace_s": 1.0})
+            a.pid = None
+        try:
+            cmd.requeue(str(self.job_id))
+        except cmd.SlurmCommandError:
+            return False
+        self.awaiting_requeue, self.requeue_t = True, time.monotonic()
+        self.current = []  # the attempt is not over: it runs again in the requeued job
+        return True
 
     def _requeue_progress(self, now: float) -> list[LauncherEvent]:
         """Slurm requeued the preempted job: old agents leave (not lost nodes), the job pends, runs
@@ -303,11 +336,19 @@ class SlurmAllocLauncher(Launcher):
         if now < self._next_query:
             return []
         self._next_query = now + max(self.scfg.poll_interval_s, 1.0)
-        self._query_job()
-        if self.ending:  # not requeued after all: a new allocation
+        try:
+            entry = cmd.squeue_job(str(self.job_id))
+        except cmd.SlurmCommandError:
+            return []
+        if entry is None or entry.state not in ACTIVE_STATES | {"COMPLETING"}:  # not requeued after all
             self.awaiting_requeue = False
+            self.ending = ENDING_STATES.get(entry.state, entry.state.lower()) if entry else "ended"
             return self._event("requeued", "ended", state=self.ending.upper(),
                                detail=f"allocation {self.job_id} {self.ending}, not requeued by Slurm")
+        if entry.state == "RUNNING" and entry.nodes:
+            self.job_nodes = sorted(entry.nodes, key=node_sort_key)
+            for n in cmd.scontrol_nodes([n for n in self.job_nodes if n not in self.addr]):
+                self.addr[n.name] = n.addr
         spec = self.spec
         ready = [n for n in self.job_nodes if n in self.agents and self.agents[n].pid]
         if spec is None or not self.job_nodes or len(ready) < len(self.job_nodes):

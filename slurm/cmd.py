@@ -12,8 +12,8 @@ from datetime import datetime
 
 from slurm.parsers import (
     SACCT_ARGS, SACCTMGR_EVENT_ARGS, SINFO_ARGS, SQUEUE_ARGS, NodeEvent, NodeInfo, NodeStatus, QueueEntry,
-    SacctRecord, job_records, parse_sacct, parse_sacctmgr_events, parse_scontrol_nodes, parse_sinfo_nodes,
-    parse_squeue,
+    JobInfo, SacctRecord, job_records, parse_sacct, parse_sacctmgr_events, parse_scontrol_jobs,
+    parse_scontrol_nodes, parse_sinfo_nodes, parse_squeue,
 )
 
 
@@ -86,3 +86,28 @@ def node_events(nodes: Sequence[str], since: datetime) -> list[NodeEvent]:
 def signal_steps(job_id: str, signal: str) -> None:
     """Send ``signal`` to every task of the job's steps, wherever they run (not the batch shell)."""
     run(["scancel", f"--signal={signal}", job_id])
+
+
+def scontrol_job(job_id: str) -> JobInfo | None:
+    """The controller's record of the job (None once it has forgotten it, after MinJobAge)."""
+    try:
+        out = run(["scontrol", "show", "job", job_id])
+    except SlurmCommandError as exc:
+        if "Invalid job id" in str(exc):
+            return None
+        raise
+    return next((j for j in parse_scontrol_jobs(out) if j.job_id == job_id), None)
+
+
+def preempted_at(job_id: str) -> str | None:
+    """When the controller selected the job for preemption (``PreemptTime``), or None: the evidence
+    that a SIGTERM and exit 75 were a preemption, not a time limit."""
+    job = scontrol_job(job_id)
+    t = job.raw.get("PreemptTime", "None") if job is not None else "None"
+    return None if t in ("", "None", "Unknown") else t
+
+
+def requeue(job_id: str) -> None:
+    """Put a (requeueable) batch job back in the queue under the same id, now: a preempted job whose
+    ranks already checkpointed would otherwise end COMPLETED, or hold its nodes until GraceTime ends."""
+    run(["scontrol", "requeue", job_id])

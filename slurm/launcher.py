@@ -61,6 +61,9 @@ class SlurmLauncher(Launcher):
         self.gone: set[str] = set()  # job ids squeue and sacct both report finished
         self.ran = False  # the job was seen RUNNING (queued again after that: Slurm requeued it)
         self.restarts = 0  # Slurm's requeues of this attempt's job (requeue_on_preemption)
+        self.requeue_asked = 0.0  # when we asked Slurm to requeue the preempted job (0: not asked)
+        self.world = 0
+        self.preempt_time: str | None = None  # the controller's PreemptTime of the job, once read
         self.cancelled_by_us: set[str] = set()
 
     # ---- nodes -----------------------------------------------------------------------------------
@@ -109,6 +112,7 @@ class SlurmLauncher(Launcher):
         executor.update_parameters(**params)
         job = executor.submit(task)
         self._watch(str(job.job_id), spec.attempt, folder)
+        self.world = spec.world
         self.submit_t = time.time()
         return {"job_id": self.job_id, "master_port": port,
                 "excluded": sorted(set(others) | set(self.scfg.exclude), key=node_sort_key),
@@ -118,7 +122,7 @@ class SlurmLauncher(Launcher):
         self.job_id, self.attempt, self.ended = job_id, attempt, False
         self.marker_dir = self.base_marker_dir = folder / "exit"
         self.job_nodes, self._reported, self._next_query = [], set(), 0.0
-        self.ran, self.restarts = False, 0
+        self.ran, self.restarts, self.requeue_asked = False, 0, 0.0
         self.job_start = datetime.now() - timedelta(seconds=2)  # refined from sacct once it started
 
     def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
@@ -133,7 +137,7 @@ class SlurmLauncher(Launcher):
         if entry is None or entry.state not in ACTIVE_STATES:
             return False
         self._watch(str(job_id), spec.attempt, self.run_dir / "slurm" / f"attempt-{spec.attempt}")
-        self.job_nodes = list(entry.nodes) or list(spec.nodes)
+        self.job_nodes, self.world = list(entry.nodes) or list(spec.nodes), spec.world
         return True
 
     # ---- watching ----------------------------------------------------------------------------------
@@ -179,6 +183,8 @@ class SlurmLauncher(Launcher):
             events += self._event("job_started", "running", state="RUNNING", info={"nodes": self.job_nodes})
         if entry is not None and entry.state in QUEUED_AGAIN and self.ran:
             return events + self._requeued_by_slurm(entry.state)
+        if self.scfg.requeue_on_preemption and self._requeue_preempted():
+            return events  # until squeue shows it queued again
         if entry is not None and self.job_nodes:
             events += self._dead_nodes(self.job_nodes)
         if entry is not None and entry.state in ACTIVE_STATES:
@@ -188,16 +194,38 @@ class SlurmLauncher(Launcher):
             return events
         return events + self._ended(rec)
 
+    def _requeue_preempted(self) -> bool:
+        """requeue_on_preemption: once every rank of a preempted job checkpointed (exit 75), ask Slurm
+        to requeue it now (same id). Left alone, a job whose tasks end inside GraceTime ends COMPLETED
+        and is never requeued (seen on the local cluster). True while that requeue is under way."""
+        if self.requeue_asked:
+            return time.monotonic() - self.requeue_asked < 30.0
+        codes = read_exit_codes(self.marker_dir)
+        if not self.world or sum(c == PREEMPTED_EXIT for c in codes.values()) < self.world:
+            return False
+        assert self.job_id is not None
+        try:
+            self.preempt_time = cmd.preempted_at(self.job_id)
+            if self.preempt_time is None:
+                return False  # the time-limit warning: an ordinary resubmission
+            cmd.requeue(self.job_id)
+        except cmd.SlurmCommandError:
+            return False
+        self.requeue_asked = time.monotonic()
+        return True
+
     def _requeued_by_slurm(self, state: str) -> list[LauncherEvent]:
         """The job ran and is queued again under its id: Slurm requeued it (a preemption, with
         requeue_on_preemption). The same attempt: its next run's tasks leave markers of their own."""
-        self.ran = False
+        self.ran, self.requeue_asked = False, 0.0
         self.restarts += 1
         self.marker_dir = restart_marker_dir(self.base_marker_dir, self.restarts)
         self._reported = {k for k in self._reported if k[0] == "node_lost"}  # its next run reports anew
         return [LauncherEvent("requeued", t=time.time(), state=state,
                               detail=f"job {self.job_id} preempted and requeued by Slurm (run {self.restarts + 1})",
-                              info={"job_id": self.job_id, "same_job": True, "restarts": self.restarts})]
+                              info={"job_id": self.job_id, "same_job": True, "restarts": self.restarts,
+                                    "preempt_time": self.preempt_time,
+                                    "evidence_source": "scontrol PreemptTime"})]
 
     def _dead_nodes(self, nodes: list[str]) -> list[LauncherEvent]:
         events: list[LauncherEvent] = []

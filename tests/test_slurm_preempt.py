@@ -2,9 +2,10 @@
 PriorityTier, ``--exclusive`` on every node) preempts the run's job in ``main`` (PreemptMode=REQUEUE,
 GraceTime: SIGTERM now, SIGKILL later). The ranks checkpoint on SIGTERM at one agreed step and exit 75.
 
-One run per recovery path, one requeue setting each:
+One run per recovery path and requeue setting (three runs):
 - in_allocation with ``requeue_on_preemption: true``: Slurm requeues the allocation (same job id); its
   new agents dial back and the same attempt is relaunched into them;
+- resubmit with ``requeue_on_preemption: true``: the requeued job's ranks run the same attempt again;
 - resubmit with ``requeue_on_preemption: false``: the job is ``--no-requeue``, the preemption ends it and
   the orchestrator submits a new one.
 Either way: the run completes, no restart budget is spent, nothing is excluded, every step is applied
@@ -91,7 +92,7 @@ def test_preempted_allocation_is_requeued_as_the_same_attempt(cluster: None, tmp
     assert len(launches) == 1 and len(again) == 1, (launches, again)
     assert again[0]["job_id"] == launches[0]["job_id"] and again[0]["attempt"] == launches[0]["attempt"]
     assert [f["epoch"] for f in r.events("fence")] == [0]  # the same attempt: no new epoch
-    assert r.status["actions"].get("requeue_same_job") == 1
+    assert r.status["actions"].get("requeue") == 1
 
 
 @pytest.mark.slurm
@@ -103,3 +104,14 @@ def test_preempted_job_without_requeue_gets_a_new_one(cluster: None, tmp_path: P
     first = cmd.sacct_job(str(launches[0]["job_id"]))
     assert first is not None and first.state in ("PREEMPTED", "CANCELLED", "FAILED", "COMPLETED"), first
     assert r.status["actions"].get("requeue") == 1 and not r.events("requeued_same_job")
+
+
+@pytest.mark.slurm
+def test_preempted_job_is_requeued_as_the_same_attempt(cluster: None, tmp_path: Path) -> None:
+    r, done = _run(tmp_path, "resubmit", requeue=True)
+    _check(r, done)
+    launches, again = r.events("launch"), r.events("requeued_same_job")
+    assert len(launches) == 1 and len(again) == 1 and again[0]["job_id"] == launches[0]["job_id"], (launches, again)
+    assert [f["epoch"] for f in r.events("fence")] == [0]
+    job = cmd.scontrol_job(str(launches[0]["job_id"]))
+    assert job is None or job.restarts == 1, job  # Slurm's own count (None: already forgotten)
