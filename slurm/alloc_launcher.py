@@ -82,6 +82,7 @@ class SlurmAllocLauncher(Launcher):
         self.scfg, self.timeout_s = cfg.cluster.slurm, cfg.health.agent_timeout
         t = cfg.telemetry
         bind, adv = endpoints("slurm", t.bind_host, t.advertise_host, None)
+        self.bind, self.adv = bind, adv
         self.hub = AgentHub(create_or_load_key(self.run_dir), bind, adv)
         self.jobs = SlurmLauncher(cfg, run_dir)  # cancel-and-confirm, blame, drain: the same rules
         self.job_id: str | None = None
@@ -151,9 +152,9 @@ class SlurmAllocLauncher(Launcher):
         self.job_nodes, self.agents, self.lost, self._reported = [], {}, {}, set()
         self._wait_for_agents(count)
 
-    def _wait_for_agents(self, count: int) -> None:
+    def _wait_for_agents(self, count: int, wait_s: float | None = None) -> None:
         """Until every node of the allocation has a warm agent on the hub (or the start-up timeout)."""
-        deadline = time.monotonic() + self.cfg.health.startup_timeout_s
+        deadline = time.monotonic() + (self.cfg.health.startup_timeout_s if wait_s is None else wait_s)
         while time.monotonic() < deadline:
             if not self.job_nodes or len(self.job_nodes) < count:
                 self._query_job()
@@ -222,9 +223,41 @@ class SlurmAllocLauncher(Launcher):
                 "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
                 "host_rank_base": 0, "host_world": spec.ranks_per_node}})  # one node per host
         spares = [n for n in self.usable() if n not in spec.nodes]
-        return {"job_id": self.job_id, "master_port": port, "master_addr": master, "spares": spares,
+        return {"job_id": self.job_id, "hub": self.hub.address, "master_port": port, "master_addr": master,
+                "spares": spares,
                 "allocation": list(self.job_nodes), "submitted_t": self.submitted_t,
                 "agent_pids": {n: self.agents[n].pid for n in spec.nodes if n in self.agents}}
+
+    def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
+        """``orchestrator resume`` after the supervisor died: the journaled allocation still runs, so
+        listen on its hub's port again; its agents kept their ranks and dial back (node_agent.redial).
+        True once every node of the attempt is back; False (a new allocation then) otherwise."""
+        job_id, hub = info.get("job_id"), str(info.get("hub") or "")
+        try:
+            entry = cmd.squeue_job(str(job_id)) if job_id and hub else None
+        except cmd.SlurmCommandError:
+            entry = None
+        if entry is None or entry.state != "RUNNING":
+            return False
+        try:
+            new = AgentHub(self.hub.key, self.bind, self.adv, port=int(hub.rpartition(":")[2]))
+        except (OSError, ValueError):
+            return False
+        self.hub.close()
+        self.hub, self.hub.expect_job = new, str(job_id)
+        self.job_id, self.submitted_t, self.ending = str(job_id), time.time(), None
+        folders = sorted((self.run_dir / "slurm").glob("allocation-*"))
+        self.allocations = len(folders)  # the next allocation gets a folder of its own
+        self.folder = next((f for f in folders if any(f.glob(f"{job_id}_*"))), None)
+        self.job_nodes = sorted(info.get("allocation") or entry.nodes, key=node_sort_key)
+        for n in cmd.scontrol_nodes(self.job_nodes):
+            self.addr[n.name] = n.addr
+        self._wait_for_agents(len(self.job_nodes), wait_s=min(90.0, self.cfg.health.startup_timeout_s))
+        if not all(self.agents.get(n) and self.agents[n].pid for n in spec.nodes):
+            return False
+        self.current, self.finished, self.codes, self.attempt, self.spec = list(spec.nodes), set(), {}, \
+            spec.attempt, spec
+        return True
 
     def _ask(self, node: str, command: dict[str, Any], answer: str, wait_s: float = 5.0) -> dict[str, Any]:
         """Send ``command`` to one agent and wait for its ``answer`` event (other messages are kept)."""

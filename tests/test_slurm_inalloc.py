@@ -260,3 +260,40 @@ def test_new_allocation_only_when_this_one_cannot_continue(cluster: None, tmp_pa
     assert r.status["restarts"] == 1  # the requeue is not a failure
     assert any(c["step"] >= 30 for c in r.events("checkpoint"))
     assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)
+
+
+@pytest.mark.slurm
+def test_resumed_supervisor_reattaches_to_the_warm_agents(cluster: None, tmp_path: Path) -> None:
+    """The supervisor is SIGKILLed mid-run: the agents keep their ranks and dial the hub's journaled
+    address again; `orchestrator resume` listens there and watches the same attempt in the same job."""
+    import sys
+
+    import yaml
+
+    from orchestrator.cli import main
+    from slurm import cmd
+    from slurm.launcher import ACTIVE_STATES
+    from tests.conftest import BASE, deep_merge
+    run_dir = tmp_path / "run"
+    over = {**INALLOC, "cluster": {**INALLOC["cluster"], "spare_nodes": 0}, "chaos": [],
+            "train": {"steps": 60, "step_sleep_s": 0.2}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(deep_merge(BASE, over)))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "submit", str(tmp_path / "run.yaml"),
+                             "--run-dir", str(run_dir), "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert _when(run_dir, 1, 12, time.monotonic() + 300) is not None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = [e for e in _journal(run_dir) if e["event"] == "launch"]
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    r = RunResult(run_dir, 0)
+    launches = r.events("launch")
+    assert launches == first, launches  # nothing submitted or launched again
+    assert [e["attempt"] for e in r.events("reattached")] == [first[0]["attempt"]]
+    assert r.events("complete") and r.status["restarts"] == 0
+    entry = cmd.squeue_job(str(first[0]["job_id"]))
+    assert entry is None or entry.state not in ACTIVE_STATES | {"COMPLETING"}, entry
+    rec = cmd.sacct_job(str(first[0]["job_id"]))
+    assert rec is not None and rec.state == "COMPLETED", rec  # released by us: our verdict, not FAILED

@@ -163,17 +163,18 @@ def dial(addr: str, key: bytes, node: str, timeout_s: float = HANDSHAKE_TIMEOUT_
     return Link(sock, bytes.fromhex(_mac(key, "session", nh, na)), "a2h", "h2a", addr)
 
 
-def _bind(host: str) -> socket.socket:
+def _bind(host: str, port: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, 0), family=family, backlog=64)
+    return socket.create_server((host, port), family=family, backlog=64)
 
 
 class AgentHub:
     """The supervisor's side: listens on ``bind``, tells agents ``advertise:port``, authenticates each."""
 
-    def __init__(self, key: bytes, bind: str, advertise: str) -> None:
+    def __init__(self, key: bytes, bind: str, advertise: str, port: int = 0) -> None:
+        """``port``: the journaled one when a resumed supervisor takes its agents back."""
         self.key = key
-        self.server = _bind(bind)
+        self.server = _bind(bind, port)
         self.server.setblocking(False)
         port = self.server.getsockname()[1]
         self.address = f"[{advertise}]:{port}" if ":" in advertise else f"{advertise}:{port}"

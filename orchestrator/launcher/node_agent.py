@@ -183,6 +183,9 @@ class NodeAgent:
         self.stopping = False
         self.mem: Any = None  # the memory tier's node side (orchestrator.memtier_service)
         self.preemptible = False  # a Slurm task: SIGTERM announces preemption instead of ending the agent
+        self.redial: Any = None  # Slurm: dials the hub again (a resumed supervisor re-attaches to us)
+        self.redial_s = 0.0
+        self.unsent: list[dict[str, Any]] = []  # what the ranks reported while no supervisor listened
         self.preempted = False
 
     def preempt_notice(self) -> None:
@@ -240,7 +243,8 @@ class NodeAgent:
             self.spec, self.stop_deadline = {}, None
 
     def reply(self, **msg: Any) -> None:
-        self.channel.send(msg)
+        if not self.channel.send(msg) and msg.get("ev") in ("ranks_done", "stopped"):
+            self.unsent.append(msg)  # told to a resumed supervisor once it dials back
 
     def signal_ranks(self, name: str) -> None:
         """Pass a signal on to every rank (USR1: dump stacks, USR2: checkpoint before the time limit,
@@ -298,7 +302,8 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
     if agent.preemptible:  # under Slurm, SIGTERM is a preemption notice: the agent stays, its ranks checkpoint
         signal.signal(signal.SIGTERM, lambda *_: agent.preempt_notice())
     sel = selectors.DefaultSelector()
-    sel.register(agent.channel.fileno(), selectors.EVENT_READ)
+    channel_fd = agent.channel.fileno()
+    sel.register(channel_fd, selectors.EVENT_READ)
     sel.register(r, selectors.EVENT_READ)
     next_hb = 0.0
     while True:
@@ -307,8 +312,13 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
                 os.read(r, 4096)
                 continue
             cmds = agent.channel.read()
-            if cmds is None:  # the supervisor is gone: take the ranks down with us
-                agent.stop(0.5)
+            if cmds is None:
+                sel.unregister(channel_fd)
+                if agent.redial is not None and redial(agent):  # a resumed supervisor took us back
+                    channel_fd = agent.channel.fileno()
+                    sel.register(channel_fd, selectors.EVENT_READ)
+                    break
+                agent.stop(0.5)  # the supervisor is gone for good: take the ranks down with us
                 _drain(agent)
                 return 0
             for cmd in cmds:
@@ -319,6 +329,27 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
         if time.monotonic() >= next_hb:  # silence past the supervisor's timeout reads as a lost node
             agent.reply(ev="hb", t=time.time(), ranks=len(agent.children))
             next_hb = time.monotonic() + heartbeat_s
+
+
+def redial(agent: NodeAgent) -> bool:
+    """The supervisor's link broke (it was killed, or its host restarted it): keep the ranks running and
+    dial the hub's journaled address again for ``redial_s``, so that ``orchestrator resume`` re-attaches
+    to this warm allocation instead of asking for a new one. Then say who we are and what ran meanwhile."""
+    deadline = time.monotonic() + agent.redial_s
+    while time.monotonic() < deadline:
+        agent.reap()
+        try:
+            agent.channel = LinkChannel(agent.redial())
+        except Exception:  # noqa: BLE001 - no hub yet (refused, reset, handshake): try again shortly
+            time.sleep(0.5)
+            continue
+        agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename, reattached=True,
+                    attempt=agent.spec.get("attempt"), ranks=sorted(agent.children.values()))
+        unsent, agent.unsent = agent.unsent, []
+        for msg in unsent:
+            agent.reply(**msg)
+        return True
+    return False
 
 
 def handle(agent: NodeAgent, cmd: dict[str, Any]) -> bool:
@@ -367,10 +398,13 @@ def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible:
     else:
         from orchestrator.launcher.agent_link import dial
         from trainer.telemetry_auth import read_key
-        channel = LinkChannel(dial(connect, read_key(key_path(run_dir)), node,
-                                   job=os.environ.get("SLURM_JOB_ID", "")))  # proves which allocation
+        key, job = read_key(key_path(run_dir)), os.environ.get("SLURM_JOB_ID", "")  # job: proves which allocation
+        channel = LinkChannel(dial(connect, key, node, job=job))
     agent = NodeAgent(node, channel, run_dir)
     agent.preemptible = preemptible
+    if connect is not None and preemptible:  # Slurm: outlive a supervisor restart (orchestrator resume)
+        agent.redial = lambda: dial(connect, key, node, job=job)
+        agent.redial_s = max(60.0, float(cfg.health.startup_timeout_s))
     from orchestrator import memtier_service
     agent.mem = memtier_service.start(node, run_dir)  # the memory tier's directory dies with the agent
     agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename)
