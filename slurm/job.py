@@ -181,8 +181,8 @@ class RankTask:
             signal.signal(sig, lambda signum, _frame: _forward(proc, signum))
         code = proc.wait()
         self._report(rank, node, code, tail(log))
-        if code != 0:
-            raise RankFailed(code)
+        if code not in (0, PREEMPTED_EXIT):  # 75 is a clean stop: --kill-on-bad-exit must not kill the
+            raise RankFailed(code)            # peers still finishing theirs
         return code
 
     def _report(self, rank: int, node: str, code: int, stderr_tail: str) -> None:
