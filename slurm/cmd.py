@@ -12,8 +12,8 @@ from datetime import datetime
 
 from slurm.parsers import (
     SACCT_ARGS, SACCTMGR_EVENT_ARGS, SINFO_ARGS, SQUEUE_ARGS, NodeEvent, NodeInfo, NodeStatus, QueueEntry,
-    JobInfo, SacctRecord, job_records, parse_sacct, parse_sacctmgr_events, parse_scontrol_jobs,
-    parse_scontrol_nodes, parse_sinfo_nodes, parse_squeue,
+    SacctRecord, job_records, parse_sacct, parse_sacctmgr_events, parse_scontrol_nodes,
+    parse_scontrol_record, parse_sinfo_nodes, parse_squeue, split_scontrol_records,
 )
 
 
@@ -88,22 +88,23 @@ def signal_steps(job_id: str, signal: str) -> None:
     run(["scancel", f"--signal={signal}", job_id])
 
 
-def scontrol_job(job_id: str) -> JobInfo | None:
-    """The controller's record of the job (None once it has forgotten it, after MinJobAge)."""
+def scontrol_job(job_id: str) -> dict[str, str] | None:
+    """The controller's record of the job, key -> raw value (None once it has forgotten it)."""
     try:
         out = run(["scontrol", "show", "job", job_id])
     except SlurmCommandError as exc:
         if "Invalid job id" in str(exc):
             return None
         raise
-    return next((j for j in parse_scontrol_jobs(out) if j.job_id == job_id), None)
+    records = [parse_scontrol_record(r) for r in split_scontrol_records(out)]
+    return next((r for r in records if r.get("JobId") == job_id), None)
 
 
 def preempted_at(job_id: str) -> str | None:
     """When the controller selected the job for preemption (``PreemptTime``), or None: the evidence
     that a SIGTERM and exit 75 were a preemption, not a time limit."""
     job = scontrol_job(job_id)
-    t = job.raw.get("PreemptTime", "None") if job is not None else "None"
+    t = job.get("PreemptTime", "None") if job is not None else "None"
     return None if t in ("", "None", "Unknown") else t
 
 

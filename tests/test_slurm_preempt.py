@@ -114,4 +114,4 @@ def test_preempted_job_is_requeued_as_the_same_attempt(cluster: None, tmp_path: 
     assert len(launches) == 1 and len(again) == 1 and again[0]["job_id"] == launches[0]["job_id"], (launches, again)
     assert [f["epoch"] for f in r.events("fence")] == [0]
     job = cmd.scontrol_job(str(launches[0]["job_id"]))
-    assert job is None or job.restarts == 1, job  # Slurm's own count (None: already forgotten)
+    assert job is None or job.get("Restarts") == "1", job  # Slurm's own count (None: already forgotten)
