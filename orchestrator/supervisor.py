@@ -30,6 +30,7 @@ from orchestrator.goodput import GoodputMeter
 from orchestrator.ground_truth import GroundTruth
 from orchestrator.journal import Journal
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
+from orchestrator.launcher.registry import burn_in as backend_burn_in
 from orchestrator.link_probe import LinkProbe, LinkVerdict
 from orchestrator.policy import Decision, Situation, decide
 from orchestrator.hang_attribution import attribute_hang
@@ -350,8 +351,8 @@ class Supervisor:
     def _compute_check(self, node: str) -> bool:
         """The burn-in's known-answer compute check (health.probes.burn_in), on the node itself: where a
         local node runs, or through srun on a Slurm node."""
-        r = self.launcher.burn_in(node)
-        if r is None:  # the node is this host
+        r = backend_burn_in(self.cfg, self.run_dir, node)
+        if r is None:  # the backend's nodes are this host
             from health.probes.burn_in import compute_check, default_device
             r = compute_check(node, default_device())
         self.journal.append("burn_in", node=node, ran_on=r.node, verdict=r.verdict, evidence=r.evidence)

@@ -478,9 +478,6 @@ class SlurmAllocLauncher(Launcher):
         self.excluded.add(node)
         return self.jobs.drain(node, reason)
 
-    def burn_in(self, node: str) -> Any:
-        return self.jobs.burn_in(node)
-
     def own_preflight(self) -> Callable[[list[str]], list[str]]:
         return self.preflight
 

@@ -86,11 +86,6 @@ class SlurmLauncher(Launcher):
         cmd.drain(node, reason or "orchestrator: excluded")
         return True
 
-    def burn_in(self, node: str) -> Any:
-        """The compute check on the node itself, through srun like the node probe."""
-        from slurm.preflight import burn_in
-        return burn_in(node, self.scfg.partition, checkpoint_root(self.run_dir, self.cfg.checkpoint.dir))
-
     def own_preflight(self) -> Callable[[list[str]], list[str]]:
         return self.preflight
 

@@ -92,11 +92,6 @@ class Launcher(ABC):
         or its agents), returning the failing ones; None: the supervisor's generic preflight runs."""
         return None
 
-    def burn_in(self, node: str) -> Any:
-        """The burn-in's known-answer compute check (health.probes.burn_in) run on ``node`` itself, as a
-        ``ProbeResult``; None where the nodes are this host's processes: the supervisor runs it here."""
-        return None
-
     def cluster_address(self) -> str | None:
         """This host's address on the network the launcher's nodes are on, if the launcher built that
         network (the local cluster's bridge); None lets the config and the backend's default decide."""

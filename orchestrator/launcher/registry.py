@@ -1,6 +1,7 @@
 """The launcher registry: ``cluster.backend`` -> the backend's plugin module, named in the config schema
 (``BACKEND_PLUGINS``), imported only when chosen. A plugin module exposes
-``make_launcher(cfg, run_dir) -> Launcher`` and may expose ``net_fault_refusal(fault) -> str | None``
+``make_launcher(cfg, run_dir) -> Launcher`` and may expose ``burn_in(cfg, run_dir, node) -> ProbeResult`` (the compute check on the node itself)
+and ``net_fault_refusal(fault) -> str | None``
 (why its nodes cannot take a partition or slow_link fault; absent: they cannot). Nothing here knows any
 backend by name."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from spec.config import BACKEND_PLUGINS, RunConfig
 from orchestrator.launcher.base import Launcher
@@ -22,6 +24,13 @@ def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
     """The launcher of the run's backend."""
     launcher: Launcher = plugin(cfg.cluster.backend).make_launcher(cfg, run_dir)
     return launcher
+
+
+def burn_in(cfg: RunConfig, run_dir: Path, node: str) -> Any:
+    """The burn-in's known-answer compute check run on ``node`` itself by the backend (a ProbeResult);
+    None when the backend's plugin has none (its nodes are this host: the caller runs the check here)."""
+    run = getattr(plugin(cfg.cluster.backend), "burn_in", None)
+    return None if run is None else run(cfg, run_dir, node)
 
 
 def net_fault_refusal(backend: str, fault: str) -> str | None:
