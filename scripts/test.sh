@@ -7,9 +7,10 @@
 # two xdist workers. pytest-xdist alone cannot keep the Slurm tests on one worker here (its loadgroup did
 # not group them), so the split is by process. Extra arguments go to both; the 25 slowest tests of each
 # part are printed for whoever trims the suite next.
-# After the Slurm part (whole-suite runs only), tests/test_slurm_netns.py runs again on a second Slurm
-# instance whose nodes are hosts (`ORCH_SLURM_INSTANCE=ns slurm/local-cluster.sh start`: every slurmd in
-# its own network namespace; the shared instance stays plain), where a skip would be a failure.
+# The shared cluster's nodes are hosts (each slurmd in its own network namespace) wherever the machine
+# allows it; then the Slurm part requires it (ORCH_REQUIRE_NETNS_SLURM=1: a namespace test that would skip
+# fails). Where it does not (no root, no namespaces), tests/test_slurm_netns.py runs again on a second
+# instance (`ORCH_SLURM_INSTANCE=ns`) after the Slurm part, where a plain cluster is a failure too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -19,12 +20,17 @@ export OMP_NUM_THREADS=1 CI="${CI:-true}"
 PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25)
 slurm_log="$(mktemp /tmp/orch-slurm-tests.XXXXXX.log)"
 set +e
+namespaced() { grep -q '"netns": true' "${1:-/etc/slurm}/orch-local-cluster.json" 2>/dev/null; }
 slurm_part() {
   local rc=0 ns=0
+  if namespaced; then
+    ORCH_REQUIRE_NETNS_SLURM=1 "${PYTEST[@]}" -m slurm "$@" || rc=$?
+    return "$rc"
+  fi
   "${PYTEST[@]}" -m slurm "$@" || rc=$?
   (($# == 0)) || return "$rc"  # a chosen file or option: that part only
-  echo "=== tests/test_slurm_netns.py on the namespaced instance (ORCH_SLURM_INSTANCE=ns) ==="
-  if ORCH_SLURM_INSTANCE=ns bash slurm/local-cluster.sh start; then
+  echo "=== the shared cluster is plain: tests/test_slurm_netns.py on a namespaced instance (ORCH_SLURM_INSTANCE=ns) ==="
+  if ORCH_SLURM_INSTANCE=ns bash slurm/local-cluster.sh start && namespaced /etc/slurm-ns; then
     ORCH_SLURM_INSTANCE=ns SLURM_CONF=/etc/slurm-ns/slurm.conf ORCH_REQUIRE_NETNS_SLURM=1 \
       "${PYTEST[@]}" tests/test_slurm_netns.py || ns=$?
   else

@@ -13,8 +13,8 @@
 # slurmdbd (accounting, so sacct works) on MariaDB, and munge for auth. Timeouts are short so that a dead
 # slurmd makes its node DOWN and its job NODE_FAIL within ~30 s.
 #
-# Nodes that are hosts (as root with iproute2; the default for a second instance, opt-in with
-# ORCH_SLURM_NETNS=1 for the shared one, ORCH_SLURM_NETNS=0 turns it off): each `slurmd -N nodeN`
+# Nodes that are hosts (the default as root with iproute2 and nsenter; ORCH_SLURM_NETNS=0 turns it off,
+# and without them the cluster is plain and says why): each `slurmd -N nodeN`
 # runs in its own network namespace (entered with nsenter) with its own address on a bridge (NodeAddr), so a
 # node's loopback is its own, srun and slurmctld reach it across the bridge, and a batch script with its
 # srun runs inside its first node. slurmctld, slurmdbd, MariaDB and munge stay on the host side of the
@@ -85,8 +85,7 @@ wait_for() {
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # ---- the namespaced network ---------------------------------------------------------------------------
-DEFAULT_NETNS=0  # the shared instance stays plain until it is restarted namespaced (then: auto)
-((IDX == 0)) || DEFAULT_NETNS=auto
+DEFAULT_NETNS=auto  # nodes are hosts wherever this machine allows it
 NETNS=0
 PLAIN_WHY=""
 CTLD_ADDR=127.0.0.1

@@ -7,9 +7,9 @@ node's address, and datagrams forged from a compute node are dropped and counted
 healed while the run goes on, commit nothing. Which clusters allow the network faults is decided by
 what the script writes next to slurm.conf (unit tests at the end, no cluster needed).
 
-They skip when the cluster in use is not namespaced (the shared instance is plain; scripts/test.sh runs
-this file again on the namespaced instance ``ORCH_SLURM_INSTANCE=ns``, with ORCH_REQUIRE_NETNS_SLURM=1:
-there a plain cluster is a failure).
+They skip when the cluster in use is not namespaced (ORCH_SLURM_NETNS=0, no root); scripts/test.sh sets
+ORCH_REQUIRE_NETNS_SLURM=1 where the cluster is namespaced (or on the ``ORCH_SLURM_INSTANCE=ns`` instance it
+starts when the shared one is plain): there a skip is a failure.
 """
 
 from __future__ import annotations
