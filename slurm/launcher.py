@@ -163,6 +163,8 @@ class SlurmLauncher(Launcher):
         ranks = sorted(r for r, c in codes.items() if c == PREEMPTED_EXIT)
         if not ranks or self.scfg.requeue_on_preemption:  # Slurm may requeue it: its state decides
             return []
+        if self.job_nodes and self._any_node_down():  # the controller is killing the job for a node:
+            return []  # a node failure, which its state (NODE_FAIL) and blame decide, not a preemption
         return self._event("requeued", "checkpointed", state="CHECKPOINTED",
                            detail=f"ranks {ranks} checkpointed on the warning signal (exit 75)",
                            info={"ranks": ranks})
@@ -222,6 +224,14 @@ class SlurmLauncher(Launcher):
                                     "preempt_time": self.preempt_time,
                                     "evidence_source": "scontrol PreemptTime"})]
 
+    def _any_node_down(self) -> bool:
+        """Whether the controller has a node of this job down (ranks that checkpointed on its SIGTERM
+        were killed for that node, not preempted); False when it cannot be asked."""
+        try:
+            return any(n.down for n in cmd.scontrol_nodes(self.job_nodes))
+        except cmd.SlurmCommandError:
+            return False
+
     def _dead_nodes(self, nodes: list[str]) -> list[LauncherEvent]:
         events: list[LauncherEvent] = []
         for n in cmd.scontrol_nodes(nodes):
@@ -239,7 +249,8 @@ class SlurmLauncher(Launcher):
             self.job_start = rec.start
         if rec.state in NODE_FAULT_STATES and not any(k == "node_lost" for k, _ in self._reported):
             events += self._blamed(nodes, rec)
-        if rec.state in REQUEUE_STATES or PREEMPTED_EXIT in read_exit_codes(self.marker_dir).values():
+        checkpointed = PREEMPTED_EXIT in read_exit_codes(self.marker_dir).values()
+        if rec.state in REQUEUE_STATES or (checkpointed and rec.state not in NODE_FAULT_STATES):
             events += self._event("requeued", "checkpointed", state=rec.state,
                                   detail=f"job {rec.job_id} ended {rec.state}; resubmit from the checkpoint")
         self.ended = True
