@@ -213,4 +213,5 @@ class RunEvents:
         return [Done(msg)]
 
     def ev_started(self, msg: dict[str, Any], now: float, w: AttemptWatch) -> list[Fact]:
-        return [Journaled("ranks_started", dict(attempt=msg["attempt"], resume_step=msg.get("resume_step")))]
+        return [Journaled("ranks_started", dict(attempt=msg["attempt"], resume_step=msg.get("resume_step"),
+                                                startup=msg.get("startup")))]

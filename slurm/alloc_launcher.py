@@ -35,7 +35,7 @@ from trainer.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import endpoints
 from slurm import cmd
 from slurm.job import PREEMPTED_EXIT, AgentTask, node_address
-from slurm.launcher import ACTIVE_STATES, SlurmLauncher, node_sort_key
+from slurm.launcher import ACTIVE_STATES, SlurmLauncher, checkpointed_why, node_sort_key, preempt_time
 from slurm.sbatch_options import executor_parameters
 
 ENDING_STATES = {"TIMEOUT": "time limit", "PREEMPTED": "preempted", "CANCELLED": "cancelled",
@@ -187,6 +187,8 @@ class SlurmAllocLauncher(Launcher):
             if old is not None:
                 old.link.close("replaced by a new connection")
             self.agents[node] = RemoteAgent(node, link, now)
+            if node in self.lost:  # declared lost (too slow to heartbeat), yet alive and dialing back: its
+                link.send({"cmd": "stop", "grace_s": 0.5})  # fenced ranks would linger to the end of the job
 
     def _release(self, wait_s: float = 15.0) -> None:
         """Agents exit (the job then ends by itself, COMPLETED), else it is cancelled; either way
@@ -329,19 +331,15 @@ class SlurmAllocLauncher(Launcher):
         if set(self.finished) < set(self.current):
             return []  # every node's ranks first: they all stop at one step
         assert self.job_id is not None
-        try:
-            when = cmd.preempted_at(self.job_id)  # the controller's word, not only the agents' SIGTERM
-        except cmd.SlurmCommandError:
-            when = None
+        when = preempt_time(self.job_id)  # the controller's word, not only the agents' SIGTERM
         if when is not None and self.scfg.requeue_on_preemption and self._requeue():
             return self._event("requeued", "slurm-requeue", state="PREEMPTED",
                                detail=f"allocation {self.job_id} preempted at {when}; ranks checkpointed "
                                       "(exit 75); requeued under the same id",
                                info={"same_job": True, "preempt_time": when, "evidence_source": "scontrol PreemptTime"})
-        why = "preempted" if when is not None or self.preempted else "time limit warning"
-        self.ending = self.ending or why
+        self.ending = self.ending or ("preempted" if when is not None or self.preempted else "time limit warning")
         return self._event("requeued", "checkpointed", state="CHECKPOINTED",
-                           detail=f"ranks checkpointed on the {why} signal (exit 75)")
+                           detail=f"ranks {checkpointed_why(when, self.preempted, self.scfg.requeue_on_preemption)}")
 
     def _requeue(self) -> bool:
         """The agents leave, and Slurm requeues the job now: left alone, a job whose tasks end inside

@@ -42,6 +42,25 @@ QUEUED_AGAIN = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
 BLAME_WAIT_S = 10.0  # how long a NODE_FAIL waits for the controller's node event to reach accounting
 
 
+def checkpointed_why(preempt_time: str | None, sigterm_seen: bool = False, requeue_on: bool = False) -> str:
+    """What made the ranks checkpoint and exit 75, in words: the controller's PreemptTime (or the agents'
+    SIGTERM) means a preemption, else the time-limit warning (USR2). Either way the job is not requeued
+    under its id (requeue_on_preemption off, or Slurm's requeue failed): a new allocation follows."""
+    if preempt_time is not None or sigterm_seen:
+        at = f" at {preempt_time}" if preempt_time else ""
+        why = "Slurm's requeue failed" if requeue_on else "requeue_on_preemption is off"
+        return f"checkpointed on the preemption notice (SIGTERM{at}, exit 75); {why}: a new allocation"
+    return "checkpointed on the time-limit warning (USR2, exit 75): a new allocation"
+
+
+def preempt_time(job_id: str) -> str | None:
+    """cmd.preempted_at, None when the controller does not answer now."""
+    try:
+        return cmd.preempted_at(job_id)
+    except cmd.SlurmCommandError:
+        return None
+
+
 class SlurmLauncher(Launcher):
     name = "slurm"
 
@@ -166,8 +185,7 @@ class SlurmLauncher(Launcher):
         if self.job_nodes and self._any_node_down():  # the controller is killing the job for a node:
             return []  # a node failure, which its state (NODE_FAIL) and blame decide, not a preemption
         return self._event("requeued", "checkpointed", state="CHECKPOINTED",
-                           detail=f"ranks {ranks} checkpointed on the warning signal (exit 75)",
-                           info={"ranks": ranks})
+                           detail=f"ranks {ranks} {checkpointed_why(preempt_time(self.job_id))}", info={"ranks": ranks})
 
     def _check_slurm(self) -> list[LauncherEvent]:
         assert self.job_id is not None

@@ -141,12 +141,33 @@ setup_network() {
   ip -o -4 addr show dev "$BRIDGE" | grep -q " $BRIDGE_ADDR/" || ip addr add "$BRIDGE_ADDR/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   local n; for n in "${NODES[@]}"; do add_node_netns "$n"; done
+  add_hosts_entries
+}
+
+# Every address of the instance gets a name in /etc/hosts, as a real cluster's nodes have in its DNS or
+# hosts files. Without one, the reverse lookup c10d does on each store connection (getnameinfo) waits for
+# the host's resolver, unreachable from a node's namespace: 10 s of timeouts on every rank (re)start.
+HOSTS_TAG="# orch-local-cluster $CLUSTER_NAME"
+add_hosts_entries() {
+  local n line
+  for line in "$BRIDGE_ADDR $CLUSTER_NAME-controller" \
+              $(for n in "${NODES[@]}"; do echo "$(node_addr "$n")|$CLUSTER_NAME-$n"; done); do
+    line="${line/|/ } $HOSTS_TAG"
+    grep -qxF "$line" /etc/hosts || echo "$line" >>/etc/hosts  # appended in place: /etc/hosts may be a mount
+  done
+}
+
+remove_hosts_entries() {
+  local kept
+  kept="$(grep -vF "$HOSTS_TAG" /etc/hosts || true)"
+  [[ "$kept" == "$(cat /etc/hosts)" ]] || printf '%s\n' "$kept" >/etc/hosts
 }
 
 teardown_network() {
   local n
   for n in "${NODES[@]}"; do if ns_exists "$(node_ns "$n")"; then ip netns del "$(node_ns "$n")"; fi; done
   ip link del "$BRIDGE" 2>/dev/null || true
+  remove_hosts_entries
 }
 
 # Run a command on NODE: inside its namespace when the nodes are hosts.

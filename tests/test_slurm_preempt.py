@@ -104,6 +104,7 @@ def test_preempted_job_without_requeue_gets_a_new_one(cluster: None, tmp_path: P
     first = cmd.sacct_job(str(launches[0]["job_id"]))
     assert first is not None and first.state in ("PREEMPTED", "CANCELLED", "FAILED", "COMPLETED"), first
     assert r.status["actions"].get("requeue") == 1 and not r.events("requeued_same_job")
+    assert "warning" not in r.status["faults"][0]["detail"], r.status["faults"]  # SIGTERM, not the time limit
 
 
 @pytest.mark.slurm

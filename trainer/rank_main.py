@@ -11,6 +11,7 @@ import faulthandler
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -87,6 +88,7 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit sign
 
 
 def main() -> int:
+    marks = {"forked": float(os.environ.get("ORCH_FORKED_T") or 0) or None, "main": time.time()}
     preempt.install((signal.SIGUSR2, signal.SIGTERM))  # the time-limit warning; SIGTERM: preemption
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the supervisor asks for stacks on a hang
     ctx = context_from_env()
@@ -103,6 +105,7 @@ def main() -> int:
     tel = attach_ft_heartbeat(Telemetry(ctx.telemetry_addr, ctx.rank, ctx.node, ctx.attempt))
     tel.start_heartbeat(cfg.health.heartbeat_interval_s)
     placement.init_process_group(place, ctx.rank, ctx.world, timedelta(seconds=cfg.health.collective_timeout_s))
+    marks["process_group"] = time.time()
     chaos = Chaos(cfg.chaos, ctx.run_dir, ctx.rank, ctx.node_index, cfg.cluster.ranks_per_node, ctx.attempt,
                   node_name=ctx.node)
     engine = build_engine(cfg, ctx.rank, ctx.world, device)
@@ -111,8 +114,10 @@ def main() -> int:
     guard = EpochGuard(ctx.run_dir, ctx.attempt)
     loop = TrainLoop(cfg, engine, corpus, tel, chaos, checkpoint_root(ctx.run_dir, cfg.checkpoint.dir), ctx.rank,
                      ctx.world, ckpt_group, guard=guard, mem=memory_tier(cfg, ctx, guard, tel))
+    marks["built"] = time.time()
     resumed = loop.restore()
-    tel.event("started", resume_step=resumed, pid=os.getpid())
+    marks["restored"] = time.time()
+    tel.event("started", resume_step=resumed, pid=os.getpid(), startup=marks)  # where a (re)start's time goes
     final = loop.run()
     if final is None:
         tel.close()

@@ -130,6 +130,7 @@ def warm_up(run_dir: Path) -> Any:
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
     """In the forked child: become rank ``rank`` and never return."""
     code = 1
+    os.environ["ORCH_FORKED_T"] = str(time.time())  # the rank reports its start-up phases from here
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
