@@ -1,7 +1,7 @@
 """Recovery on the real local Slurm cluster: in-allocation warm agents against one sbatch per attempt.
 
     .venv/bin/python benchmarks/bench_slurm_recovery.py --repeats 3 --json FILE [--paths in_allocation,resubmit]
-                                                       [--peer | --no-peer]
+                                                       [--peer | --no-peer] [--memory-tier]
 
 Each repeat runs the same config once per path (``cluster.slurm.recovery``), with three faults in the
 run: a rank crash (chaos, step 8), a hang (chaos, step 20) and a node failure (the node's slurmd killed
@@ -11,7 +11,9 @@ the chaos marker the rank fsyncs before acting, or for the node failure a marker
 the same format (``RUN_DIR/chaos/fired-N``) just before the kill, so the supervisor pairs it too.
 
 ``detected_s``: injection -> the fault journaled; ``first_good_step_s``: injection -> the first applied
-step of the attempt that followed. One row per (fault, path), median [min-max] over the repeats, plus the
+step of the attempt that followed; ``phases``: where that time went (detection, relaunch, fork, the
+rank's start, process group, build, restore, first step; medians in the rows), from the journal and the
+ranks' start-up marks. One row per (fault, path), median [min-max] over the repeats, plus the
 peer (``--peer``): ``srun torchrun --max-restarts`` in one allocation (``benchmarks/slurm_torchrun_peer.py``).
 The machine's load average is recorded with every run: a number measured under load is not a result.
 """
@@ -43,9 +45,10 @@ PATHS = ("in_allocation", "resubmit")
 NODE_FAILURE_AT = (3, 32)  # (launches made, step reached) before the slurmd is killed
 
 
-def config(path: str, steps: int) -> dict[str, Any]:
+def config(path: str, steps: int, memory_tier: bool = False) -> dict[str, Any]:
     return deep_merge(BASE, {
-        "name": f"bench-{path}", "train": {"steps": steps}, "checkpoint": {"every_steps": 5},
+        "name": f"bench-{path}", "train": {"steps": steps},
+        "checkpoint": {"every_steps": 5, "memory": {"enabled": memory_tier}},
         "cluster": {"backend": "slurm", "spare_nodes": 2,
                     "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": path}},
         "health": {"startup_timeout_s": 300, "agent_timeout_s": 2.0, "lemon_nodes": False},  # runs independent
@@ -106,15 +109,35 @@ def measure(run_dir: Path) -> dict[str, dict[str, float | None]]:
                 and not row["skipped"]]
         out[name] = {"detected_s": round(f["detected_t"] - f["injected_t"], 3),
                      "first_good_step_s": round(min(good) - f["injected_t"], 3) if good else None,
-                     "kind": f["kind"], "jobs": len({x.get("job_id") for x in launches})}
+                     "kind": f["kind"], "jobs": len({x.get("job_id") for x in launches}),
+                     "phases": phases(f, nxt, rec, min(good) if good else None)}
     return out
 
 
-def run_once(path: str, steps: int, work: Path) -> dict[str, Any]:
+def phases(fault: dict[str, Any], launch: dict[str, Any] | None, rec: list[dict[str, Any]],
+           first_good: float | None) -> dict[str, float]:
+    """Where the time from injection to the first good step went, from the journal and the start-up marks
+    the first reporting rank sent (trainer.rank_main): seconds spent in each span, in order."""
+    if launch is None:
+        return {}
+    started = next((r for r in rec if r["event"] == "ranks_started" and r["attempt"] == launch["attempt"]), {})
+    marks = started.get("startup") or {}
+    points = [("detect", fault["detected_t"]), ("relaunch", launch["t"]), ("fork", marks.get("forked")),
+              ("rank_start", marks.get("main")), ("process_group", marks.get("process_group")),
+              ("build", marks.get("built")), ("restore", marks.get("restored")), ("first_step", first_good)]
+    out, prev = {}, fault["injected_t"]
+    for name, t in points:
+        if t:
+            out[name] = round(float(t) - prev, 3)
+            prev = float(t)
+    return out
+
+
+def run_once(path: str, steps: int, work: Path, memory_tier: bool = False) -> dict[str, Any]:
     from orchestrator.cli import main as cli
     work.mkdir(parents=True, exist_ok=True)
     cfg_path, run_dir = work / f"{path}.yaml", work / path
-    cfg_path.write_text(yaml.safe_dump(config(path, steps)))
+    cfg_path.write_text(yaml.safe_dump(config(path, steps, memory_tier)))
     killed: dict[str, Any] = {}
     t = threading.Thread(target=kill_node_later, args=(run_dir, len(FAULTS) - 1, killed), daemon=True)
     load0 = os.getloadavg()[0]
@@ -126,7 +149,7 @@ def run_once(path: str, steps: int, work: Path) -> dict[str, Any]:
         t.join(timeout=1)
         if killed.get("node"):
             subprocess.run([str(SCRIPT), "revive-node", killed["node"]], capture_output=True, timeout=180)
-    return {"path": path, "exit": code, "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
+    return {"path": path, "memory_tier": memory_tier, "exit": code, "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
             "load_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "faults": measure(run_dir)}
 
 
@@ -145,8 +168,17 @@ def rows_from(runs: list[dict[str, Any]], paths: list[str]) -> list[dict[str, An
             rows.append({"fault": fault, "path": path, "repeats": len(mine),
                          "detected_s": summary([m["detected_s"] for m in mine if m.get("detected_s") is not None]),
                          "first_good_step_s": summary([m["first_good_step_s"] for m in mine
-                                                       if m.get("first_good_step_s") is not None])})
+                                                       if m.get("first_good_step_s") is not None]),
+                         "phases_median": {k: round(statistics.median(v), 3) for k, v in spans(mine).items()}})
     return rows
+
+
+def spans(faults: list[dict[str, Any]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for f in faults:
+        for k, v in (f.get("phases") or {}).items():
+            out.setdefault(k, []).append(v)
+    return out
 
 
 def fmt(s: dict[str, Any]) -> str:
@@ -172,6 +204,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=45)
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--json", type=Path, help="write the rows and every run here")
+    ap.add_argument("--memory-tier", action="store_true",
+                    help="checkpoint.memory.enabled: restarts restore from the node's RAM copy when it has one")
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                     help="also run srun torchrun --max-restarts in one allocation")
     a = ap.parse_args()
@@ -180,14 +214,14 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for i in range(a.repeats):
         for path in paths:
-            run = run_once(path, a.steps, work / f"r{i}")
+            run = run_once(path, a.steps, work / f"r{i}", a.memory_tier)
             runs.append(run)
             print(json.dumps(run), flush=True)
     rows = rows_from(runs, paths)
     if a.peer:
         from benchmarks.slurm_torchrun_peer import peer_rows
         rows += peer_rows(a.repeats, a.steps, work / "peer")
-    out = {"rows": rows, "runs": runs, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    out = {"rows": rows, "runs": runs, "memory_tier": a.memory_tier, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "cpus": os.cpu_count()}
     print(table(rows))
     if a.json:

@@ -35,6 +35,7 @@ from trainer.telemetry_auth import create_or_load_key
 from orchestrator.telemetry_server import endpoints
 from slurm import cmd
 from slurm.job import PREEMPTED_EXIT, AgentTask, node_address
+from slurm.node_addr import is_loopback
 from slurm.launcher import ACTIVE_STATES, SlurmLauncher, checkpointed_why, node_sort_key, preempt_time
 from slurm.sbatch_options import executor_parameters
 
@@ -52,6 +53,11 @@ def released_teardown(marker: Path) -> list[str]:
     with srun's status unless the orchestrator released the allocation (its verdict, the marker); the
     step's own record still shows the lost task."""
     return ["rc=$?", f"if [ -e {shlex.quote(str(marker))} ]; then exit 0; fi", 'exit "$rc"']
+
+
+def peer_host(peer: str) -> str:
+    """The host part of a link's ``host:port`` peer (IPv6 brackets removed)."""
+    return peer.rpartition(":")[0].strip("[]") if ":" in peer else peer
 
 
 @dataclass
@@ -213,7 +219,7 @@ class SlurmAllocLauncher(Launcher):
         self.current, self.finished, self.codes, self.attempt = list(spec.nodes), set(), {}, spec.attempt
         self.spec = spec
         self.dead_on_launch = [n for n in spec.nodes if n in self.lost or n not in self.agents]  # next poll
-        master = self.addr.get(spec.nodes[0]) or node_address(spec.nodes[0])
+        master, source = self.master_addr(spec.nodes)
         port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
         for i, node in enumerate(spec.nodes):
             if node in self.dead_on_launch:
@@ -226,9 +232,20 @@ class SlurmAllocLauncher(Launcher):
                 "host_rank_base": 0, "host_world": spec.ranks_per_node}})  # one node per host
         spares = [n for n in self.usable() if n not in spec.nodes]
         return {"job_id": self.job_id, "hub": self.hub.address, "master_port": port, "master_addr": master,
+                "master_addr_source": source,
                 "spares": spares,
                 "allocation": list(self.job_nodes), "submitted_t": self.submitted_t,
                 "agent_pids": {n: self.agents[n].pid for n in spec.nodes if n in self.agents}}
+
+    def master_addr(self, nodes: list[str]) -> tuple[str, str]:
+        """MASTER_ADDR for an attempt on ``nodes``, and where it came from: the address the first node's
+        agent dialed the hub from (seen on its authenticated link, so it is that host's and reaches off
+        it), unless that is loopback while some other node's agent is elsewhere; else the NodeAddr."""
+        peers = {n: peer_host(self.agents[n].link.peer) for n in nodes if n in self.agents}
+        first = peers.get(nodes[0])
+        if first and (not is_loopback(first) or all(is_loopback(h) for h in peers.values())):
+            return first, "agent link"
+        return self.addr.get(nodes[0]) or node_address(nodes[0]), "NodeAddr"
 
     def attach(self, info: dict[str, Any], spec: LaunchSpec) -> bool:
         """``orchestrator resume`` after the supervisor died: the journaled allocation still runs, so

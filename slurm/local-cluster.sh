@@ -145,15 +145,18 @@ setup_network() {
 }
 
 # Every address of the instance gets a name in /etc/hosts, as a real cluster's nodes have in its DNS or
-# hosts files. Without one, the reverse lookup c10d does on each store connection (getnameinfo) waits for
-# the host's resolver, unreachable from a node's namespace: 10 s of timeouts on every rank (re)start.
+# hosts files. Without one, the reverse lookup c10d does on each store connection (getnameinfo; the store
+# listens on IPv6, so the peer is the IPv4-mapped ::ffff:a.b.c.d) waits for the host's resolver,
+# unreachable from a node's namespace: 10 s of timeouts on every rank (re)start.
 HOSTS_TAG="# orch-local-cluster $CLUSTER_NAME"
 add_hosts_entries() {
-  local n line
-  for line in "$BRIDGE_ADDR $CLUSTER_NAME-controller" \
-              $(for n in "${NODES[@]}"; do echo "$(node_addr "$n")|$CLUSTER_NAME-$n"; done); do
-    line="${line/|/ } $HOSTS_TAG"
-    grep -qxF "$line" /etc/hosts || echo "$line" >>/etc/hosts  # appended in place: /etc/hosts may be a mount
+  local n addr name line
+  for n in controller "${NODES[@]}"; do
+    if [[ "$n" == controller ]]; then addr="$BRIDGE_ADDR"; else addr="$(node_addr "$n")"; fi
+    name="$CLUSTER_NAME-$n"
+    for line in "$addr $name $HOSTS_TAG" "::ffff:$addr $name $HOSTS_TAG"; do
+      grep -qxF "$line" /etc/hosts || echo "$line" >>/etc/hosts  # appended in place: /etc/hosts may be a mount
+    done
   done
 }
 

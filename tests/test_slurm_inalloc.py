@@ -207,6 +207,9 @@ def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, i
     launches = r.events("launch")
     jobs = {launch["job_id"] for launch in launches}
     assert len(jobs) == 1 and len(launches) == 5, [(x["attempt"], x["job_id"], x["nodes"]) for x in launches]
+    from slurm.node_addr import controller_node_addr
+    for x in launches:  # MASTER_ADDR: where the first node's agent dialed from (the NodeAddr on this cluster)
+        assert (x["master_addr_source"], x["master_addr"]) == ("agent link", controller_node_addr(x["nodes"][0])), x
     rec = cmd.sacct_job(jobs.pop())
     assert rec is not None and rec.terminal and len(rec.nodes) >= 2, rec
     kinds = [(f["kind"], f["action"], f["node"]) for f in r.status["faults"]]
