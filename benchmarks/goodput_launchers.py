@@ -58,9 +58,10 @@ def run_orchestrator(cfg: dict[str, Any], work: Path, name: str) -> dict[str, An
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_dir = work / name
-    exe = str(Path(PY).with_name("orchestrator"))
+    exe = Path(PY).with_name("orchestrator")  # the console script; without it (a bare checkout), the module
+    cmd = [str(exe)] if exe.exists() else [PY, "-m", "orchestrator.cli"]
     t0 = time.monotonic()
-    proc = subprocess.run([exe, "submit", str(path), "--run-dir", str(run_dir), "--quiet"], env=child_env(),
+    proc = subprocess.run([*cmd, "submit", str(path), "--run-dir", str(run_dir), "--quiet"], env=child_env(),
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - t0
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]

@@ -34,6 +34,7 @@ export WORK RESULTS PY SHM ORCH_STR="$PY -m orchestrator.cli"
 stage() {
   local name=$1 limit=$2
   shift 2
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || return 0  # ONLY="a b": just those stages
   local t0=$SECONDS verdict=ok
   echo "== $name (timeout ${limit}s)"
   if ! timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" >"$WORK/$name.log" 2>&1; then
@@ -118,6 +119,9 @@ ok = status["state"] == "COMPLETED" and kinds_met and lines and all(want_line in
 detail = (f"{status['state']} step {status.get('step')}, faults {sorted(seen)}, restored from {loaded or '-'}, "
           f"{len(lines)} rank start(s) on '{want_line}'" + ("" if ok else f"; reason: {status.get('reason')}"))
 open(f"{work}/{name}.detail", "w").write(detail + "\n")
+if not ok:  # why the ranks failed, from their own logs
+    for log in sorted(run.glob("logs/attempt-*/*"))[:6]:
+        print(f"--- {log}", *log.read_text(errors="replace").splitlines()[-25:], sep="\n")
 sys.exit(0 if ok else 1)
 EOF
 }
