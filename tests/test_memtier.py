@@ -33,9 +33,10 @@ class Events:
         self.seen.append((kind, kw))
 
 
-def header(step: int, epoch: int = 1, t: float = 100.0, payload: bytes = b"x" * 64) -> memstore.CopyHeader:
-    return memstore.CopyHeader(rank=0, step=step, epoch=epoch, t=t, world=4, layout="L", size=len(payload),
-                               crc=memstore.crc32(payload))
+def header(step: int, epoch: int = 1, t: float = 100.0, payload: bytes = b"x" * 64,
+           key: bytes = b"") -> memstore.CopyHeader:
+    return memstore.sealed(key, memstore.CopyHeader(rank=0, step=step, epoch=epoch, t=t, world=4, layout="L",
+                                                    size=len(payload)), payload)
 
 
 def test_copy_refused_when_torn_corrupted_stale_or_other_layout(tmp_path: Path) -> None:
@@ -50,9 +51,15 @@ def test_copy_refused_when_torn_corrupted_stale_or_other_layout(tmp_path: Path) 
     bad = memstore.write_copy(tmp_path / "c", header(5), payload)
     assert bad is not None
     raw = bytearray(bad.read_bytes())
-    raw[-1] ^= 0xFF
+    raw[0] ^= 0xFF  # a payload byte
     bad.write_bytes(bytes(raw))
     assert "checksum" in str(memstore.check(bad, fences, 4, "L")[1])
+    forged = bytearray(good.read_bytes())
+    at = forged.index(b'"step":5') + len(b'"step":')
+    forged[at:at + 1] = b"6"  # a header field rewritten: the tag covers the header too
+    (tmp_path / "a" / "forged.mem").write_bytes(bytes(forged))
+    assert "checksum" in str(memstore.check(tmp_path / "a" / "forged.mem", fences, 4, "L")[1])
+    assert "checksum" in str(memstore.check(good, fences, 4, "L", key=b"k" * 32)[1])  # not this run's key
     late = memstore.write_copy(tmp_path / "d", header(5, t=160.0), payload)  # after epoch 1's fence
     assert late is not None and "stale" in str(memstore.check(late, fences, 4, "L")[1])
     assert "layout" in str(memstore.check(good, fences, 2, "L")[1])
@@ -70,13 +77,13 @@ def test_choose_skips_a_corrupted_newest_copy_and_reports_it(tmp_path: Path) -> 
     mem.wait()
     newest = memstore.list_copies(mem.dir)[0]
     raw = bytearray(newest.read_bytes())
-    raw[-5] ^= 0x01
+    raw[3] ^= 0x01
     newest.write_bytes(bytes(raw))
     chosen = mem.choose()
     assert chosen is not None and chosen.step == 1
     assert [k for k, _ in tel.seen] == ["memory_copy_bad"] and "checksum" in tel.seen[0][1]["reason"]
     target = {"model": {"w": torch.zeros(4)}, "optim": {"step": torch.tensor(0.0), "lr": 0.0}}
-    restored = copy_into(target, load_payload(chosen.payload)["state"])
+    restored = copy_into(target, load_payload(chosen)["state"])
     assert torch.equal(target["model"]["w"], torch.arange(4.0)) and restored["optim"]["lr"] == 0.1
 
 
@@ -89,7 +96,7 @@ def test_rollback_starts_a_new_lineage_and_replicas_keep_the_newest_writes(tmp_p
     mem.snapshot(4, state, {"step": 4})
     mem.wait()
     (new,) = memstore.list_copies(mem.dir)
-    assert memstore.read_header(new)[0].lineage == "3.1"
+    assert memstore.read_header(new).lineage == "3.1"
     replica = tmp_path / "replica"  # a partner still holding the old trajectory's higher steps
     for i, step in enumerate((9, 8, 4, 5)):  # written in this order
         path = memstore.write_copy(replica, header(step), b"x" * 64)

@@ -130,7 +130,7 @@ class TrainLoop:
             dist.broadcast_object_list(use, src=0)  # rank 0's listing of storage decides for all
         if not use[0] or chosen is None:
             return None
-        snap = load_payload(chosen.payload)
+        snap = load_payload(chosen)
         self.engine.load_memory_state(snap["state"])
         torch.set_rng_state(snap["rng"])
         skip = self.st.sampler.skip

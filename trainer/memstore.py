@@ -1,4 +1,4 @@
-"""The memory tier's copies on a node: where they live, their header, and whether one may be loaded.
+"""The memory tier's copies on a node: where they live, their layout, and whether one may be loaded.
 
 A copy is one file per rank and step in host shared memory (``/dev/shm``), so it outlives the rank
 process that wrote it; the node agent owns the directory (created at start, removed at exit). Layout::
@@ -6,28 +6,39 @@ process that wrote it; the node agent owns the directory (created at start, remo
     BASE/<run id>/<node>/rank<R>/step_<S>.mem     this node's ranks' own copies (and ones fetched for them)
     BASE/<run id>/<node>/replica/<src>/rank<R>/…  copies a ring predecessor replicated here
 
-File format: ``MAGIC | u32 header length | header JSON | payload``. The header carries the rank, step,
-epoch, wall time of the write, world and layout, the payload's size and CRC-32. Files are written to a
-dot-name and renamed, so a reader sees a whole copy or none; a torn, corrupted or stale one is refused
-by :func:`check` with the reason. Stdlib only: the agent, the supervisor and the ranks all use it.
+File format (a trailer, so the payload starts at offset 0 and the rank can copy tensors straight into a
+mapping of the file): ``payload | header JSON | u32 header length | MAGIC``. The payload is the
+tensors' raw bytes (64-byte aligned, each listed in the header's ``index``) followed by a small pickle of
+everything else. The header carries the rank, step, epoch, wall time of the write, world and layout,
+and ``tag``: one HMAC-SHA256 under the run key over payload and header. That single pass is both the
+checksum (a torn or corrupted copy is refused) and the proof of origin (a copy another run or user
+wrote, or a replica altered in flight, is refused): the agents replicate files without hashing them
+again. Files are written to a dot-name and renamed, so a reader sees a whole copy or none; a torn,
+corrupted or stale one is refused by :func:`check` with the reason. Stdlib only: the agent, the
+supervisor and the ranks all use it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import mmap
 import os
 import shutil
 import struct
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainer.fence import EpochState
 
-MAGIC = b"ORCHMEM1"
+MAGIC = b"ORCHMEM2"
+DOMAIN = b"orchmem-copy2"
+TRAILER = 4 + len(MAGIC)
+MAX_HEADER = 1 << 24
+ALIGN = 64
 ENV_DIR = "ORCH_MEM_DIR"
 ENV_PORT = "ORCH_MEM_PORT"
 BASE = Path(os.environ.get("ORCH_MEM_BASE", "/dev/shm/orch-mem"))
@@ -42,12 +53,14 @@ class CopyHeader:
     t: float
     world: int
     layout: str
-    size: int
-    crc: int
+    size: int  # payload bytes
+    tag: str = ""  # hex HMAC-SHA256 (run key) over payload + this header with tag ""
     lineage: str = ""  # "epoch.rollbacks": copies of a trajectory a rollback abandoned never mix with new ones
+    index: list[list[Any]] = field(default_factory=list)  # per tensor: [offset, nbytes, dtype, shape]
+    skel: list[int] = field(default_factory=lambda: [0, 0])  # [offset, length] of the pickled rest
 
     def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
 
 def run_id(run_dir: str | Path) -> str:
@@ -67,64 +80,104 @@ def copy_name(step: int) -> str:
     return f"step_{step:08d}.mem"
 
 
-def crc32(data: bytes | memoryview) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def encode(header: CopyHeader, payload: bytes | memoryview) -> list[bytes | memoryview]:
-    """The file's pieces (written one after the other: the payload is never copied again)."""
+def compute_tag(key: bytes, header: CopyHeader, payload: bytes | memoryview | mmap.mmap) -> str:
+    """The one pass over the payload: HMAC-SHA256 under the run key (b"" without one: a checksum only)."""
+    m = hmac.new(key, DOMAIN, hashlib.sha256)
+    m.update(payload)
+    m.update(replace(header, tag="").to_json())
+    return m.hexdigest()
+
+
+def sealed(key: bytes, header: CopyHeader, payload: bytes | memoryview | mmap.mmap) -> CopyHeader:
+    return replace(header, tag=compute_tag(key, header, payload))
+
+
+def trailer(header: CopyHeader) -> bytes:
     head = header.to_json()
-    return [MAGIC, struct.pack(">I", len(head)), head, payload]
+    return head + struct.pack(">I", len(head)) + MAGIC
 
 
-def write_copy(directory: Path, header: CopyHeader, payload: bytes | memoryview,
-               may_publish: Callable[[], bool] | None = None) -> Path | None:
-    """Write to a dot-name, then rename: the copy appears whole or not at all. ``may_publish`` (the
-    epoch fence) is asked right before the rename; a fenced writer leaves nothing behind."""
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / copy_name(header.step)
-    tmp = directory / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        for piece in encode(header, payload):
-            f.write(piece)
+def tmp_path(directory: Path, step: int) -> Path:
+    return directory / f".{copy_name(step)}.{os.getpid()}.tmp"
+
+
+def publish(tmp: Path, header: CopyHeader, may_publish: Callable[[], bool] | None = None) -> Path | None:
+    """Append the trailer to a written payload and rename it into place. ``may_publish`` (the epoch
+    fence) is asked right before the rename; a fenced writer leaves nothing behind."""
+    with open(tmp, "r+b") as f:
+        f.seek(header.size)
+        f.write(trailer(header))
+        f.truncate()
     if may_publish is not None and not may_publish():
         tmp.unlink(missing_ok=True)
         return None
+    final = tmp.parent / copy_name(header.step)
     os.replace(tmp, final)
     return final
 
 
-def read_header(path: Path) -> tuple[CopyHeader, int]:
-    """The header and the payload's offset; raises ValueError on anything malformed."""
+def write_copy(directory: Path, header: CopyHeader, payload: bytes | memoryview,
+               may_publish: Callable[[], bool] | None = None) -> Path | None:
+    """A copy of an in-memory payload (``header`` already sealed), written whole or not at all."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(directory, header.step)
+    with open(tmp, "wb") as f:
+        f.write(payload)
+    return publish(tmp, header, may_publish)
+
+
+def _parse_trailer(tail: bytes, file_size: int) -> tuple[int, int]:
+    """(header offset, header length) from the file's last bytes; ValueError if torn or foreign."""
+    if len(tail) < TRAILER or tail[-len(MAGIC):] != MAGIC:
+        raise ValueError("torn: no trailer (a partly written or truncated copy)")
+    (n,) = struct.unpack(">I", tail[-TRAILER:-len(MAGIC)])
+    if n > MAX_HEADER or n + TRAILER > file_size:
+        raise ValueError("torn: header length out of range")
+    return file_size - TRAILER - n, n
+
+
+def _header_from(raw: bytes) -> CopyHeader:
+    data = json.loads(raw)
+    return CopyHeader(**{k: data[k] for k in CopyHeader.__dataclass_fields__ if k in data})
+
+
+def read_header(path: Path) -> CopyHeader:
+    """The header alone (the agent's pusher); raises ValueError on anything malformed."""
     with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            raise ValueError("bad magic (not a memory copy, or torn)")
-        (n,) = struct.unpack(">I", f.read(4))
-        if n > 1 << 16:
-            raise ValueError("header too long")
-        raw = json.loads(f.read(n))
-    fields = {k: raw[k] for k in CopyHeader.__dataclass_fields__ if k in raw}
-    return CopyHeader(**fields), len(MAGIC) + 4 + n
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - TRAILER))
+        off, n = _parse_trailer(f.read(TRAILER), size)
+        f.seek(off)
+        return _header_from(f.read(n))
 
 
-def check(path: Path, fences: EpochState | None, world: int,
-          layout: str) -> tuple[CopyHeader | None, str | None, bytes]:
-    """(header, None, payload) for a copy that may be loaded, else (header or None, reason, b"")."""
+def check(path: Path, fences: EpochState | None, world: int, layout: str,
+          key: bytes = b"") -> tuple[CopyHeader | None, str | None, bytearray]:
+    """(header, None, payload) for a copy that may be loaded, else (header or None, reason, empty)."""
     try:
-        header, off = read_header(path)
-        data = path.read_bytes()[off:]
+        with open(path, "rb") as f:
+            raw = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(raw)
+        off, n = _parse_trailer(bytes(raw[-TRAILER:]), got)
+        header = _header_from(bytes(raw[off:off + n]))
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        return None, f"unreadable: {exc}", b""
-    if len(data) != header.size:
-        return header, f"torn: {len(data)} of {header.size} bytes", b""
-    if crc32(data) != header.crc:
-        return header, "checksum mismatch (corrupted)", b""
+        reason = str(exc) if str(exc).startswith("torn") else f"unreadable: {exc}"
+        return None, reason, bytearray()
+    if header.size != off:
+        return header, f"torn: {off} payload bytes of {header.size}", bytearray()
+    del raw[off:]  # the payload alone, no second copy
+    if not hmac.compare_digest(compute_tag(key, header, raw), header.tag):
+        return header, "checksum mismatch (corrupted, or not written under this run's key)", bytearray()
     stale = stale_reason(header, fences)
     if stale:
-        return header, stale, b""
+        return header, stale, bytearray()
     if header.world != world or header.layout != layout:
-        return header, f"layout {header.layout} x{header.world} != {layout} x{world}", b""
-    return header, None, data
+        return header, f"layout {header.layout} x{header.world} != {layout} x{world}", bytearray()
+    return header, None, raw
 
 
 def stale_reason(header: CopyHeader, fences: EpochState | None) -> str | None:

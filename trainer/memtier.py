@@ -2,8 +2,9 @@
 
 Why: a storage checkpoint every N steps costs up to N steps of recomputation per fault; a copy in RAM
 owned by the node agent survives the rank (crash, hang, kill) and costs only a tensor copy on the
-training path. ``snapshot`` clones the state (model, optimizer, loop state, RNG) and returns; a writer
-thread serializes it and publishes it atomically (``trainer.memstore``), unless the epoch was
+training path. ``snapshot`` copies the state (model, optimizer, loop state, RNG) straight into a
+mapping of the new file in /dev/shm (``trainer.memlayout``: one copy) and returns; a writer thread
+makes the one HMAC pass and publishes it atomically (``trainer.memstore``), unless the epoch was
 fenced meanwhile. At most one copy is in flight: the next snapshot first waits for the previous write,
 so a copy is never more than one interval behind. ``choose`` is collective: every rank lists the copies
 it can load, and the newest step that every rank has wins.
@@ -11,31 +12,17 @@ it can load, and the newest step that every rank has wins.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from trainer import memstore
+from trainer import memlayout, memstore
 from trainer.fence import EpochGuard, read_state
-
-
-def _detach_copy(v: Any, sharded: list[bool]) -> Any:
-    """A private CPU copy of a state-dict value (a DTensor's local shard for hybrid layouts, noted in
-    ``sharded``: such a copy cannot stand in for the DTensor state in a storage checkpoint)."""
-    if isinstance(v, dict):
-        return {k: _detach_copy(x, sharded) for k, x in v.items()}
-    if isinstance(v, torch.Tensor):
-        if hasattr(v, "to_local"):
-            sharded[0] = True
-            v = v.to_local()
-        return v.detach().to("cpu", copy=True)
-    return v
 
 
 def copy_into(target: Any, saved: Any) -> Any:
@@ -52,37 +39,48 @@ def copy_into(target: Any, saved: Any) -> Any:
 @dataclass
 class Chosen:
     step: int
-    payload: bytes
+    header: memstore.CopyHeader
+    payload: bytearray
 
 
 class MemoryTier:
     """This rank's copies in ``base/rank<R>`` (a node-agent-owned directory in /dev/shm)."""
 
     def __init__(self, base: Path, rank: int, world: int, layout: str, guard: EpochGuard,
-                 run_dir: Path | None, tel: Any) -> None:
+                 run_dir: Path | None, tel: Any, key: bytes | None = None) -> None:
         self.dir = memstore.rank_dir(base, rank)
         self.rank, self.world, self.layout, self.guard = rank, world, layout, guard
         self.run_dir, self.tel = run_dir, tel
+        self.key = key or b""  # the run key: a copy another run or user wrote never verifies
         self.published_step: int | None = None
         self.rollbacks = 0
         self.lineage = f"{guard.epoch}.0"  # same on every rank: rollbacks are collective
         self.last_state: tuple[int, dict[str, Any]] | None = None  # the newest snapshot, for storage
         self.last_block_s = 0.0  # tensor copy + wait for the previous write: the training path's cost
-        self.last_write_s = 0.0  # serialize + write, in the writer thread
+        self.last_write_s = 0.0  # HMAC + trailer + rename, in the writer thread
         self._thread: threading.Thread | None = None
+        self._next: memlayout.Segment | None = None  # the next copy's file, prepared by the writer thread
         self.dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.dir.glob(".*.tmp"):  # torn leftovers of a writer killed mid-copy
             tmp.unlink(missing_ok=True)
 
     # ---- writing ---------------------------------------------------------------------------------
     def snapshot(self, step: int, state: dict[str, Any], extra: dict[str, Any]) -> float:
-        """Copy the state now and write it in the background; returns the seconds this blocked."""
+        """Copy the state now and publish it in the background; returns the seconds this blocked."""
         t0 = time.perf_counter()
         self.wait()
-        sharded = [False]
-        snap = {"state": _detach_copy(state, sharded), "extra": extra, "rng": torch.get_rng_state()}
-        self.last_state = None if sharded[0] else (step, snap["state"])
-        self._thread = threading.Thread(target=self._write, args=(step, snap), daemon=True,
+        try:
+            seg, index, skel, copy, sharded = memlayout.encode(
+                self.dir, step, {"state": state, "extra": extra, "rng": torch.get_rng_state()}, self._next)
+            self._next = None
+        except OSError as exc:  # /dev/shm full: the storage tier still covers us
+            self.tel.event("memory_copy_failed", step=step, detail=str(exc)[:300])
+            return time.perf_counter() - t0
+        self.last_state = None if sharded else (step, copy["state"])
+        header = memstore.CopyHeader(rank=self.rank, step=step, epoch=self.guard.epoch, t=0.0, world=self.world,
+                                     layout=self.layout, size=skel[0] + skel[1], lineage=self.lineage,
+                                     index=index, skel=skel)
+        self._thread = threading.Thread(target=self._write, args=(seg, header), daemon=True,
                                         name="memtier-writer")
         self._thread.start()
         self.last_block_s = time.perf_counter() - t0
@@ -104,23 +102,22 @@ class MemoryTier:
             self._thread.join()
             self._thread = None
 
-    def _write(self, step: int, snap: dict[str, Any]) -> None:
+    def _write(self, seg: memlayout.Segment, header: memstore.CopyHeader) -> None:
+        """The one pass over the copy (its HMAC), then the trailer and the rename, unless fenced."""
         t0 = time.perf_counter()
-        buf = io.BytesIO()
-        torch.save(snap, buf)
-        view = buf.getbuffer()
-        header = memstore.CopyHeader(rank=self.rank, step=step, epoch=self.guard.epoch, t=time.time(),
-                                     world=self.world, layout=self.layout, size=len(view),
-                                     crc=memstore.crc32(view), lineage=self.lineage)
         try:
-            if memstore.write_copy(self.dir, header, view, lambda: self.guard.newer() is None) is not None:
-                self.published_step = step
+            header = memstore.sealed(self.key, replace(header, t=time.time()), seg.payload(header.size))
+            if memstore.publish(seg.path, header, lambda: self.guard.newer() is None) is not None:
+                self.published_step = header.step
                 memstore.prune(self.dir)
         except OSError as exc:  # /dev/shm full: the storage tier still covers us
-            self.tel.event("memory_copy_failed", step=step, detail=str(exc)[:300])
-        finally:
-            del view
+            seg.discard()
+            self.tel.event("memory_copy_failed", step=header.step, detail=str(exc)[:300])
         self.last_write_s = time.perf_counter() - t0
+        try:  # off the training path: the next copy's file, pages and views (same layout expected)
+            self._next = memlayout.Segment(self.dir, header.size, header.index)
+        except OSError:
+            self._next = None
 
     def discard_all(self) -> None:
         """After a rollback, copies of the abandoned trajectory must never be restored."""
@@ -132,14 +129,14 @@ class MemoryTier:
         self.lineage = f"{self.guard.epoch}.{self.rollbacks}"
 
     # ---- restoring -------------------------------------------------------------------------------
-    def _loadable(self) -> dict[tuple[int, str], bytes]:
-        """Copies this rank may load ((step, lineage) → payload); each refused one is reported with why."""
+    def _loadable(self) -> dict[tuple[int, str], Chosen]:
+        """Copies this rank may load ((step, lineage) → copy); each refused one is reported with why."""
         fences = read_state(self.run_dir) if self.run_dir is not None else None
-        out: dict[tuple[int, str], bytes] = {}
+        out: dict[tuple[int, str], Chosen] = {}
         for path in memstore.list_copies(self.dir):
-            header, reason, payload = memstore.check(path, fences, self.world, self.layout)
+            header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key)
             if reason is None and header is not None:
-                out[(header.step, header.lineage)] = payload
+                out[(header.step, header.lineage)] = Chosen(header.step, header, payload)
                 continue
             self.tel.event("memory_copy_bad", path=str(path), reason=reason, tier="memory",
                            **memstore.describe(header))
@@ -156,9 +153,9 @@ class MemoryTier:
         common = set.intersection(*({tuple(k) for k in h} for h in held)) if held else set()
         if not common:
             return None
-        best = max(common)
-        return Chosen(best[0], mine[best])
+        return mine[max(common)]
 
 
-def load_payload(payload: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(payload), weights_only=False)
+def load_payload(chosen: Chosen) -> dict[str, Any]:
+    """The snapshot in a chosen copy: {"state", "extra", "rng"}."""
+    return memlayout.decode(chosen.header, chosen.payload)

@@ -32,6 +32,7 @@ from trainer.ft_heartbeat import attach as attach_ft_heartbeat
 from trainer.loop import TrainLoop
 from trainer.memtier import MemoryTier
 from trainer.telemetry import Telemetry
+from trainer.telemetry_auth import key_from_env
 from spec.layout import checkpoint_root
 
 
@@ -81,7 +82,7 @@ def memory_tier(cfg: RunConfig, ctx: RankContext, guard: EpochGuard, tel: Teleme
         return None
     p = cfg.parallel
     layout = f"tp{p.tp}-pp{p.pp}-{p.dp_mode}"
-    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel)
+    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel, key_from_env())
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit signal, requeue me
