@@ -3,7 +3,7 @@
 #   torch sees CUDA · real NVML probe · 1-rank NCCL training through a NaN, a rank crash and a checkpoint
 #   restore · 2 ranks on the same GPU over gloo with CUDA tensors · async checkpoint staging from GPU
 #   memory at 1 and 10 GB (pinned vs pageable) · step time with and without the supervisor.
-#   Then the device and GPU-probe test files and the NCCL collective probe test under pytest.
+#   Then the device, GPU-probe, agent-fork and GPU test files under pytest.
 # Every stage has its own timeout (their sum is 9m55s); a failed stage is a FAIL row, the rest still run.
 # On a machine without an NVIDIA GPU it prints "no GPU" and exits 0. Exit 1 if any stage failed.
 # A borrowed GPU machine that cannot reach a package index but has a CUDA build of torch:
@@ -165,7 +165,7 @@ EOF
 
 gpu_tests() {  # to a file, not a pipe: a process a test leaves behind must not hold the stage open
   "$PY" -m pytest -q -p no:cacheprovider -rs -o addopts= tests/test_device.py tests/test_probes_gpu.py \
-    tests/test_gpu.py::test_collective_probe_over_nccl_on_cuda_buffers >"$WORK/gpu_tests.out" 2>&1
+    tests/test_agent_cuda_fork.py tests/test_gpu.py >"$WORK/gpu_tests.out" 2>&1
   local rc=$?
   cat "$WORK/gpu_tests.out"
   tail -n 1 "$WORK/gpu_tests.out" >"$WORK/gpu_tests.detail"

@@ -106,7 +106,6 @@ def warm_up(run_dir: Path) -> Any:
     # CUDA after that: ask NVML instead, which does not poison fork.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     import trainer.rank_main as rm
@@ -122,9 +121,21 @@ def warm_up(run_dir: Path) -> Any:
     lm_loss(model(x), x).backward()
     msd, osd = get_state_dict(model, opt, options=SD_OPTIONS)
     with tempfile.TemporaryDirectory() as tmp:
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
-        dcp.load({"model": msd, "optim": osd}, checkpoint_id=tmp, no_dist=True)
+        dcp_round_trip({"model": msd, "optim": osd}, Path(tmp))
     return cfg
+
+
+def dcp_round_trip(state: dict[str, Any], path: Path) -> None:
+    """A DCP save and load of a CPU state that never initialises CUDA.
+
+    Why: on a GPU machine DCP's default writer copies "ahead" on the current CUDA stream whenever
+    ``torch.cuda.is_available()``, even for CPU tensors; that initialises CUDA in the agent, and every
+    rank it forks then dies with "Cannot re-initialize CUDA in forked subprocess" (seen on an H200).
+    ``per_thread_copy_ahead=0`` takes the serial CPU loader instead.
+    """
+    import torch.distributed.checkpoint as dcp
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path), per_thread_copy_ahead=0), no_dist=True)
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
 
 
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
