@@ -48,3 +48,21 @@ def test_dcps_default_writer_would_have(tmp_path: Path, gpu_present: list[str]) 
     with pytest.raises(BaseException):  # DCP wraps it in CheckpointException, a BaseException
         dcp.save({"w": torch.ones(4)}, checkpoint_id=str(tmp_path / "c"), no_dist=True)
     assert gpu_present and "current_stream" in gpu_present[0]
+
+
+def test_ranks_of_a_cuda_run_start_as_fresh_interpreters_and_recover(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a GPU node does (forced here with ORCH_RANK_START=exec on the CPU): every rank, also the one
+    relaunched after a crash, is exec'd by its agent, and the run completes as a forked one does."""
+    from orchestrator.launcher.node_agent import RANK_START_ENV, fresh_interpreter_for_ranks
+    from tests.conftest import run_submit
+    assert not fresh_interpreter_for_ranks("cpu") and fresh_interpreter_for_ranks("cuda")
+    monkeypatch.setenv(RANK_START_ENV, "exec")
+    r = run_submit(tmp_path, {"cluster": {"nodes": 2, "ranks_per_node": 1, "spare_nodes": 0},
+                              "train": {"steps": 16}, "checkpoint": {"every_steps": 5},
+                              "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}]})
+    assert r.code == 0, r.status.get("reason")
+    assert ("rank_crash", "relaunch") in {(f["kind"], f["action"]) for f in r.status["faults"]}
+    logs = sorted(r.run_dir.glob("logs/attempt-*/*-rank*.log"))
+    fresh = [p for p in logs if "started as a fresh interpreter" in p.read_text(errors="replace")]
+    assert len({p.parent.name for p in fresh}) >= 2 and fresh == logs, logs

@@ -34,6 +34,7 @@ from spec.layout import checkpoint_root, rank_exit_name, rank_log_name
 from spec.layout import rank_env as layout_rank_env
 
 PR_SET_PDEATHSIG = 1
+RANK_START_ENV = "ORCH_RANK_START"  # "fork" | "exec"; unset: exec where ranks use CUDA, fork elsewhere
 
 
 def tail(path: Path, limit: int = 2000) -> str:
@@ -138,8 +139,34 @@ def dcp_round_trip(state: dict[str, Any], path: Path) -> None:
     dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
 
 
-def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
-    """In the forked child: become rank ``rank`` and never return."""
+def fresh_interpreter_for_ranks(device: str) -> bool:
+    """Whether forked ranks must exec a fresh interpreter: where they will use CUDA.
+
+    Why: a CUDA driver touched by the parent (cuInit, e.g. by the autograd engine's first backward, which
+    counts the devices) leaves a forked child "CUDA error: initialization error" (seen on an H200, after
+    the DCP cause was removed). An exec'd rank shares no driver state; it pays the imports the warm fork
+    saves, on GPU nodes only. ``ORCH_RANK_START`` (fork|exec) overrides.
+    """
+    forced = os.environ.get(RANK_START_ENV, "")
+    if forced in ("fork", "exec"):
+        return forced == "exec"
+    if device == "cpu":
+        return False
+    import torch
+    # device_count asks NVML first, which does not initialise the driver
+    return device == "cuda" or (torch.version.cuda is not None and torch.cuda.device_count() > 0)
+
+
+def exec_rank(rank: int) -> None:
+    """Replace this forked child by ``python -m trainer.rank_main`` (same pid, log, environment and
+    death signal), so the rank starts with no CUDA state from its agent."""
+    print(f"rank {rank}: started as a fresh interpreter ({RANK_START_ENV}=exec or a CUDA run)", flush=True)
+    os.environ["PYTHONFAULTHANDLER"] = "1"
+    os.execv(sys.executable, [sys.executable, "-m", "trainer.rank_main"])
+
+
+def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path, fresh: bool = False) -> None:
+    """In the forked child: become rank ``rank`` (``fresh``: by exec'ing a new interpreter) and never return."""
     code = 1
     os.environ["ORCH_FORKED_T"] = str(time.time())  # the rank reports its start-up phases from here
     try:
@@ -154,6 +181,8 @@ def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.environ.update(rank_env(spec, rank, local))
+        if fresh:
+            exec_rank(rank)
         import faulthandler
         faulthandler.enable()
         from trainer.rank_main import main
@@ -199,6 +228,7 @@ class NodeAgent:
         self.redial_s = 0.0
         self.unsent: list[dict[str, Any]] = []  # what the ranks reported while no supervisor listened
         self.preempted = False
+        self.fresh_ranks = False  # exec a new interpreter per rank (CUDA runs): fresh_interpreter_for_ranks
 
     def preempt_notice(self) -> None:
         """Slurm preempts the allocation: ranks checkpoint (SIGTERM, also sent to them by Slurm), and the
@@ -221,7 +251,7 @@ class NodeAgent:
             for local, rank in enumerate(spec["ranks"]):
                 pid = os.fork()
                 if pid == 0:
-                    run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank))
+                    run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank), self.fresh_ranks)
                 self.children[pid] = rank
 
     def stop(self, grace_s: float) -> None:
@@ -414,6 +444,7 @@ def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible:
         channel = LinkChannel(dial(connect, key, node, job=job))
     agent = NodeAgent(node, channel, run_dir)
     agent.preemptible = preemptible
+    agent.fresh_ranks = fresh_interpreter_for_ranks(cfg.cluster.device)
     if connect is not None and preemptible:  # Slurm: outlive a supervisor restart (orchestrator resume)
         agent.redial = lambda: dial(connect, key, node, job=job)
         agent.redial_s = max(60.0, float(cfg.health.startup_timeout_s))
