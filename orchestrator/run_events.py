@@ -179,7 +179,8 @@ class RunEvents:
         tier = str(msg.get("tier", "storage"))
         return [Snapshot({"checkpoint_load_s": float(msg.get("load_s", 0.0))}),
                 Journaled("checkpoint_loaded", dict(step=msg.get("step"), load_s=msg.get("load_s"),
-                                                    tier=msg.get("tier", "storage"))),
+                                                    tier=msg.get("tier", "storage"),
+                                                    from_world=msg.get("from_world"))),
                 Restored(tier, float(msg.get("load_s", 0.0)), None if msg.get("step") is None else int(msg["step"]))]
 
     def ev_memory_copy_bad(self, msg: dict[str, Any], now: float, w: AttemptWatch) -> list[Fact]:

@@ -78,10 +78,15 @@ def test_lemon_node_is_kept_out_of_the_next_run(tmp_path: Path) -> None:
 
 
 def test_shrink_on_node_loss_continues_with_fewer_nodes(tmp_path: Path, clean_run: RunResult) -> None:
-    """No spare left: with policy.shrink_on_node_loss the run goes on at dp=2 with the same global batch."""
+    """No spare left: with policy.shrink_on_node_loss the run goes on at dp=2 with the same global batch,
+    resharded from the memory tier (DDP: each surviving rank's copy holds the whole state; hybrid layouts
+    reshard from storage, tests/test_parallel_chaos.py)."""
     r = run_submit(tmp_path, {"cluster": {"spare_nodes": 0}, "policy": {"shrink_on_node_loss": True},
+                              "health": {"hang_timeout_s": 6.0}, "checkpoint": {"memory": {"enabled": True}},
                               "chaos": [{"fault": "node_failure", "step": 25, "node": 1}]})
     assert r.code == 0, r.status["reason"]
     assert r.events("shrink") and r.events("launch")[-1]["nodes"] == ["node0"]
+    load = next(e for e in r.events("checkpoint_loaded") if e["seq"] > r.events("shrink")[0]["seq"])
+    assert load["tier"] == "memory" and load["from_world"] == 4 and 24 <= load["step"] <= 25, load
     assert abs(r.final_eval - clean_run.final_eval) < 0.08
     assert sorted(r.losses()) == list(range(60))

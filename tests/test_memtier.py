@@ -106,6 +106,21 @@ def test_rollback_starts_a_new_lineage_and_replicas_keep_the_newest_writes(tmp_p
     assert sorted(p.name for p in memstore.list_copies(replica)) == [memstore.copy_name(4), memstore.copy_name(5)]
 
 
+def test_replicated_layout_reshards_from_any_old_ranks_copy(tmp_path: Path) -> None:
+    state = {"model": {"w": torch.arange(3.0)}}
+    old = MemoryTier(tmp_path, 2, 4, "L", EpochGuard(None, 0), None, Events())  # world 4, rank 2's copy
+    old.snapshot(7, state, {"step": 7})
+    old.wait()
+    same = MemoryTier(tmp_path, 1, 4, "L", EpochGuard(None, 0), None, Events(), replicated=True)
+    assert same.choose() is None  # same world: never another rank's copy (restores stay exact)
+    shrunk = MemoryTier(tmp_path, 1, 2, "L", EpochGuard(None, 0), None, Events(), replicated=True)
+    chosen = shrunk.choose()  # world 2 after a shrink: rank 1 has no copy of its own, rank 2's will do
+    assert chosen is not None and chosen.step == 7 and chosen.header.world == 4
+    assert torch.equal(load_payload(chosen)["state"]["model"]["w"], torch.arange(3.0))
+    strict = MemoryTier(tmp_path, 2, 2, "L", EpochGuard(None, 0), None, tel := Events())
+    assert strict.choose() is None and "layout" in tel.seen[0][1]["reason"]  # sharded layouts: storage
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

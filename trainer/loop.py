@@ -136,7 +136,8 @@ class TrainLoop:
         skip = self.st.sampler.skip
         self.st = LoopState.from_extra(snap["extra"])
         self.st.sampler.skip |= skip
-        self.tel.event("checkpoint_loaded", step=chosen.step, load_s=time.perf_counter() - t0, tier="memory")
+        self.tel.event("checkpoint_loaded", step=chosen.step, load_s=time.perf_counter() - t0, tier="memory",
+                       from_world=chosen.header.world)  # != world: resharded from memory after a shrink
         return chosen.step
 
     def snapshot_memory(self) -> None:

@@ -155,9 +155,11 @@ def read_header(path: Path) -> CopyHeader:
         return _header_from(f.read(n))
 
 
-def check(path: Path, fences: EpochState | None, world: int, layout: str,
-          key: bytes = b"") -> tuple[CopyHeader | None, str | None, bytearray]:
-    """(header, None, payload) for a copy that may be loaded, else (header or None, reason, empty)."""
+def check(path: Path, fences: EpochState | None, world: int, layout: str, key: bytes = b"",
+          any_world: bool = False) -> tuple[CopyHeader | None, str | None, bytearray]:
+    """(header, None, payload) for a copy that may be loaded, else (header or None, reason, empty).
+    ``any_world``: a replicated layout (every rank holds the whole state) may load a copy written at
+    another world size (resharding from memory after a shrink)."""
     try:
         with open(path, "rb") as f:
             raw = bytearray(os.fstat(f.fileno()).st_size)
@@ -175,7 +177,7 @@ def check(path: Path, fences: EpochState | None, world: int, layout: str,
     stale = stale_reason(header, fences)
     if stale:
         return header, stale, bytearray()
-    if header.world != world or header.layout != layout:
+    if header.layout != layout or (header.world != world and not any_world):
         return header, f"layout {header.layout} x{header.world} != {layout} x{world}", bytearray()
     return header, None, raw
 

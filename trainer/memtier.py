@@ -47,11 +47,12 @@ class MemoryTier:
     """This rank's copies in ``base/rank<R>`` (a node-agent-owned directory in /dev/shm)."""
 
     def __init__(self, base: Path, rank: int, world: int, layout: str, guard: EpochGuard,
-                 run_dir: Path | None, tel: Any, key: bytes | None = None) -> None:
+                 run_dir: Path | None, tel: Any, key: bytes | None = None, replicated: bool = False) -> None:
         self.dir = memstore.rank_dir(base, rank)
         self.rank, self.world, self.layout, self.guard = rank, world, layout, guard
         self.run_dir, self.tel = run_dir, tel
         self.key = key or b""  # the run key: a copy another run or user wrote never verifies
+        self.replicated = replicated  # every rank holds the whole state (DDP): copies reshard to any world
         self.published_step: int | None = None
         self.rollbacks = 0
         self.lineage = f"{guard.epoch}.0"  # same on every rank: rollbacks are collective
@@ -134,14 +135,37 @@ class MemoryTier:
         fences = read_state(self.run_dir) if self.run_dir is not None else None
         out: dict[tuple[int, str], Chosen] = {}
         for path in memstore.list_copies(self.dir):
-            header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key)
+            header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key,
+                                                     any_world=self.replicated)
             if reason is None and header is not None:
                 out[(header.step, header.lineage)] = Chosen(header.step, header, payload)
                 continue
             self.tel.event("memory_copy_bad", path=str(path), reason=reason, tier="memory",
                            **memstore.describe(header))
             path.unlink(missing_ok=True)
+        if self.replicated:
+            self._add_resharded(out, fences)
         return out
+
+    def _add_resharded(self, out: dict[tuple[int, str], Chosen], fences: Any) -> None:
+        """After a shrink (or growth) of a replicated layout, any old rank's copy on this node holds the
+        whole state: new ranks whose own directory has none load one of those (read only: they are
+        other ranks' files). Copies of this world size are never borrowed (same-world restores stay
+        exact, RNG included)."""
+        for d in sorted(self.dir.parent.glob("rank*")):
+            if d == self.dir:
+                continue
+            for path in memstore.list_copies(d):
+                try:
+                    seen = memstore.read_header(path)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if seen.world == self.world or (seen.step, seen.lineage) in out:
+                    continue
+                header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key,
+                                                         any_world=True)
+                if reason is None and header is not None:
+                    out[(header.step, header.lineage)] = Chosen(header.step, header, payload)
 
     def choose(self) -> Chosen | None:
         """Collective: the newest step every rank holds a loadable copy of, of one lineage, or None."""

@@ -82,7 +82,8 @@ def memory_tier(cfg: RunConfig, ctx: RankContext, guard: EpochGuard, tel: Teleme
         return None
     p = cfg.parallel
     layout = f"tp{p.tp}-pp{p.pp}-{p.dp_mode}"
-    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel, key_from_env())
+    replicated = p.tp == 1 and p.pp == 1 and p.dp_mode == "ddp"  # whole state on every rank: reshardable
+    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel, key_from_env(), replicated)
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit signal, requeue me
