@@ -49,16 +49,36 @@ class AttemptWatch:
             if node:
                 self.node_last_seen[node] = now
         if msg["type"] == "hb":
-            if isinstance(msg.get("pid"), int):
-                self.pids[rank] = msg["pid"]
-            phase = msg.get("phase")
-            if isinstance(phase, str) and phase not in ("step", "start"):
-                self.busy[rank] = phase[:32]
-            elif self.busy.pop(rank, None) is not None:
-                # a finished save/eval/restore is progress: the stall clock must not include its
-                # duration, or a long checkpoint reads as a hang the moment it ends
-                self.last_progress[rank] = now
-                self.last_progress_max = now
+            self._heartbeat(rank, msg.get("pid"), msg.get("phase"), now)
+
+    def _heartbeat(self, rank: int, pid: Any, phase: Any, t: float) -> None:
+        if isinstance(pid, int):
+            self.pids[rank] = pid
+        if isinstance(phase, str) and phase not in ("step", "start"):
+            self.busy[rank] = phase[:32]
+        elif self.busy.pop(rank, None) is not None:
+            # a finished save/eval/restore is progress: the stall clock must not include its
+            # duration, or a long checkpoint reads as a hang the moment it ends
+            self.last_progress[rank] = t
+            self.last_progress_max = max(self.last_progress_max or t, t)
+
+    def seen_aggregate(self, entries: list[list[Any]], now: float) -> None:
+        """A node agent's report: [rank, seconds since it last heard the rank, step, pid, phase] each. The
+        last-heard time is ``now - age``, so a rank that stopped behind a live agent ages as if it had
+        reported directly, and the hang timeout finds it the same way."""
+        last_hb, rank_node, seen = self.last_hb, self.rank_node, self.node_last_seen
+        for rank, age, _step, pid, phase in entries:
+            t = now - age
+            if t < last_hb.get(rank, t):
+                continue  # something newer came meanwhile (a step row)
+            last_hb[rank] = t
+            node = rank_node.get(rank)
+            if node and t > seen.get(node, t - 1):
+                seen[node] = t
+            if self.busy or (phase != "step" and phase != "start"):
+                self._heartbeat(rank, pid, phase, t)
+            elif type(pid) is int:
+                self.pids[rank] = pid  # the common case, inlined: 16k ranks twice a second
 
     def progressed(self, rank: int, now: float) -> None:
         self.last_progress[rank] = now

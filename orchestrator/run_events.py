@@ -46,8 +46,11 @@ class RunEvents:
             if w is not None and isinstance(msg["attempt"], int) and msg["attempt"] < w.spec.attempt:
                 return self.reject_stale(msg, w.spec.attempt)
             return []
-        w.seen(msg, now)
         kind = msg["type"]
+        if kind == "hbs":  # a node agent's aggregate: each rank's last-heard time, then its step rows
+            w.seen_aggregate(msg["ranks"], now)
+            return self.on_rows(msg["rows"], now, w) if msg["rows"] else []
+        w.seen(msg, now)
         if kind == "step":
             return self.on_step(msg, now, w)
         if kind == "event":
@@ -65,7 +68,7 @@ class RunEvents:
         counted = Snapshot({"stale_epoch_rejected": self.stale_rejected})
         kind = str(msg.get("kind") or msg["type"])
         key = (int(msg["attempt"]), int(msg.get("rank", -1)), kind)
-        if msg["type"] == "hb" and key in self._stale_seen:
+        if msg["type"] in ("hb", "hbs") and key in self._stale_seen:
             return [counted]
         self._stale_seen.add(key)
         return [counted, Journaled("stale_epoch_rejected", dict(
@@ -77,6 +80,27 @@ class RunEvents:
         out = self._lead_step(msg, now, w) if msg["rank"] == 0 else []
         for row in w.agg.add(msg):
             out += self._row(row, now, w)
+        return out
+
+    def on_rows(self, rows: list[Any], now: float, w: AttemptWatch) -> list[Fact]:
+        """A node's step rows, in the order its ranks sent them: rank 0's whole message, the others'
+        (rank, step, compute seconds); the same bookkeeping as one ``step`` message each, in one pass."""
+        out: list[Fact] = []
+        for row in rows:
+            if type(row) is dict:
+                w.seen(row, now)
+                out += self.on_step(row, now, w)
+                continue
+            rank, step, secs = row  # w.seen and w.progressed, inlined: this runs for every rank every step
+            w.last_hb[rank] = w.last_progress[rank] = now
+            node = w.rank_node.get(rank)
+            if node:
+                w.node_last_seen[node] = now
+            if w.busy:
+                w.busy.pop(rank, None)
+            w.last_progress_max = now
+            for done in w.agg.add_time(rank, step, secs):
+                out += self._row(done, now, w)
         return out
 
     def _lead_step(self, msg: dict[str, Any], now: float, w: AttemptWatch) -> list[Fact]:
@@ -119,10 +143,13 @@ class RunEvents:
         # Differences under a third of the step cannot make a straggler: on shared cores the
         # scheduler alone moves a few-millisecond forward pass by 2x.
         floor = 0.35 * float(lead.get("step_time") or 0.0)
-        times = np.full(w.spec.world, np.nan)
-        for r, secs in row.compute.items():
-            if 0 <= r < w.spec.world:
-                times[r] = max(secs, floor)
+        world = w.spec.world
+        times = np.full(world, np.nan)
+        if row.compute:  # one numpy pass, not a Python loop over every rank (16k at scale)
+            ranks = np.fromiter(row.compute.keys(), dtype=np.int64, count=len(row.compute))
+            secs = np.fromiter(row.compute.values(), dtype=float, count=len(row.compute))
+            ok = (ranks >= 0) & (ranks < world)
+            times[ranks[ok]] = np.maximum(secs[ok], floor)
         out = [self._straggler(f, now) for f in self.straggler.observe_array(row.step, times, w.rank_node)]
         compute = float(np.median(list(row.compute.values()))) if row.compute else 0.0
         step_s = float(lead.get("step_time") or 0.0) - float(lead.get("ckpt_wait_s") or 0.0)

@@ -40,15 +40,19 @@ class StepAggregator:
 
     def add(self, msg: dict[str, Any]) -> list[StepRow]:
         """Feed one ``step`` message; returns rows that are now complete, oldest first."""
-        step = int(msg["step"])
+        t = msg.get("compute_time", msg.get("step_time"))
+        return self.add_time(int(msg["rank"]), int(msg["step"]), t if isinstance(t, int | float) else None,
+                             msg if msg["rank"] == 0 else None)
+
+    def add_time(self, rank: int, step: int, secs: float | None, lead: dict[str, Any] | None = None) -> list[StepRow]:
+        """One rank's compute time for ``step`` (rank 0's whole message as ``lead``): as :meth:`add`."""
         row = self.pending.get(step)
         if row is None:
             row = self.pending[step] = StepRow(step, self.attempt, {})
-        t = msg.get("compute_time", msg.get("step_time"))
-        if isinstance(t, int | float):
-            row.compute[int(msg["rank"])] = float(t)
-        if msg["rank"] == 0:
-            row.lead = msg
+        if secs is not None:
+            row.compute[rank] = float(secs)
+        if lead is not None:
+            row.lead = lead
         done = [s for s, r in self.pending.items()
                 if r.lead and (len(r.compute) >= self.world or s < step - 1)]
-        return [self.pending.pop(s) for s in sorted(done)]
+        return [self.pending.pop(s) for s in sorted(done)] if done else []

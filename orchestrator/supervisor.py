@@ -667,7 +667,9 @@ class Supervisor:
         w = self.watch
         assert w is not None
         out: dict[str, list[int]] = {}
-        for r in w.silent_ranks(now, 2 * self.cfg.health.heartbeat_interval_s):
+        # 3 intervals: a node's relay reports each rank's last-heard time once an interval, so a live rank
+        # can read up to two intervals old just before its node's next aggregate
+        for r in w.silent_ranks(now, 3 * self.cfg.health.heartbeat_interval_s):
             out.setdefault(w.rank_node.get(r, "?"), []).append(r)
         return {n: sorted(rs) for n, rs in sorted(out.items())}
 

@@ -18,7 +18,7 @@ from typing import Any
 from trainer.telemetry_auth import ReplayGuard, unseal
 
 MAX_MESSAGE = 8192  # the whole datagram, header included
-TYPES = {"hb", "step", "event", "rank_exit"}
+TYPES = {"hb", "step", "event", "rank_exit", "hbs"}  # hbs: a node agent's aggregate (telemetry_aggregate)
 REQUIRED: dict[str, type | tuple[type, ...]] = {"type": str, "rank": int, "attempt": int, "t": (int, float)}
 REJECT_REASONS = ("no_mac", "bad_mac", "replay", "malformed", "too_large")
 REPORT_EVERY_S = 10.0  # at most one journal line about rejected datagrams this often
@@ -32,6 +32,11 @@ def validate(raw: bytes) -> dict[str, Any] | None:
         msg = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
+    return validate_obj(msg)
+
+
+def validate_obj(msg: Any) -> dict[str, Any] | None:
+    """A decoded message if it has the required fields, else None (also for rows inside an aggregate)."""
     if not isinstance(msg, dict):
         return None
     for key, typ in REQUIRED.items():
@@ -46,6 +51,53 @@ def validate(raw: bytes) -> dict[str, Any] | None:
     if msg["type"] == "event" and not isinstance(msg.get("kind"), str):
         return None
     return msg
+
+
+def accept_payload(payload: bytes | None, reason: str, guard: ReplayGuard) -> tuple[dict[str, Any] | None, str]:
+    """After the MAC: (message, "") if well-formed and fresh, else (None, reason)."""
+    if payload is None:
+        return None, reason
+    msg = validate(payload)
+    if msg is None or not _sender_ok(msg):
+        return None, "malformed"
+    if not guard.fresh(msg["rank"], msg["attempt"], msg["sid"], msg["seq"]):
+        return None, "replay"
+    return msg, ""
+
+
+def _entry_ok(e: Any) -> bool:
+    """One rank of an aggregate: [rank, seconds since last heard, step, pid, phase]."""
+    return (type(e) is list and len(e) == 5 and type(e[0]) is int and 0 <= e[0] < 1 << 20
+            and type(e[1]) in (int, float) and 0 <= e[1] < 1e6 and (e[4] is None or type(e[4]) is str))
+
+
+def _row(e: Any, attempt: int) -> Any:
+    """One row of an aggregate, or None if malformed: rank 0's whole step message (returned as it is), or
+    another rank's [rank, step, compute seconds] (returned as a tuple). The aggregate's MAC and sequence
+    cover its rows; the relay checked each rank's own sequence on the node."""
+    if type(e) is dict:
+        r = validate_obj(e)
+        return r if r is not None and r["type"] == "step" and r["attempt"] == attempt else None
+    if (type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < 1 << 20 and type(e[1]) is int
+            and type(e[2]) in (int, float, type(None))):
+        return e[0], e[1], e[2]
+    return None
+
+
+def unpack_aggregate(msg: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """A node aggregate (``hbs``, from orchestrator.launcher.telemetry_relay), already authenticated and
+    fresh: keeps its valid rank entries on ``msg["ranks"]`` and its valid rows on ``msg["rows"]``;
+    returns (what it dropped of them, by reason; what the node's relay reports it dropped)."""
+    entries, rows = msg.get("ranks"), msg.get("rows")
+    entries = entries if type(entries) is list else []
+    msg["ranks"] = [e for e in entries if _entry_ok(e)]
+    rows = [_row(e, msg["attempt"]) for e in (rows if type(rows) is list else [])]
+    msg["rows"] = [r for r in rows if r is not None]
+    dropped = {"malformed": len(entries) - len(msg["ranks"]) + len(rows) - len(msg["rows"])}
+    rep = msg.pop("rejected", None)
+    by_agent = ({k: v for k, v in rep.items() if k in REJECT_REASONS and type(v) is int and 0 < v < 1 << 20}
+                if type(rep) is dict else {})
+    return {k: n for k, n in dropped.items() if n}, by_agent
 
 
 def _sender_ok(msg: dict[str, Any]) -> bool:
@@ -96,28 +148,35 @@ class TelemetryServer:
                 break
             msg, reason = self.accept(raw)
             if msg is None:
-                self.rejected += 1
-                self.rejected_by[reason] += 1
-                self.last_rejected_from = f"{src[0]}:{src[1]}"
-            else:
-                self.received += 1
-                self.sources[str(msg.get("node"))] = str(src[0])
-                out.append(msg)
+                self.reject(reason, src)
+                continue
+            self.received += 1
+            self.sources[str(msg.get("node"))] = str(src[0])
+            if msg["type"] == "hbs":
+                self._unpack(msg, src)
+            out.append(msg)
         return out
+
+    def reject(self, reason: str, src: tuple[str, int] | None, n: int = 1) -> None:
+        self.rejected += n
+        self.rejected_by[reason] += n
+        if src is not None:
+            self.last_rejected_from = f"{src[0]}:{src[1]}"
+
+    def _unpack(self, msg: dict[str, Any], src: tuple[str, int]) -> None:
+        """A node aggregate: its entries and rows checked, the drops counted."""
+        dropped, by_agent = unpack_aggregate(msg)
+        for reason, n in dropped.items():
+            self.reject(reason, src, n)
+        for reason, n in by_agent.items():  # what the node's relay dropped on its loopback
+            self.reject(reason, None, n)
 
     def accept(self, raw: bytes) -> tuple[dict[str, Any] | None, str]:
         """(message, "") or (None, reason); the MAC is checked before anything is parsed."""
         if len(raw) > MAX_MESSAGE:
             return None, "too_large"
         payload, reason = unseal(self.key, raw)
-        if payload is None:
-            return None, reason
-        msg = validate(payload)
-        if msg is None or not _sender_ok(msg):
-            return None, "malformed"
-        if not self.guard.fresh(msg["rank"], msg["attempt"], msg["sid"], msg["seq"]):
-            return None, "replay"
-        return msg, ""
+        return accept_payload(payload, reason, self.guard)
 
     def rejection_report(self, now: float, force: bool = False) -> dict[str, Any] | None:
         """Rejections since the last report, at most once per REPORT_EVERY_S (or now if ``force``);

@@ -207,7 +207,7 @@ def rank_env(s: dict[str, Any], rank: int, local: int) -> dict[str, str]:
     env["ORCH_HOST_LOCAL_RANK"] = str(int(s.get("host_rank_base", 0)) + local)
     env["ORCH_HOST_LOCAL_WORLD"] = str(s.get("host_world", len(s["ranks"])))
     if s.get("telemetry"):
-        env["ORCH_TELEMETRY_ADDR"] = s["telemetry"]
+        env["ORCH_TELEMETRY_ADDR"] = s.get("rank_telemetry") or s["telemetry"]  # the node's relay, if any
         env[ENV_KEY_FILE] = str(key_path(s["run_dir"]))  # the path, never the key, in the environment
     return env
 
@@ -229,6 +229,9 @@ class NodeAgent:
         self.unsent: list[dict[str, Any]] = []  # what the ranks reported while no supervisor listened
         self.preempted = False
         self.fresh_ranks = False  # exec a new interpreter per rank (CUDA runs): fresh_interpreter_for_ranks
+        self.relay: Any = None  # this attempt's telemetry relay (telemetry_relay.NodeRelay), when it has one
+        self.sel: selectors.BaseSelector | None = None
+        self.heartbeat_s = 0.5
 
     def preempt_notice(self) -> None:
         """Slurm preempts the allocation: ranks checkpoint (SIGTERM, also sent to them by Slurm), and the
@@ -243,6 +246,7 @@ class NodeAgent:
         self.spec, self.codes, self.stopping, self.stop_deadline = spec, {}, False, None
         self.tel = Telemetry(spec.get("telemetry"), -1, self.node, spec["attempt"],
                              key=key_from_env({"ORCH_RUN_DIR": spec["run_dir"]}))
+        self.open_relay(spec)
         log_dir = Path(spec["log_dir"])
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.mem is not None:
@@ -253,6 +257,28 @@ class NodeAgent:
                 if pid == 0:
                     run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank), self.fresh_ranks)
                 self.children[pid] = rank
+
+    def open_relay(self, spec: dict[str, Any]) -> None:
+        """The ranks of this attempt report to a relay on this node, which sends the supervisor one
+        aggregate per heartbeat interval (orchestrator.launcher.telemetry_relay)."""
+        from orchestrator.launcher.telemetry_relay import NodeRelay
+        self.close_relay()
+        key = key_from_env({"ORCH_RUN_DIR": spec["run_dir"]})
+        if not spec.get("telemetry") or key is None:
+            return
+        self.relay = NodeRelay(key, spec["telemetry"], self.node, spec["attempt"], list(spec["ranks"]),
+                               self.heartbeat_s)
+        spec["rank_telemetry"] = self.relay.address
+        if self.sel is not None:
+            self.sel.register(self.relay.fileno(), selectors.EVENT_READ)
+
+    def close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.flush()
+            if self.sel is not None:
+                self.sel.unregister(self.relay.fileno())
+            self.relay.close()
+            self.relay = None
 
     def stop(self, grace_s: float) -> None:
         """SIGKILL: a rank reads SIGTERM as preemption (checkpoint, exit 75), and a stopped attempt is
@@ -313,6 +339,9 @@ class NodeAgent:
         info = {"rank": rank, "node": self.node, "code": code, "signal": sig, "t": time.time(),
                 "stderr_tail": tail(log)}
         (log.parent / rank_exit_name(self.node, rank)).write_text(json.dumps(info))
+        if self.relay is not None:
+            self.relay.pump()  # what the rank sent before it ended goes first
+            self.relay.forget(rank)
         if self.tel is not None:
             self.tel.rank = rank
             self.tel.send("rank_exit", code=code, signal=sig, stderr_tail=info["stderr_tail"][-1500:],
@@ -347,12 +376,15 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
     channel_fd = agent.channel.fileno()
     sel.register(channel_fd, selectors.EVENT_READ)
     sel.register(r, selectors.EVENT_READ)
+    agent.sel, agent.heartbeat_s = sel, heartbeat_s
     next_hb = 0.0
     while True:
         for key, _ in sel.select(timeout=min(0.1, heartbeat_s)):
             if key.fd == r:
                 os.read(r, 4096)
                 continue
+            if agent.relay is not None and key.fd == agent.relay.fileno():
+                continue  # pumped below, every turn
             cmds = agent.channel.read()
             if cmds is None:
                 sel.unregister(channel_fd)
@@ -367,6 +399,8 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
                 if handle(agent, cmd):
                     _drain(agent)
                     return 0
+        if agent.relay is not None:
+            agent.relay.pump()
         agent.reap()
         if time.monotonic() >= next_hb:  # silence past the supervisor's timeout reads as a lost node
             agent.reply(ev="hb", t=time.time(), ranks=len(agent.children))
