@@ -84,22 +84,38 @@ class RunEvents:
 
     def on_rows(self, rows: list[Any], now: float, w: AttemptWatch) -> list[Fact]:
         """A node's step rows, in the order its ranks sent them: rank 0's whole message, the others'
-        (rank, step, compute seconds); the same bookkeeping as one ``step`` message each, in one pass."""
+        (rank, step, compute seconds); the same bookkeeping as one ``step`` message each."""
         out: list[Fact] = []
+        short: list[tuple[int, int, float | None]] = []
         for row in rows:
             if type(row) is dict:
+                out += self._short_rows(short, now, w) if short else []
+                short = []
                 w.seen(row, now)
                 out += self.on_step(row, now, w)
-                continue
-            rank, step, secs = row  # w.seen and w.progressed, inlined: this runs for every rank every step
-            w.last_hb[rank] = w.last_progress[rank] = now
-            node = w.rank_node.get(rank)
+            else:
+                short.append(row)
+        return out + self._short_rows(short, now, w) if short else out
+
+    def _short_rows(self, rows: list[tuple[int, int, float | None]], now: float, w: AttemptWatch) -> list[Fact]:
+        """What w.seen, w.progressed and the aggregator do per step message, in bulk: at 16k ranks this
+        runs 16k times a second."""
+        stamp = dict.fromkeys([r[0] for r in rows], now)
+        w.last_hb.update(stamp)
+        w.last_progress.update(stamp)
+        w.last_progress_max = now
+        for node in {w.rank_node.get(r) for r in stamp}:
             if node:
                 w.node_last_seen[node] = now
-            if w.busy:
-                w.busy.pop(rank, None)
-            w.last_progress_max = now
-            for done in w.agg.add_time(rank, step, secs):
+        if w.busy:
+            for r in stamp:
+                w.busy.pop(r, None)
+        by_step: dict[int, dict[int, float | None]] = {}
+        for rank, step, secs in rows:
+            by_step.setdefault(step, {})[rank] = secs
+        out: list[Fact] = []
+        for step, times in by_step.items():
+            for done in w.agg.add_times(step, times):
                 out += self._row(done, now, w)
         return out
 

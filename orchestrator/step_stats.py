@@ -46,11 +46,14 @@ class StepAggregator:
 
     def add_time(self, rank: int, step: int, secs: float | None, lead: dict[str, Any] | None = None) -> list[StepRow]:
         """One rank's compute time for ``step`` (rank 0's whole message as ``lead``): as :meth:`add`."""
+        return self.add_times(step, {rank: secs}, lead)
+
+    def add_times(self, step: int, times: dict[int, float | None], lead: dict[str, Any] | None = None) -> list[StepRow]:
+        """Several ranks' compute times for ``step`` at once (a node's rows): as that many :meth:`add`."""
         row = self.pending.get(step)
         if row is None:
             row = self.pending[step] = StepRow(step, self.attempt, {})
-        if secs is not None:
-            row.compute[rank] = float(secs)
+        row.compute.update({r: float(t) for r, t in times.items() if t is not None})
         if lead is not None:
             row.lead = lead
         done = [s for s, r in self.pending.items()
