@@ -16,12 +16,17 @@ them, in one of three modes:
 * ``full``: a real Supervisor (its authenticated socket, RunEvents → facts → apply, check_liveness and publish
   every tick with status.json once a second, the fsynced journal) and its Prometheus endpoint scraped once a
   second; only the launcher is idle.
+* ``full-agg``: the same real Supervisor, with the senders playing node agents instead of ranks: what each
+  node's telemetry relay (orchestrator.launcher.telemetry_relay) sends for its 8 ranks: one aggregate per
+  step with the node's step rows, and one per heartbeat interval with every rank's last-heard age when
+  no row told the supervisor of them within the interval (two datagrams per node per second by default).
 By default each rank sends a heartbeat every 0.5 s (the default heartbeat interval) and a step row every
 second (``--hb-hz``, ``--step-hz``).
 It reports messages/s received, drops, CPU seconds per message (time.process_time of the receiver) and
 the share of one core used. ``--profile`` prints the top of a cProfile of the receiver.
 
-Usage: .venv/bin/python benchmarks/bench_supervisor.py ingest [--ranks 1024,4096,16384] [--mode real]
+Usage: .venv/bin/python benchmarks/bench_supervisor.py ingest [--ranks 1024,4096,16384] [--mode full,full-agg]
+       [--repeats 3]
        .venv/bin/python benchmarks/bench_supervisor.py overhead [--repeats 2]
 """
 
@@ -30,6 +35,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
+import os
 import multiprocessing as mp
 import pstats
 import select
@@ -99,6 +106,54 @@ def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0
                         seq[i] += 1
                         sock.sendto(seal(key, HB_T % (r, node, now, step[i], 1000 + r, r, seq[i])), addr)
                         sent += 1
+    counter[0], counter[1] = sent, time.time() - t0
+
+
+def agent_sender(addr: tuple[str, int], nodes: range, seconds: float, counter: Any, t0: float,
+                 key: bytes = KEY, hb_hz: int = 1, step_hz: int = 1) -> None:
+    """Plays node agents (``--mode full-agg``): what each node's relay sends for ``RANKS_PER_NODE`` ranks
+    beating ``hb_hz`` times and stepping ``step_hz`` times a second: an aggregate every heartbeat
+    interval (every rank's age) unless the node's rows went within the interval, and one when every rank of
+    the node has a step row pending (the rows, no ages). The payload comes from the relay's own encoder."""
+    from orchestrator.launcher.telemetry_relay import aggregate_payload
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    sent, slices, seq, step = 0, 50, [0] * len(nodes), [0] * len(nodes)
+    rank_seq, told = [0] * len(nodes), [0.0] * len(nodes)
+    row_of = [json.loads(STEP_T % (r, 0, 0.0, 0, 0.5, 0.5, r, 0)) for r in range(RANKS_PER_NODE)]
+    per = -(-len(nodes) // slices)
+    hb_at = {(k * slices) // hb_hz for k in range(hb_hz)}
+    step_at = {(k * slices) // step_hz + slices // (2 * hb_hz * step_hz) for k in range(step_hz)}
+    for s in range(int(seconds)):
+        for k in range(slices):
+            due = t0 + s + k / slices
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.time()
+            for offset in sorted(hb_at | step_at):
+                c = (k - offset) % slices
+                for i in range(c * per, min(len(nodes), (c + 1) * per)):
+                    node = nodes[i]
+                    ranks = range(node * RANKS_PER_NODE, (node + 1) * RANKS_PER_NODE)
+                    rows: list[dict[str, Any]] = []
+                    if offset in step_at:
+                        rank_seq[i] += 1
+                        rows = [dict(row_of[r - ranks[0]], rank=r, node=f"n{node}", t=now, step=step[i], sid=f"b{r}",
+                                     seq=rank_seq[i]) for r in ranks]
+                        step[i] += 1
+                    entries: list[list[Any]] = []
+                    if rows:
+                        told[i] = now
+                    elif now - told[i] >= 0.99 / hb_hz:  # the relay's rule: nothing told for an interval
+                        entries = [[r, 0.25, step[i], 1000 + r, "step"] for r in ranks]
+                        told[i] = now
+                    else:
+                        continue  # the relay sends nothing: every rank's row went within the interval
+                    seq[i] += 1
+                    sock.sendto(seal(key, aggregate_payload(f"n{node}", 0, ranks[0], f"a{node}", seq[i], entries,
+                                                            rows)), addr)
+                    sent += 1
     counter[0], counter[1] = sent, time.time() - t0
 
 
@@ -246,7 +301,7 @@ def receive(sink: Any, srv: TelemetryServer, sending: Callable[[], bool]) -> int
 
 def make_sink(mode: str, ranks: int, run_dir: Path) -> tuple[Any, TelemetryServer, bytes]:
     """The receiver for ``mode`` with the socket it reads and the key the senders must seal with."""
-    if mode == "full":
+    if mode.startswith("full"):
         sink = FullSink(ranks, run_dir)
         return sink, sink.srv, create_or_load_key(run_dir)
     return (ComponentSink(ranks) if mode == "components" else RealSink(ranks, run_dir)), TelemetryServer(KEY), KEY
@@ -259,48 +314,86 @@ def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: in
         srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         host, port = srv.sock.getsockname()[:2]
         ctx = mp.get_context("fork")
-        parts = [range(i, ranks, senders) for i in range(senders)]
+        units = -(-ranks // RANKS_PER_NODE) if mode == "full-agg" else ranks  # nodes (agents) or ranks
+        parts = [range(i, units, senders) for i in range(senders)]
         counters = [ctx.Array("d", 2) for _ in parts]
         w0 = time.time() + 0.2
-        procs = [ctx.Process(target=sender, args=((host, port), part, seconds, c, w0, key, hb_hz, step_hz))
+        play = agent_sender if mode == "full-agg" else sender
+        procs = [ctx.Process(target=play, args=((host, port), part, seconds, c, w0, key, hb_hz, step_hz))
                  for part, c in zip(parts, counters)]
         for p in procs:
             p.start()
-        prof = cProfile.Profile() if profile else None
+        prof = cProfile.Profile(time.process_time) if profile else None  # CPU, not the wait for a core
         if prof:
             prof.enable()
         c0 = time.process_time()
-        got = receive(sink, srv, lambda: any(p.is_alive() for p in procs))
+        receive(sink, srv, lambda: any(p.is_alive() for p in procs))
         cpu, wall = time.process_time() - c0, time.time() - w0
+        got = srv.received  # datagrams accepted (an aggregate is one)
         if prof:
             prof.disable()
         for p in procs:
             p.join()
-        if mode == "full":
+        if mode.startswith("full"):
             sink.close()  # closes its telemetry socket too
         else:
             srv.close()
     if prof:
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(12)
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "12")))
         print(s.getvalue())
     sent = int(sum(c[0] for c in counters))
     send_s = max(c[1] for c in counters)
+    rank_msgs = ranks * (hb_hz + step_hz) * int(seconds) * got / max(sent, 1)  # what the ranks sent, received
     return {"mode": mode, "ranks": ranks, "sent": sent, "offered_per_s": round(sent / send_s), "received": got, "lost_pct": round(100 * (1 - got / max(sent, 1)), 2),
             "msgs_per_s": round(got / wall), "cpu_s": round(cpu, 2), "us_per_msg": round(1e6 * cpu / max(got, 1), 2),
+            "us_per_rank_msg": round(1e6 * cpu / max(rank_msgs, 1), 2),
             "cores_used": round(cpu / wall, 3), "max_msgs_per_s_1core": round(got / max(cpu, 1e-9)),
             "rows": sink.rows if mode == "components" else None, "hb_hz": hb_hz, "step_hz": step_hz}
 
 
 def ingest(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (mode, ranks) cell ``--repeats`` times, the modes interleaved within each repeat so that a
+    ratio between modes compares runs that shared the machine's load."""
     rows = []
-    for mode in a.mode.split(","):
+    for rep in range(a.repeats):
         for n in (int(x) for x in a.ranks.split(",")):
-            rows.append(ingest_one(n, a.seconds, mode, a.profile, a.senders, a.hb_hz, a.step_hz))
-            print(rows[-1], flush=True)
-    print(table(rows, ["mode", "ranks", "offered_per_s", "sent", "received", "lost_pct", "msgs_per_s", "us_per_msg",
-                       "cores_used", "max_msgs_per_s_1core"]))
+            for mode in a.mode.split(","):
+                rows.append(dict(ingest_one(n, a.seconds, mode, a.profile, a.senders, a.hb_hz, a.step_hz), repeat=rep,
+                                 load1=round(os.getloadavg()[0], 2)))
+                print(rows[-1], flush=True)
+    print(table(rows, ["repeat", "mode", "ranks", "offered_per_s", "sent", "received", "lost_pct", "us_per_msg",
+                       "us_per_rank_msg", "cores_used", "load1"]))
+    print(summary(rows, a.mode.split(",")))
     return rows
+
+
+def _mmm(xs: list[float], fmt: str = "{:.3f}") -> str:
+    return (fmt + " [" + fmt + "-" + fmt + "]").format(median(xs), min(xs), max(xs))
+
+
+def summary(rows: list[dict[str, Any]], modes: list[str]) -> str:
+    """Median [min-max] over the repeats per cell; with two modes, the second's cores over the first's,
+    repeat by repeat (runs next to each other)."""
+    lines = ["| mode | ranks | received | µs per datagram | µs per rank message | cores used | load1 |",
+             "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["ranks"] for r in rows}):
+        for mode in modes:
+            c = [r for r in rows if r["ranks"] == n and r["mode"] == mode]
+            recv = [100 * r["received"] / max(r["sent"], 1) for r in c]
+            lines.append(f"| {mode} | {n} | {_mmm(recv, '{:.1f}')}% | {_mmm([r['us_per_msg'] for r in c], '{:.1f}')} | "
+                         f"{_mmm([r['us_per_rank_msg'] for r in c], '{:.1f}')} | {_mmm([r['cores_used'] for r in c])} | "
+                         f"{_mmm([r['load1'] for r in c], '{:.1f}')} |")
+        if len(modes) == 2:
+            pairs = {(r["repeat"]): {} for r in rows if r["ranks"] == n}
+            for r in rows:
+                if r["ranks"] == n:
+                    pairs[r["repeat"]][r["mode"]] = r
+            ratio = [p[modes[1]]["us_per_rank_msg"] / p[modes[0]]["us_per_rank_msg"] for p in pairs.values()
+                     if len(p) == 2]
+            if ratio:
+                lines.append(f"| {modes[1]} / {modes[0]} | {n} | | | {_mmm(ratio)} (CPU per rank message) | | |")
+    return "\n".join(lines)
 
 
 # ---- (a) step-time overhead -------------------------------------------------------------------------------
@@ -342,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--hb-hz", type=int, default=2, help="heartbeats per rank per second (default: the default "
                    "health.heartbeat_interval_s of 0.5 s)")
     i.add_argument("--step-hz", type=int, default=1, help="step rows per rank per second")
+    i.add_argument("--repeats", type=int, default=1)
     i.add_argument("--profile", action="store_true")
     i.add_argument("--senders", type=int, default=2, help="sender processes (one Python sender tops out "
                    "near 20k datagrams/s on a busy core)")
