@@ -29,7 +29,7 @@ def validate(raw: bytes) -> dict[str, Any] | None:
     if len(raw) > MAX_MESSAGE:
         return None
     try:
-        msg = json.loads(raw)
+        msg = json.loads(raw.decode())  # what the senders write (UTF-8): no encoding sniffing per datagram
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
     return validate_obj(msg)
@@ -40,11 +40,12 @@ def validate_obj(msg: Any) -> dict[str, Any] | None:
     if not isinstance(msg, dict):
         return None
     for key, typ in REQUIRED.items():
-        if not isinstance(msg.get(key), typ) or isinstance(msg.get(key), bool):
+        value = msg.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
             return None
     if msg["type"] not in TYPES or not 0 <= msg["rank"] < 1 << 20:
         return None
-    if not math.isfinite(float(msg["t"])):
+    if type(msg["t"]) is float and not math.isfinite(msg["t"]):  # an int is finite (float() of a huge one raises)
         return None
     if msg["type"] == "step" and not isinstance(msg.get("step"), int):
         return None
