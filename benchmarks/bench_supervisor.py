@@ -362,8 +362,8 @@ def ingest(a: argparse.Namespace) -> list[dict[str, Any]]:
                 rows.append(dict(ingest_one(n, a.seconds, mode, a.profile, a.senders, a.hb_hz, a.step_hz), repeat=rep,
                                  load1=round(os.getloadavg()[0], 2)))
                 print(rows[-1], flush=True)
-    print(table(rows, ["repeat", "mode", "ranks", "offered_per_s", "sent", "received", "lost_pct", "us_per_msg",
-                       "us_per_rank_msg", "cores_used", "load1"]))
+    print(table(rows, ["mode", "ranks", "offered_per_s", "sent", "received", "lost_pct", "msgs_per_s", "us_per_msg",
+                       "cores_used", "max_msgs_per_s_1core", "us_per_rank_msg", "repeat", "load1"]))
     print(summary(rows, a.mode.split(",")))
     return rows
 

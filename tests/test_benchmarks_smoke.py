@@ -64,11 +64,13 @@ def test_ledger_counts_redone_and_skipped_steps() -> None:
 
 def test_ingest_benchmark_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import bench_supervisor
-    assert bench_supervisor.main(["ingest", "--ranks", "64", "--seconds", "2"]) == 0
+    assert bench_supervisor.main(["ingest", "--ranks", "64", "--seconds", "2", "--mode",
+                                  "components,real,full,full-agg"]) == 0
     out = capsys.readouterr().out
     assert "| components | 64 |" in out and "| real | 64 |" in out and "| full | 64 |" in out
-    full = next(line for line in out.splitlines() if line.startswith("| full | 64 |")).split("|")
-    assert int(full[5]) > 0  # the real Supervisor received the senders' authenticated datagrams
+    for mode in ("full", "full-agg"):  # the real Supervisor received the senders' (ranks', relays') datagrams
+        row = next(line for line in out.splitlines() if line.startswith(f"| {mode} | 64 |")).split("|")
+        assert int(row[5]) > 0, row
 
 
 @pytest.mark.slow
