@@ -63,7 +63,15 @@ class RunEvents:
         return []
 
     def reject_stale(self, msg: dict[str, Any], current: int) -> list[Fact]:
-        """Count every message of a fenced epoch; journal each step/event, and a rank's first heartbeat."""
+        """Count every message of a fenced epoch; journal each step/event, and a rank's first heartbeat.
+        A node aggregate counts as its heartbeats plus each step row it carries, as if they came alone."""
+        if msg["type"] == "hbs" and msg.get("rows"):
+            out = self.reject_stale({**msg, "rows": []}, current) if msg.get("ranks") else []
+            for row in msg["rows"]:
+                rank, step = (row["rank"], row["step"]) if type(row) is dict else row[:2]
+                out += self.reject_stale({"type": "step", "rank": rank, "attempt": msg["attempt"], "step": step},
+                                         current)
+            return out
         self.stale_rejected += 1
         counted = Snapshot({"stale_epoch_rejected": self.stale_rejected})
         kind = str(msg.get("kind") or msg["type"])

@@ -161,3 +161,17 @@ def test_forged_and_replayed_aggregates_are_dropped_and_counted(world: Any) -> N
     assert {e[0]: e[1] for e in agg["ranks"]} == {0: 5.0, 1: 5.0}  # the forged heartbeat refreshed nothing
     tap.close()
     send.close()
+
+
+def test_a_fenced_epochs_aggregate_is_rejected_row_by_row(tmp_path: Path) -> None:
+    """An aggregate of an older attempt changes nothing, and each step row in it is journaled as a
+    rejected step (the fencing audit counts a fenced epoch's applied steps through those lines)."""
+    watch = AttemptWatch(LaunchSpec(1, ["n0"], 2, tmp_path, "127.0.0.1:9", tmp_path), T0)
+    events = RunEvents(tmp_path / "metrics.jsonl", RunConfig(), StragglerDetector(window=20, factor=1.5, min_steps=8),
+                       CommSlowdownDetector(), lambda *a: None)
+    stale = {"type": "hbs", "rank": 0, "node": "n0", "attempt": 0, "t": 1.0, "ranks": [[0, 0.1, 7, 5, "step"]],
+             "rows": [{"type": "step", "rank": 0, "attempt": 0, "t": 1.0, "step": 7}, (1, 7, 0.2)]}
+    facts = events.on_message(stale, T0, watch)
+    lines = [f.fields for f in facts if getattr(f, "event", None) == "stale_epoch_rejected"]
+    assert [(x["what"], x["rank"], x["step"]) for x in lines] == [("hbs", 0, None), ("step", 0, 7), ("step", 1, 7)]
+    assert events.stale_rejected == 3 and watch.last_hb == {} and not watch.agg.pending
