@@ -47,7 +47,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -72,6 +72,17 @@ KEY = bytes(range(32))  # the benchmark's run key: senders seal every datagram a
 
 
 # ---- (b) sender -------------------------------------------------------------------------------------------
+def paced(t0: float, seconds: float, slices: int) -> Iterator[tuple[int, float]]:
+    """Every 1/``slices`` of a second from ``t0`` for ``seconds``: (slice index, now), sleeping until due,
+    so a sender offers its load evenly instead of in bursts."""
+    for s in range(int(seconds)):
+        for k in range(slices):
+            delay = t0 + s + k / slices - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            yield k, time.time()
+
+
 def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0: float,
            key: bytes = KEY, hb_hz: int = 1, step_hz: int = 1) -> None:
     """Each second: every rank sends ``step_hz`` step rows and ``hb_hz`` heartbeats, spread over 50 slices
@@ -85,27 +96,21 @@ def sender(addr: tuple[str, int], ranks: range, seconds: float, counter: Any, t0
     per = -(-len(ranks) // slices)
     hb_at = {(k * slices) // hb_hz for k in range(hb_hz)}  # slice offsets of a rank's heartbeats
     step_at = {(k * slices) // step_hz for k in range(step_hz)}
-    for s in range(int(seconds)):
-        for k in range(slices):
-            due = t0 + s + k / slices
-            delay = due - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.time()
-            for offset in sorted(hb_at | step_at):
-                c = (k - offset) % slices  # the chunk of ranks whose message is due in this slice
-                for i in range(c * per, min(len(ranks), (c + 1) * per)):
-                    r, node = ranks[i], ranks[i] // RANKS_PER_NODE
-                    if offset in step_at:
-                        seq[i] += 1
-                        sock.sendto(seal(key, STEP_T % (r, node, now, step[i], jitter[i], jitter[i], r, seq[i])),
-                                    addr)
-                        step[i] += 1
-                        sent += 1
-                    if offset in hb_at:
-                        seq[i] += 1
-                        sock.sendto(seal(key, HB_T % (r, node, now, step[i], 1000 + r, r, seq[i])), addr)
-                        sent += 1
+    for k, now in paced(t0, seconds, slices):
+        for offset in sorted(hb_at | step_at):
+            c = (k - offset) % slices  # the chunk of ranks whose message is due in this slice
+            for i in range(c * per, min(len(ranks), (c + 1) * per)):
+                r, node = ranks[i], ranks[i] // RANKS_PER_NODE
+                if offset in step_at:
+                    seq[i] += 1
+                    sock.sendto(seal(key, STEP_T % (r, node, now, step[i], jitter[i], jitter[i], r, seq[i])),
+                                addr)
+                    step[i] += 1
+                    sent += 1
+                if offset in hb_at:
+                    seq[i] += 1
+                    sock.sendto(seal(key, HB_T % (r, node, now, step[i], 1000 + r, r, seq[i])), addr)
+                    sent += 1
     counter[0], counter[1] = sent, time.time() - t0
 
 
@@ -124,36 +129,30 @@ def agent_sender(addr: tuple[str, int], nodes: range, seconds: float, counter: A
     per = -(-len(nodes) // slices)
     hb_at = {(k * slices) // hb_hz for k in range(hb_hz)}
     step_at = {(k * slices) // step_hz + slices // (2 * hb_hz * step_hz) for k in range(step_hz)}
-    for s in range(int(seconds)):
-        for k in range(slices):
-            due = t0 + s + k / slices
-            delay = due - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.time()
-            for offset in sorted(hb_at | step_at):
-                c = (k - offset) % slices
-                for i in range(c * per, min(len(nodes), (c + 1) * per)):
-                    node = nodes[i]
-                    ranks = range(node * RANKS_PER_NODE, (node + 1) * RANKS_PER_NODE)
-                    rows: list[dict[str, Any]] = []
-                    if offset in step_at:
-                        rank_seq[i] += 1
-                        rows = [dict(row_of[r - ranks[0]], rank=r, node=f"n{node}", t=now, step=step[i], sid=f"b{r}",
-                                     seq=rank_seq[i]) for r in ranks]
-                        step[i] += 1
-                    entries: list[list[Any]] = []
-                    if rows:
-                        told[i] = now
-                    elif now - told[i] >= 0.99 / hb_hz:  # the relay's rule: nothing told for an interval
-                        entries = [[r, 0.25, step[i], 1000 + r, "step"] for r in ranks]
-                        told[i] = now
-                    else:
-                        continue  # the relay sends nothing: every rank's row went within the interval
-                    seq[i] += 1
-                    sock.sendto(seal(key, aggregate_payload(f"n{node}", 0, ranks[0], f"a{node}", seq[i], entries,
-                                                            rows)), addr)
-                    sent += 1
+    for k, now in paced(t0, seconds, slices):
+        for offset in sorted(hb_at | step_at):
+            c = (k - offset) % slices
+            for i in range(c * per, min(len(nodes), (c + 1) * per)):
+                node = nodes[i]
+                ranks = range(node * RANKS_PER_NODE, (node + 1) * RANKS_PER_NODE)
+                rows: list[dict[str, Any]] = []
+                if offset in step_at:
+                    rank_seq[i] += 1
+                    rows = [dict(row_of[r - ranks[0]], rank=r, node=f"n{node}", t=now, step=step[i], sid=f"b{r}",
+                                 seq=rank_seq[i]) for r in ranks]
+                    step[i] += 1
+                entries: list[list[Any]] = []
+                if rows:
+                    told[i] = now
+                elif now - told[i] >= 0.99 / hb_hz:  # the relay's rule: nothing told for an interval
+                    entries = [[r, 0.25, step[i], 1000 + r, "step"] for r in ranks]
+                    told[i] = now
+                else:
+                    continue  # the relay sends nothing: every rank's row went within the interval
+                seq[i] += 1
+                sock.sendto(seal(key, aggregate_payload(f"n{node}", 0, ranks[0], f"a{node}", seq[i], entries,
+                                                        rows)), addr)
+                sent += 1
     counter[0], counter[1] = sent, time.time() - t0
 
 
