@@ -39,6 +39,8 @@ from slurm.node_addr import is_loopback
 from slurm.launcher import ACTIVE_STATES, SlurmLauncher, checkpointed_why, node_sort_key, preempt_time
 from slurm.sbatch_options import executor_parameters
 
+PROBE_DEADLINE_S = 200.0  # a placed probe rank's life: start-up budget + timeout + margin (run_placed_collective_probe)
+
 ENDING_STATES = {"TIMEOUT": "time limit", "PREEMPTED": "preempted", "CANCELLED": "cancelled",
                  "NODE_FAIL": "node failure", "FAILED": "failed", "COMPLETED": "ended", "DEADLINE": "deadline",
                  "OUT_OF_MEMORY": "out of memory", "BOOT_FAIL": "boot failure"}
@@ -110,6 +112,7 @@ class SlurmAllocLauncher(Launcher):
         self.submitted_t: float | None = None
         self.attempt = -1
         self.allocations = 0
+        self.link_probes = 0  # collective probes placed on the agents so far (each its own directory)
         self.folder: Path | None = None  # the current allocation's submitit folder
         self.spec: LaunchSpec | None = None  # the running attempt, relaunched as-is after Slurm's requeue
         self.preempted = False  # the agents got Slurm's preemption notice (SIGTERM)
@@ -496,9 +499,35 @@ class SlurmAllocLauncher(Launcher):
     def own_preflight(self) -> Callable[[list[str]], list[str]]:
         return self.preflight
 
+    def link_probe_runner(self, ranks_per_node: int) -> Callable[[list[str]], list[Any]] | None:
+        """The pairwise collective probe with each node's ranks started by that node's warm agent (no
+        job step: the agents hold the allocation), meeting through a FileStore in the run directory, so
+        the measured traffic crosses the nodes' own links."""
+        def run(nodes: list[str]) -> list[Any]:
+            from health.probes.collective import run_placed_collective_probe
+            from spec.layout import rank_map
+
+            def start(rank: int, node: str, env: dict[str, str]) -> bool:
+                a = self.agents.get(node)
+                return a is not None and node not in self.lost and a.link.send(
+                    {"cmd": "probe_worker", "env": env, "deadline_s": PROBE_DEADLINE_S})
+            self.link_probes += 1
+            workdir = self.run_dir / "probes" / f"collective-{self.link_probes:03d}"
+            by_rank = rank_map(nodes, ranks_per_node)
+            return run_placed_collective_probe([by_rank[r] for r in sorted(by_rank)], workdir, 60.0, start)
+        return run
+
     def preflight(self, nodes: list[str], wait_s: float = 60.0) -> list[str]:
         """The node probe run by each chosen node's warm agent, all at once (no new job step, which a
-        full allocation could not start): the nodes whose probe failed or did not answer."""
+        full allocation could not start), then the collective probe across them if configured: the nodes
+        whose probe failed or did not answer."""
+        bad = self._node_probes(nodes, wait_s)
+        if "collective" in self.cfg.health.probes and not bad and len(nodes) > 1:
+            results = self.link_probe_runner(self.cfg.cluster.ranks_per_node)(nodes)  # type: ignore[misc]
+            bad = sorted({r.node for r in results if r.verdict == "failed" and r.node in nodes})
+        return bad
+
+    def _node_probes(self, nodes: list[str], wait_s: float) -> list[str]:
         asked = [n for n in nodes if n in self.agents and n not in self.lost
                  and self.agents[n].link.send({"cmd": "probe"})]
         verdicts: dict[str, str] = {}

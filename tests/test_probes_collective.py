@@ -47,3 +47,46 @@ def test_hung_rank_killed_at_deadline_and_named() -> None:
     assert (by["nodeB"].verdict, by["nodeB"].fault_kind) == ("failed", "collective_timeout")
     assert by["nodeB"].evidence["phase"] == {"1": "joined"}
     assert by["nodeA"].verdict == "skipped"
+
+
+def test_probe_ranks_placed_by_node_agents_meet_through_the_shared_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Slurm's in-allocation path: each node agent forks and execs its probe ranks (ProbeWorkers) and
+    writes their exit codes; the ranks meet through a FileStore, so nobody chose an address or port.
+    A rank its agent could not be asked to start fails that node, and nothing waits for it."""
+    import os
+    import threading
+
+    from health.probes.collective import run_placed_collective_probe
+    from orchestrator.launcher.probe_workers import ProbeWorkers
+
+    agent = ProbeWorkers()  # one for both "nodes": the same reaping as a node agent's
+
+    def reap_until_done() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (agent.running or not started):
+            for pid in list(agent.running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    agent.reaped(pid, os.waitstatus_to_exitcode(status))
+            time.sleep(0.02)
+
+    started: list[int] = []
+
+    def start(rank: int, node: str, env: dict[str, str]) -> bool:
+        agent.start({"env": env, "deadline_s": 90})
+        started.append(rank)
+        return True
+
+    reaper = threading.Thread(target=reap_until_done, daemon=True)
+    reaper.start()
+    results = run_placed_collective_probe(["nodeA", "nodeA", "nodeB", "nodeB"], tmp_path / "p1", 40.0, start)
+    reaper.join(timeout=60)
+    # a report came back (the ranks met and measured); "degraded" is the analysis reading load as a slow
+    # rank on this 2-core machine, which is not what this test is about
+    assert [r.verdict in ("ok", "degraded") and "allreduce_ms" in r.evidence for r in results] == [True, True], \
+        [(r.verdict, r.evidence) for r in results]
+    assert (tmp_path / "p1" / "rank3.exit").read_text() == "0"
+
+    refused = run_placed_collective_probe(["nodeA", "nodeB"], tmp_path / "p2", 10.0,
+                                          lambda rank, node, env: False, startup_s=5.0)
+    assert {r.node: r.verdict for r in refused} == {"nodeA": "failed", "nodeB": "failed"}

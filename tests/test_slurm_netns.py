@@ -4,7 +4,8 @@ bridge (``slurm/local-cluster.sh`` as root with iproute2).
 A run's telemetry crosses from the nodes' own addresses to the supervisor, MASTER_ADDR is the first
 node's address, and datagrams forged from a compute node are dropped and counted; a partitioned node
 (link down, its ranks alive) is excluded, the run completes on the spare, and the cut-off ranks,
-healed while the run goes on, commit nothing. Which clusters allow the network faults is decided by
+healed while the run goes on, commit nothing; a slow link is named by the collective probe that the
+warm agents place on their nodes (the pre-flight's runs across the same links). Which clusters allow the network faults is decided by
 what the script writes next to slurm.conf (unit tests at the end, no cluster needed).
 
 They skip when the cluster in use is not namespaced (ORCH_SLURM_NETNS=0, no root); scripts/test.sh sets
@@ -172,6 +173,34 @@ def test_partitioned_node_is_excluded_and_its_running_ranks_commit_nothing(ns_cl
             name = f"step_{int(loaded['step']):08d}"
             assert any(name in f["accepted"] for e, f in fences.items() if e > 0), (loaded, fences)
     applied_once(r)
+
+
+@pytest.mark.slurm
+def test_slow_link_is_named_by_the_probe_the_agents_place(ns_cluster: LocalCluster, tmp_path: Path,
+                                                           healed: Any) -> None:
+    """A node's link rate-limited (tbf) on the in-allocation path: every rank slows alike, the supervisor
+    sees compute unchanged and has the warm agents start the pairwise probe on their nodes (the spare's
+    agent as the third node), which names the slow link's node. The pre-flight's collective probe ran
+    across the same links first."""
+    r = run_submit(tmp_path, deep_merge(RUN, {
+        "cluster": {"ranks_per_node": 1}, "train": {"steps": 90, "global_batch": 4, "step_sleep_s": 0.1},
+        "checkpoint": {"every_steps": 80},
+        "health": {"probes": ["node", "collective"], "preflight": True, "hang_timeout_s": 20.0},
+        "chaos": [{"fault": "slow_link", "step": 15, "node": 1, "steps": 70, "rate_kbit": 2000}]}))
+    assert r.code == 0, r.status.get("reason")
+    nodes = r.events("launch")[0]["nodes"]
+    # the pre-flight's probe (the attempt's 2 nodes), then the background one (with the spare): every
+    # rank started by its node's agent, met the others through the run directory, and ended clean
+    pre, background = sorted((r.run_dir / "probes").iterdir())
+    for probe, world in ((pre, 2), (background, 3)):
+        assert [(probe / f"rank{k}.exit").read_text() for k in range(world)] == ["0"] * world, probe
+        assert (probe / "result.json").exists() and not (probe / f"rank{world}.exit").exists()
+    assert r.events("comm_slowdown"), [e["event"] for e in r.journal]
+    verdicts = r.events("link_probe")
+    assert verdicts and verdicts[0]["slow_nodes"] == [nodes[1]], (verdicts, nodes)
+    found = [f for f in r.status["faults"] if f["kind"] == "slow_link"]
+    assert found and found[0]["node"] == nodes[1] and found[0]["action"] == "alert", r.status["faults"]
+    assert not r.events("node_excluded")  # an alert: the run goes on
 
 
 # ---- which clusters allow partition and slow_link (no cluster needed) --------------------------------

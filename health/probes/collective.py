@@ -206,6 +206,61 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def probe_rank_env(rank: int, world_size: int, node: str, workdir: Path, timeout_s: float, startup_s: float,
+                   backend: str) -> dict[str, str]:
+    """What a probe rank is told, wherever it runs."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {"OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": str(world_size),
+            "ORCH_PROBE_DIR": str(workdir), "ORCH_PROBE_NODE": node,
+            # ranks time out later than the parent's deadline, so the parent (which can see
+            # every rank) judges first, not a healthy rank that gave up on a hung peer
+            "ORCH_PROBE_TIMEOUT": str(timeout_s + 10.0),
+            "ORCH_PROBE_INIT_TIMEOUT": str(startup_s + timeout_s + 10.0),
+            "ORCH_PROBE_BACKEND": backend,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+def placed_exit_path(workdir: Path, rank: int) -> Path:
+    """Where the agent that started probe rank ``rank`` writes its exit code."""
+    return workdir / f"rank{rank}.exit"
+
+
+class PlacedWorker:
+    """A probe rank that a node agent started (``run_placed_collective_probe``): its exit code arrives
+    as a file in the probe's directory; the agent kills it at its deadline."""
+
+    def __init__(self, exit_path: Path) -> None:
+        self.exit_path, self.returncode, self.pid = exit_path, None, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self.exit_path.read_text())
+            except (OSError, ValueError):
+                pass
+        return self.returncode
+
+
+def run_placed_collective_probe(nodes_of_rank: list[str], workdir: Path, timeout_s: float,
+                                start: Callable[[int, str, dict[str, str]], bool],
+                                startup_s: float = 120.0, backend: str = "gloo") -> list[ProbeResult]:
+    """The probe with each rank started on its node by ``start(rank, node, env)`` (a node agent), the
+    ranks meeting through a FileStore in ``workdir`` (a fresh directory on the shared file system), so
+    no address or port has to be chosen from here. Judged as :func:`run_collective_probe` judges."""
+    world_size = len(nodes_of_rank)
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs: list[Any] = []
+    for r, node in enumerate(nodes_of_rank):
+        env = {**probe_rank_env(r, world_size, node, workdir, timeout_s, startup_s, backend),
+               "ORCH_PROBE_STORE": str(workdir / "store")}
+        worker = PlacedWorker(placed_exit_path(workdir, r))
+        if not start(r, node, env):
+            worker.returncode = 126  # the agent could not be asked: that rank failed to start
+            placed_exit_path(workdir, r).write_text("126")
+        procs.append(worker)
+    return _judge(procs, list(nodes_of_rank), workdir, timeout_s, startup_s)
+
+
 def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, inject: dict[int, str],
            delay_s: float, slow_rank: int | None, backend: str, master_addr: str = "127.0.0.1",
            node_argv: Mapping[str, list[str]] | None = None,
@@ -213,19 +268,11 @@ def _spawn(world_size: int, nodes: list[str], workdir: Path, timeout_s: float, i
     """``master_addr``: rank 0's address as the other ranks reach it; ``node_argv``: a prefix that runs a
     rank inside its node (e.g. ``ip netns exec NS``), so the collective crosses the nodes' network."""
     port = _free_port(master_addr) if not node_argv else _free_port()
-    root = str(Path(__file__).resolve().parents[2])
     procs = []
     for r in range(world_size):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": master_addr, "MASTER_PORT": str(port), "ORCH_PROBE_DIR": str(workdir),
-               "ORCH_PROBE_NODE": nodes[r],
-               # ranks time out later than the parent's deadline, so the parent (which can see
-               # every rank) judges first, not a healthy rank that gave up on a hung peer
-               "ORCH_PROBE_TIMEOUT": str(timeout_s + 10.0),
-               "ORCH_PROBE_INIT_TIMEOUT": str(startup_s + timeout_s + 10.0),
-               "ORCH_PROBE_BACKEND": backend, "ORCH_PROBE_INJECT": inject.get(r, ""),
-               "ORCH_PROBE_DELAY": str(delay_s if r == slow_rank else 0.0),
-               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, **probe_rank_env(r, world_size, nodes[r], workdir, timeout_s, startup_s, backend),
+               "MASTER_ADDR": master_addr, "MASTER_PORT": str(port), "ORCH_PROBE_INJECT": inject.get(r, ""),
+               "ORCH_PROBE_DELAY": str(delay_s if r == slow_rank else 0.0)}
         err = open(workdir / f"rank{r}.err", "wb")
         prefix = list((node_argv or {}).get(nodes[r], []))
         procs.append(subprocess.Popen(prefix + [sys.executable, "-m", "health.probes.collective_worker"], env=env,
@@ -259,10 +306,11 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float, grace_s: f
         if failed_at:
             deadline = min(deadline, min(failed_at.values()) + grace_s)
         time.sleep(0.02)
-    for p in procs:
+    local = [p for p in procs if isinstance(p, subprocess.Popen)]  # placed ranks: their agent kills them
+    for p in local:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    for p in procs:
+    for p in local:
         p.wait()
     return False, failed_at
 
@@ -331,11 +379,17 @@ def run_collective_probe(world_size: int, nodes_of_rank: list[str] | dict[int, s
         workdir = Path(tmp)
         procs = _spawn(world_size, nodes, workdir, timeout_s, inject, delay, slow_rank, backend, master_addr,
                        node_argv, startup_s)
-        clean, failed_at = _wait_all(procs, timeout_s, workdir=workdir, startup_s=startup_s)
-        result = workdir / "result.json"
-        if clean and result.exists() and all(p.returncode == 0 for p in procs):
-            data = json.loads(result.read_text())
-            data["pair_s"] = {int(k): v for k, v in data["pair_s"].items()}
-            data["scores"] = {int(k): v for k, v in data["scores"].items()}
-            return report_to_results(CollectiveReport(**data))
-        return _blame(procs, failed_at, workdir, nodes, timeout_s)
+        return _judge(procs, nodes, workdir, timeout_s, startup_s)
+
+
+def _judge(procs: list[Any], nodes: list[str], workdir: Path, timeout_s: float,
+           startup_s: float) -> list[ProbeResult]:
+    """Wait for the ranks, then the report rank 0 wrote, or else the blame for who stopped it."""
+    clean, failed_at = _wait_all(procs, timeout_s, workdir=workdir, startup_s=startup_s)
+    result = workdir / "result.json"
+    if clean and result.exists() and all(p.returncode == 0 for p in procs):
+        data = json.loads(result.read_text())
+        data["pair_s"] = {int(k): v for k, v in data["pair_s"].items()}
+        data["scores"] = {int(k): v for k, v in data["scores"].items()}
+        return report_to_results(CollectiveReport(**data))
+    return _blame(procs, failed_at, workdir, nodes, timeout_s)

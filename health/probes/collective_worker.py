@@ -50,6 +50,9 @@ def main() -> int:
     backend = os.environ.get("ORCH_PROBE_BACKEND", "gloo")
     kwargs = {"device_id": _set_gpu(rank)} if backend == "nccl" else {}
     init_s = float(os.environ.get("ORCH_PROBE_INIT_TIMEOUT", timeout_s))  # peers may still be importing
+    store = os.environ.get("ORCH_PROBE_STORE")  # placed by node agents: meet in a file on the shared FS
+    if store:
+        kwargs.update(init_method=f"file://{store}", rank=rank, world_size=int(os.environ["WORLD_SIZE"]))
     dist.init_process_group(backend, timeout=timedelta(seconds=init_s), **kwargs)
     note("joined")
     if inject == "hang":

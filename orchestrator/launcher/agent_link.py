@@ -26,6 +26,7 @@ import json
 import os
 import select
 import socket
+import threading
 import time
 from typing import Any
 
@@ -78,6 +79,7 @@ class Link:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.session, self.out_dir, self.in_dir, self.peer = sock, session, out_dir, in_dir, peer
         self.out_seq = self.in_seq = 0
+        self.send_lock = threading.Lock()  # the supervisor's background link probe sends too
         self.buf = b""
         self.closed: str | None = None  # why, once closed
 
@@ -88,10 +90,11 @@ class Link:
         if self.closed:
             return False
         payload = json.dumps(msg, separators=(",", ":"))
-        tag = _mac(self.session, self.out_dir, str(self.out_seq), payload)
-        self.out_seq += 1
         try:
-            self.sock.sendall(f"{tag} {payload}\n".encode())
+            with self.send_lock:  # sequence number and bytes on the wire in the same order
+                tag = _mac(self.session, self.out_dir, str(self.out_seq), payload)
+                self.out_seq += 1
+                self.sock.sendall(f"{tag} {payload}\n".encode())
             return True
         except OSError as exc:
             self.close(f"send failed: {exc}")

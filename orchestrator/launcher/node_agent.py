@@ -10,7 +10,8 @@ supervisor (telemetry) and written to the run directory, so nothing is lost whil
 The channel: stdin/stdout pipes on the local cluster (the supervisor is its parent), or, with
 ``--connect``, an authenticated TCP link the agent dials to the supervisor's hub (Slurm: the agent runs
 on another host; :mod:`orchestrator.launcher.agent_link`). Same protocol on both, one JSON object a line.
-Commands: ``launch`` {spec}, ``stop`` {grace_s}, ``exit``, ``ping``, ``signal`` {sig}, ``probe``, ``port``.
+Commands: ``launch`` {spec}, ``stop`` {grace_s}, ``exit``, ``ping``, ``signal`` {sig}, ``probe``, ``port``,
+``probe_worker`` {env, deadline_s} (orchestrator.launcher.probe_workers).
 Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means a lost node),
 ``ranks_done`` {attempt, codes}, ``stopped``, ``pong``, ``probe`` {verdict}, ``port`` {port}.
 """
@@ -229,6 +230,8 @@ class NodeAgent:
         self.unsent: list[dict[str, Any]] = []  # what the ranks reported while no supervisor listened
         self.preempted = False
         self.fresh_ranks = False  # exec a new interpreter per rank (CUDA runs): fresh_interpreter_for_ranks
+        from orchestrator.launcher.probe_workers import ProbeWorkers
+        self.probes = ProbeWorkers()  # ranks of the supervisor's collective probe placed here
         self.relay: Any = None  # this attempt's telemetry relay (telemetry_relay.NodeRelay), when it has one
         self.sel: selectors.BaseSelector | None = None
         self.heartbeat_s = 0.5
@@ -291,13 +294,16 @@ class NodeAgent:
             self.reply(ev="stopped")
 
     def reap(self) -> None:
-        while self.children:
+        self.probes.expire()
+        while self.children or self.probes.running:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 break
+            if self.probes.reaped(pid, os.waitstatus_to_exitcode(status)):
+                continue
             rank = self.children.pop(pid, None)
             if rank is not None:
                 self.report(rank, os.waitstatus_to_exitcode(status))
@@ -444,6 +450,8 @@ def handle(agent: NodeAgent, cmd: dict[str, Any]) -> bool:
         agent.signal_ranks(str(cmd.get("sig")))
     elif what == "probe":
         agent.probe()
+    elif what == "probe_worker":  # one rank of the supervisor's collective probe, on this node
+        agent.probes.start(cmd)
     elif what == "port":
         agent.reply(ev="port", port=_free_port())
     return False
