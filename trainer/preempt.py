@@ -10,19 +10,26 @@ step. A rank's own launcher stops it with SIGKILL, never SIGTERM, so a stop is n
 from __future__ import annotations
 
 import signal
-import threading
+from typing import Any
 
-_FLAG = threading.Event()
+# A plain flag, not a threading.Event: Event.set() takes a lock, and on Slurm a rank gets SIGTERM twice at
+# once (from Slurm and from its agent); the second handler ran inside the first one's Event.set() and
+# waited on that lock forever (seen in the preemption test: rank 0 stuck, the run read as a hang).
+_REQUESTED = [False]
+
+
+def _on_signal(*_: Any) -> None:
+    _REQUESTED[0] = True  # no lock, no allocation: safe however the handlers nest
 
 
 def install(signals: tuple[int, ...] = (signal.SIGUSR2,)) -> None:
     for sig in signals:
-        signal.signal(sig, lambda *_: _FLAG.set())
+        signal.signal(sig, _on_signal)
 
 
 def requested() -> bool:
-    return _FLAG.is_set()
+    return _REQUESTED[0]
 
 
 def request() -> None:
-    _FLAG.set()
+    _REQUESTED[0] = True
