@@ -4,7 +4,7 @@
 #   restore · 2 ranks on the same GPU over gloo with CUDA tensors · async checkpoint staging from GPU
 #   memory at 1 and 10 GB (pinned vs pageable) · step time with and without the supervisor.
 #   Then the device, GPU-probe, agent-fork and GPU test files under pytest.
-# Every stage has its own timeout (their sum is 9m55s); a failed stage is a FAIL row, the rest still run.
+# Every stage has its own timeout (their sum is 9m25s); a failed stage is a FAIL row, the rest still run.
 # On a machine without an NVIDIA GPU it prints "no GPU" and exits 0. Exit 1 if any stage failed.
 # A borrowed GPU machine that cannot reach a package index but has a CUDA build of torch:
 # PYTHON=python3 and the project's other needs as wheels in .whl/ (installed into $WORK/site); the
@@ -180,7 +180,7 @@ stage torch_cuda 30 torch_cuda
 stage nvml_probe 30 nvml_probe
 stage nccl_1rank 100 nccl_run
 stage gloo_2ranks_1gpu 80 gloo_shared
-stage gpu_tests 150 gpu_tests
+stage gpu_tests 120 gpu_tests
 stage ckpt_staging 90 ckpt_bench
 stage step_time 70 step_time
 

@@ -131,7 +131,9 @@ def harness_args(ft_mode: str = "heartbeats") -> argparse.Namespace:
 @pytest.mark.slow
 def test_ft_launcher_runs_a_clean_job(tmp_path: Path) -> None:
     from benchmarks.goodput_launchers import run_elastic
-    r = run_elastic("ft_launcher", small_cfg([]), tmp_path, "clean", harness_args())
+    cfg = small_cfg([])  # ft's timeouts are our hang timeout: 3 s read a loaded CI machine's pause as a hang
+    cfg["health"] = dict(cfg["health"], hang_timeout_s=30.0)  # this test is the clean path, not detection
+    r = run_elastic("ft_launcher", cfg, tmp_path, "clean", harness_args())
     assert r["completed"], r
     assert r["steps_kept"] == 12 and r["recomputed_steps"] == 0 and r["detected"] == "-"
 
