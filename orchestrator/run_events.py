@@ -146,11 +146,14 @@ class RunEvents:
         self.step_t[int(msg["step"])] = now
         return out + [Snapshot(values)] if values else out
 
-    def _row(self, row: StepRow, now: float, w: AttemptWatch) -> list[Fact]:
-        med, mx, slow = row.summary()
-        node_times = row.node_times(w.rank_node)  # per node, for dashboards
-        out: list[Fact] = [Snapshot({"step_time_median_s": med, "step_time_max_s": mx, "slowest_rank": slow,
-                                     "node_step_time_s": node_times})]
+    def drain(self, w: AttemptWatch) -> None:
+        """Write the metrics lines of steps whose row never completed, at the end of an attempt. Not fed
+        to the detectors: a row with a dead node's ranks missing says nothing about stragglers."""
+        for row in w.agg.drain():
+            self._write_line(row, w)
+
+    def _write_line(self, row: StepRow, w: AttemptWatch) -> dict[str, float]:
+        node_times = row.node_times(w.rank_node)
         lead = row.lead
         line = {"step": row.step, "attempt": row.attempt, "t": lead.get("t"), "loss": lead.get("loss"),
                 "grad_norm": lead.get("grad_norm"), "lr": lead.get("lr"),
@@ -158,6 +161,14 @@ class RunEvents:
                 "skipped": bool(lead.get("skipped")), "node_step_time": node_times}
         self._metrics.write(json.dumps(line, default=str) + "\n")
         self._metrics.flush()
+        return node_times
+
+    def _row(self, row: StepRow, now: float, w: AttemptWatch) -> list[Fact]:
+        med, mx, slow = row.summary()
+        node_times = self._write_line(row, w)  # per node, for dashboards
+        out: list[Fact] = [Snapshot({"step_time_median_s": med, "step_time_max_s": mx, "slowest_rank": slow,
+                                     "node_step_time_s": node_times})]
+        lead = row.lead
         if not lead.get("skipped"):
             out += self._detect_slow(row, lead, now, w)
         return out

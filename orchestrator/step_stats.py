@@ -59,3 +59,10 @@ class StepAggregator:
         done = [s for s, r in self.pending.items()
                 if r.lead and (len(r.compute) >= self.world or s < step - 1)]
         return [self.pending.pop(s) for s in sorted(done)] if done else []
+
+    def drain(self) -> list[StepRow]:
+        """Rows rank 0 reported whose other ranks never will (the attempt ended: a node died with its
+        rows still in its agent's relay buffer). The step was applied, so its metrics line is owed."""
+        rows = [self.pending[s] for s in sorted(self.pending) if self.pending[s].lead]
+        self.pending.clear()
+        return rows

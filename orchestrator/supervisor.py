@@ -311,6 +311,8 @@ class Supervisor:
             self.watch = AttemptWatch(spec, self.clock())
             self.transition(RunState.RUNNING, f"re-attached to attempt {spec.attempt}")
             return
+        if self.watch is not None:
+            self.events.drain(self.watch)
         self.attempt += 1
         self.fence(self.attempt, "attempt starts")
         nodes = self._preflight(self.choose_nodes())
@@ -610,6 +612,7 @@ class Supervisor:
         self.snap.step = resume
         self.journal.append("requeued_same_job", attempt=self.attempt, job_id=ev.info.get("job_id"),
                             resume_step=resume, restarts=ev.info.get("restarts"))
+        self.events.drain(self.watch)
         self.watch = AttemptWatch(self.watch.spec, now)  # the same ranks again, from the start
         self.recovery_started_t = now
         if self.sm.state is not RunState.RECOVERING:
@@ -695,6 +698,8 @@ class Supervisor:
     def finish_completed(self) -> int:
         self.phase.go(Phase.DONE)
         self.launcher.stop()  # the job has ended: confirm squeue and sacct agree before saying COMPLETED
+        if self.watch is not None:
+            self.events.drain(self.watch)
         self.publish(force=True)
         done = self.watch.done if self.watch else None
         self.journal.append("complete", step=self.snap.step, eval_loss=self.snap.eval_loss,

@@ -175,3 +175,25 @@ def test_a_fenced_epochs_aggregate_is_rejected_row_by_row(tmp_path: Path) -> Non
     lines = [f.fields for f in facts if getattr(f, "event", None) == "stale_epoch_rejected"]
     assert [(x["what"], x["rank"], x["step"]) for x in lines] == [("hbs", 0, None), ("step", 0, 7), ("step", 1, 7)]
     assert events.stale_rejected == 3 and watch.last_hb == {} and not watch.agg.pending
+
+
+def test_a_step_whose_other_ranks_died_still_gets_its_metrics_line(tmp_path: Path) -> None:
+    """A node died with its ranks' rows for the last step still in its agent's relay: rank 0 applied the
+    step, so when the attempt ends its metrics line is written (once), and nothing else is invented.
+    (Seen in CI: after a node loss and a memory-tier resume past that step, step 24 had no line.)"""
+    import json
+
+    watch = AttemptWatch(LaunchSpec(1, ["n0", "n1"], 1, tmp_path, "127.0.0.1:9", tmp_path), T0)
+    events = RunEvents(tmp_path / "metrics.jsonl", RunConfig(), StragglerDetector(window=20, factor=1.5, min_steps=8),
+                       CommSlowdownDetector(), lambda *a: None)
+    for step in (23, 24):
+        events.on_message({"type": "step", "rank": 0, "attempt": 1, "t": 1.0, "step": step, "loss": 2.0 + step,
+                           "step_time": 0.1}, T0, watch)
+    events.on_message({"type": "step", "rank": 1, "attempt": 1, "t": 1.0, "step": 23, "step_time": 0.1}, T0, watch)
+    lines = lambda: [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [x["step"] for x in lines()] == [23]
+    events.on_message({"type": "step", "rank": 1, "attempt": 1, "t": 1.0, "step": 25, "step_time": 0.1}, T0, watch)
+    events.drain(watch)  # the attempt ended: step 24 had rank 0's row, step 25 only rank 1's
+    assert [(x["step"], x["loss"]) for x in lines()] == [(23, 25.0), (24, 26.0)]
+    events.drain(watch)
+    assert len(lines()) == 2 and not watch.agg.pending
