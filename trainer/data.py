@@ -7,6 +7,7 @@ skipped ones, because the sampler's whole state is ``(cursor, skip set)`` and is
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,10 +19,16 @@ import torch
 from spec.config import DataConfig
 
 
+SKIP_DIRS = ("site-packages", "test")
+
+
 def stdlib_files() -> list[Path]:
     """The standard library's .py files in a stable order (site-packages excluded)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts]
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # prune: site-packages may hold 10x the stdlib
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        files += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
     return sorted(files, key=lambda p: str(p.relative_to(root)))
 
 
