@@ -339,7 +339,7 @@ def ingest_one(ranks: int, seconds: float, mode: str, profile: bool, senders: in
             srv.close()
     if prof:
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "12")))
+        pstats.Stats(prof, stream=s).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(int(os.environ.get("PROFILE_TOP", "12")))
         print(s.getvalue())
     sent = int(sum(c[0] for c in counters))
     send_s = max(c[1] for c in counters)

@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.launcher.base import LaunchSpec
 from orchestrator.step_stats import StepAggregator
+from orchestrator.telemetry_columns import Entries
 from orchestrator.triage import Candidate, is_peer_failure
 
 PREEMPTED_EXIT = 75  # trainer.rank_main.PREEMPTED_EXIT (no torch here): checkpointed on a signal
@@ -62,22 +63,29 @@ class AttemptWatch:
             self.last_progress[rank] = t
             self.last_progress_max = max(self.last_progress_max or t, t)
 
-    def seen_aggregate(self, entries: list[list[Any]], now: float) -> None:
-        """A node agent's report: [rank, seconds since it last heard the rank, step, pid, phase] each. The
-        last-heard time is ``now - age``, so a rank that stopped behind a live agent ages as if it had
-        reported directly, and the hang timeout finds it the same way. (A step row received since may have
-        been newer by under one interval: the rank reads that much older, never younger.)"""
-        if not entries:
+    def seen_aggregate(self, entries: Entries, phases: list[Any] | None, now: float) -> None:
+        """A node agent's report, as columns (rank, seconds since the agent last heard it, step, pid) and
+        their phases (None: all "step"). The last-heard time is ``now - age``, so a rank that stopped behind
+        a live agent ages as if it had reported directly, and the hang timeout finds it the same way. (A
+        step row received since may have been newer by under one interval: the rank reads that much older,
+        never younger.)"""
+        if not len(entries):
             return
-        stamps = {e[0]: now - e[1] for e in entries}  # in bulk: 16k ranks twice a second
+        ranks = entries.rank  # in bulk: 16k ranks twice a second
+        stamps = dict(zip(ranks, [now - a for a in entries.age]))
         self.last_hb.update(stamps)
-        self.pids.update({e[0]: e[3] for e in entries if type(e[3]) is int})
-        newest = max(stamps.values())
-        for node in {self.rank_node.get(r) for r in stamps}:
+        self.pids.update(zip(ranks, entries.pid) if min(entries.pid) >= 0 else
+                         ((r, p) for r, p in zip(ranks, entries.pid) if p >= 0))
+        newest = now - min(entries.age)
+        for node in {self.rank_node.get(r) for r in ranks}:
             if node and newest > self.node_last_seen.get(node, newest - 1):
                 self.node_last_seen[node] = newest
-        for e in entries if self.busy or any(e[4] != "step" and e[4] != "start" for e in entries) else ():
-            self._heartbeat(e[0], e[3], e[4], stamps[e[0]])
+        if phases is None:  # every rank in "step": only a rank that was busy changes state
+            for r in [r for r in ranks if r in self.busy] if self.busy else ():
+                self._heartbeat(r, None, "step", stamps[r])
+            return
+        for r, p in zip(ranks, phases):
+            self._heartbeat(r, None, p, stamps[r])
 
     def progressed(self, rank: int, now: float) -> None:
         self.last_progress[rank] = now

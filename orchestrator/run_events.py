@@ -22,6 +22,7 @@ from orchestrator.attempt import AttemptWatch
 from orchestrator.run_facts import (CheckpointSaved, Counted, Done, Fact, FaultFound, Journaled, Replayed, Restored,
                                     RolledBack, Snapshot, SlowComm, StepTimed, Suspect)
 from orchestrator.step_stats import StepRow
+from orchestrator.telemetry_columns import Rows
 from orchestrator.triage import Candidate
 from spec.config import RunConfig
 
@@ -48,8 +49,8 @@ class RunEvents:
             return []
         kind = msg["type"]
         if kind == "hbs":  # a node agent's aggregate: each rank's last-heard time, then its step rows
-            w.seen_aggregate(msg["ranks"], now)
-            return self.on_rows(msg["rows"], now, w) if msg["rows"] else []
+            w.seen_aggregate(msg["ranks"], msg.get("phases"), now)
+            return self.on_rows(msg["rows"], msg["cols"], now, w)
         w.seen(msg, now)
         if kind == "step":
             return self.on_step(msg, now, w)
@@ -65,13 +66,16 @@ class RunEvents:
     def reject_stale(self, msg: dict[str, Any], current: int) -> list[Fact]:
         """Count every message of a fenced epoch; journal each step/event, and a rank's first heartbeat.
         A node aggregate counts as its heartbeats plus each step row it carries, as if they came alone."""
-        if msg["type"] == "hbs" and msg.get("rows"):
-            out = self.reject_stale({**msg, "rows": []}, current) if msg.get("ranks") else []
-            for row in msg["rows"]:
-                rank, step = (row["rank"], row["step"]) if type(row) is dict else row[:2]
-                out += self.reject_stale({"type": "step", "rank": rank, "attempt": msg["attempt"], "step": step},
-                                         current)
-            return out
+        if msg["type"] == "hbs":
+            rows = [(r["rank"], r["step"]) for r in msg.get("rows") or []]
+            cols = msg.get("cols")
+            rows += zip(cols.rank, cols.step) if cols is not None else []
+            if rows:
+                out = self.reject_stale({**msg, "rows": [], "cols": None}, current) if len(msg["ranks"]) else []
+                for rank, step in rows:
+                    out += self.reject_stale({"type": "step", "rank": rank, "attempt": msg["attempt"], "step": step},
+                                             current)
+                return out
         self.stale_rejected += 1
         counted = Snapshot({"stale_epoch_rejected": self.stale_rejected})
         kind = str(msg.get("kind") or msg["type"])
@@ -90,25 +94,21 @@ class RunEvents:
             out += self._row(row, now, w)
         return out
 
-    def on_rows(self, rows: list[Any], now: float, w: AttemptWatch) -> list[Fact]:
-        """A node's step rows, in the order its ranks sent them: rank 0's whole message, the others'
-        (rank, step, compute seconds); the same bookkeeping as one ``step`` message each."""
-        out: list[Fact] = []
-        short: list[tuple[int, int, float | None]] = []
-        for row in rows:
-            if type(row) is dict:
-                out += self._short_rows(short, now, w) if short else []
-                short = []
-                w.seen(row, now)
-                out += self.on_step(row, now, w)
-            else:
-                short.append(row)
-        return out + self._short_rows(short, now, w) if short else out
+    def on_rows(self, leads: list[dict[str, Any]], cols: Rows, now: float, w: AttemptWatch) -> list[Fact]:
+        """A node's step rows: the other ranks' packed (rank, step, compute seconds) first, then rank 0's
+        whole messages; the same bookkeeping as one ``step`` message each. (Rank 0's row completes its
+        step, so the others' rows of the same node are in before it; the order of the others among
+        themselves does not matter to any rule.)"""
+        out = self._short_rows(cols, now, w) if len(cols) else []
+        for row in leads:
+            w.seen(row, now)
+            out += self.on_step(row, now, w)
+        return out
 
-    def _short_rows(self, rows: list[tuple[int, int, float | None]], now: float, w: AttemptWatch) -> list[Fact]:
-        """What w.seen, w.progressed and the aggregator do per step message, in bulk: at 16k ranks this
-        runs 16k times a second."""
-        stamp = dict.fromkeys([r[0] for r in rows], now)
+    def _short_rows(self, cols: Rows, now: float, w: AttemptWatch) -> list[Fact]:
+        """What w.seen, w.progressed and the aggregator do per step message, in bulk over the columns
+        (orchestrator.telemetry_columns.Rows): at 16k ranks this runs 16k times a second."""
+        stamp = dict.fromkeys(cols.rank, now)
         w.last_hb.update(stamp)
         w.last_progress.update(stamp)
         w.last_progress_max = now
@@ -118,11 +118,10 @@ class RunEvents:
         if w.busy:
             for r in stamp:
                 w.busy.pop(r, None)
-        by_step: dict[int, dict[int, float | None]] = {}
-        for rank, step, secs in rows:
-            by_step.setdefault(step, {})[rank] = secs
         out: list[Fact] = []
-        for step, times in by_step.items():
+        steps = cols.step
+        for step in ((steps[0],) if min(steps) == max(steps) else dict.fromkeys(steps)):  # usually one step
+            times = {r: t for r, s, t in zip(cols.rank, steps, cols.secs) if s == step and t == t}  # NaN: unknown
             for done in w.agg.add_times(step, times):
                 out += self._row(done, now, w)
         return out
@@ -158,6 +157,7 @@ class RunEvents:
         line = {"step": row.step, "attempt": row.attempt, "t": lead.get("t"), "loss": lead.get("loss"),
                 "grad_norm": lead.get("grad_norm"), "lr": lead.get("lr"),
                 "tokens_per_s": self.tokens_per_s, "step_time": lead.get("step_time"),
+                "ckpt_wait_s": lead.get("ckpt_wait_s"),  # the step's wait for an async checkpoint's staging
                 "skipped": bool(lead.get("skipped")), "node_step_time": node_times}
         self._metrics.write(json.dumps(line, default=str) + "\n")
         self._metrics.flush()

@@ -15,6 +15,7 @@ import socket
 from collections import Counter
 from typing import Any
 
+from orchestrator.telemetry_columns import unpack_entries, unpack_rows
 from trainer.telemetry_auth import ReplayGuard, unseal
 
 MAX_MESSAGE = 8192  # the whole datagram, header included
@@ -66,39 +67,29 @@ def accept_payload(payload: bytes | None, reason: str, guard: ReplayGuard) -> tu
     return msg, ""
 
 
-def _entry_ok(e: Any) -> bool:
-    """One rank of an aggregate: [rank, seconds since last heard, step, pid, phase]."""
-    return (type(e) is list and len(e) == 5 and type(e[0]) is int and 0 <= e[0] < 1 << 20
-            and type(e[1]) in (int, float) and 0 <= e[1] < 1e6 and (e[4] is None or type(e[4]) is str))
-
-
-def _row(e: Any, attempt: int) -> Any:
-    """One row of an aggregate, or None if malformed: rank 0's whole step message (returned as it is), or
-    another rank's [rank, step, compute seconds] (returned as a tuple). The aggregate's MAC and sequence
-    cover its rows; the relay checked each rank's own sequence on the node."""
-    if type(e) is dict:
-        r = validate_obj(e)
-        return r if r is not None and r["type"] == "step" and r["attempt"] == attempt else None
-    if (type(e) is list and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < 1 << 20 and type(e[1]) is int
-            and type(e[2]) in (int, float, type(None))):
-        return e[0], e[1], e[2]
-    return None
+def _lead_row(e: Any, attempt: int) -> dict[str, Any] | None:
+    """Rank 0's whole step message inside an aggregate, or None if it is not one. The aggregate's MAC and
+    sequence cover it; the relay checked the rank's own sequence on the node."""
+    r = validate_obj(e)
+    return r if r is not None and r["type"] == "step" and r["rank"] == 0 and r["attempt"] == attempt else None
 
 
 def unpack_aggregate(msg: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
     """A node aggregate (``hbs``, from orchestrator.launcher.telemetry_relay), already authenticated and
-    fresh: keeps its valid rank entries on ``msg["ranks"]`` and its valid rows on ``msg["rows"]``;
-    returns (what it dropped of them, by reason; what the node's relay reports it dropped)."""
-    entries, rows = msg.get("ranks"), msg.get("rows")
-    entries = entries if type(entries) is list else []
-    msg["ranks"] = [e for e in entries if _entry_ok(e)]
-    rows = [_row(e, msg["attempt"]) for e in (rows if type(rows) is list else [])]
-    msg["rows"] = [r for r in rows if r is not None]
-    dropped = {"malformed": len(entries) - len(msg["ranks"]) + len(rows) - len(msg["rows"])}
+    fresh: leaves its valid rank entries as an array on ``msg["ranks"]`` (their phases on
+    ``msg["phases"]``, None when all are "step"), rank 0's valid step messages on ``msg["rows"]`` and the
+    other valid rows as an array on ``msg["cols"]`` (orchestrator.telemetry_columns); returns (what it
+    dropped of them, by reason; what the node's relay reports it dropped)."""
+    msg["ranks"], msg["phases"], bad = unpack_entries(msg.get("ranks"), msg.get("phases"))
+    msg["cols"], bad_rows = unpack_rows(msg.get("cols"))
+    leads = msg.get("rows")
+    leads = leads if type(leads) is list else []
+    msg["rows"] = [r for r in (_lead_row(e, msg["attempt"]) for e in leads) if r is not None] if leads else leads
+    bad += bad_rows + len(leads) - len(msg["rows"])
     rep = msg.pop("rejected", None)
     by_agent = ({k: v for k, v in rep.items() if k in REJECT_REASONS and type(v) is int and 0 < v < 1 << 20}
                 if type(rep) is dict else {})
-    return {k: n for k, n in dropped.items() if n}, by_agent
+    return ({"malformed": bad} if bad else {}), by_agent
 
 
 def _sender_ok(msg: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ takes no time; datagrams are waited for with ``select``, never a sleep.
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 from pathlib import Path
@@ -22,7 +23,8 @@ from orchestrator.attempt import AttemptWatch
 from orchestrator.launcher.base import LaunchSpec
 from orchestrator.launcher.telemetry_relay import NodeRelay
 from orchestrator.run_events import RunEvents
-from orchestrator.telemetry_server import TelemetryServer
+from orchestrator.telemetry_columns import pack_entries, pack_rows
+from orchestrator.telemetry_server import TelemetryServer, unpack_aggregate
 from spec.config import RunConfig
 from trainer.telemetry import Telemetry
 from trainer.telemetry_auth import seal
@@ -128,7 +130,7 @@ def test_forged_and_replayed_aggregates_are_dropped_and_counted(world: Any) -> N
     send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     send.sendto(genuine, srv.sock.getsockname())
     (agg,) = _drain(srv, 1)
-    assert agg["rows"][0]["rank"] == 0 and agg["rows"][1] == (1, 0, 0.1)  # rank 0's whole, the other's short
+    assert agg["rows"][0]["rank"] == 0 and agg["cols"].tolist() == [(1, 0, 0.1)]  # rank 0's whole, the other's packed
 
     # replayed whole: the aggregate's own sequence; forged: signed with another key
     forged = genuine.replace(b'"rows":', b'"rowz":')
@@ -140,11 +142,16 @@ def test_forged_and_replayed_aggregates_are_dropped_and_counted(world: Any) -> N
     assert srv.rejected_by["replay"] == 1 and srv.rejected_by["bad_mac"] == 2
 
     # a key holder's aggregate with a malformed row: that row is dropped and counted, the rest is used
-    bad = genuine[35:].replace(b'"sid":"r', b'"sid":"q').replace(b'[1,0,0.1]', b'[1,"0",0.1]')
-    assert bad.count(b'"0"') == 1
-    send.sendto(seal(KEY, bad), srv.sock.getsockname())
+    payload = json.loads(genuine[35:])
+    payload.update(sid="q" + payload["sid"], cols=pack_rows([(1, 0, 0.1), (1, -3, 0.1), (2, 0, float("inf"))]))
+    send.sendto(seal(KEY, json.dumps(payload).encode()), srv.sock.getsockname())
     (agg,) = _drain(srv, 1)
-    assert [r["rank"] for r in agg["rows"]] == [0] and srv.rejected_by["malformed"] == 1
+    assert [r["rank"] for r in agg["rows"]] == [0] and agg["cols"].tolist() == [(1, 0, 0.1)]
+    assert srv.rejected_by["malformed"] == 2
+    payload.update(seq=payload["seq"] + 1, cols=payload["cols"][:-3])  # a field that does not decode: all of it
+    send.sendto(seal(KEY, json.dumps(payload).encode()), srv.sock.getsockname())
+    (agg,) = _drain(srv, 1)
+    assert len(agg["cols"]) == 0 and len(agg["rows"]) == 1 and srv.rejected_by["malformed"] == 3
 
     # a forged heartbeat on the node's loopback (to keep a stopped rank alive) is dropped by the relay,
     # and the relay's count reaches the supervisor's
@@ -157,8 +164,8 @@ def test_forged_and_replayed_aggregates_are_dropped_and_counted(world: Any) -> N
     clock.t = 5.0
     relay.pump()
     (agg,) = _drain(srv, 1)
-    assert srv.rejected_by["bad_mac"] == 3 and srv.rejected_by["no_mac"] == 1
-    assert {e[0]: e[1] for e in agg["ranks"]} == {0: 5.0, 1: 5.0}  # the forged heartbeat refreshed nothing
+    assert srv.rejected_by["bad_mac"] == 3 and srv.rejected_by["no_mac"] == 1 and srv.rejected_by["malformed"] == 3
+    assert dict(zip(agg["ranks"].rank, agg["ranks"].age)) == {0: 5.0, 1: 5.0}  # the forged heartbeat refreshed nothing
     tap.close()
     send.close()
 
@@ -169,8 +176,9 @@ def test_a_fenced_epochs_aggregate_is_rejected_row_by_row(tmp_path: Path) -> Non
     watch = AttemptWatch(LaunchSpec(1, ["n0"], 2, tmp_path, "127.0.0.1:9", tmp_path), T0)
     events = RunEvents(tmp_path / "metrics.jsonl", RunConfig(), StragglerDetector(window=20, factor=1.5, min_steps=8),
                        CommSlowdownDetector(), lambda *a: None)
-    stale = {"type": "hbs", "rank": 0, "node": "n0", "attempt": 0, "t": 1.0, "ranks": [[0, 0.1, 7, 5, "step"]],
-             "rows": [{"type": "step", "rank": 0, "attempt": 0, "t": 1.0, "step": 7}, (1, 7, 0.2)]}
+    stale = {"type": "hbs", "rank": 0, "node": "n0", "attempt": 0, "t": 1.0, "ranks": pack_entries([[0, 0.1, 7, 5, "step"]]),
+             "rows": [{"type": "step", "rank": 0, "attempt": 0, "t": 1.0, "step": 7}], "cols": pack_rows([(1, 7, 0.2)])}
+    unpack_aggregate(stale)
     facts = events.on_message(stale, T0, watch)
     lines = [f.fields for f in facts if getattr(f, "event", None) == "stale_epoch_rejected"]
     assert [(x["what"], x["rank"], x["step"]) for x in lines] == [("hbs", 0, None), ("step", 0, 7), ("step", 1, 7)]
@@ -188,12 +196,35 @@ def test_a_step_whose_other_ranks_died_still_gets_its_metrics_line(tmp_path: Pat
                        CommSlowdownDetector(), lambda *a: None)
     for step in (23, 24):
         events.on_message({"type": "step", "rank": 0, "attempt": 1, "t": 1.0, "step": step, "loss": 2.0 + step,
-                           "step_time": 0.1}, T0, watch)
+                           "step_time": 0.1, "ckpt_wait_s": 0.01 * step}, T0, watch)
     events.on_message({"type": "step", "rank": 1, "attempt": 1, "t": 1.0, "step": 23, "step_time": 0.1}, T0, watch)
     lines = lambda: [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [x["step"] for x in lines()] == [23]
     events.on_message({"type": "step", "rank": 1, "attempt": 1, "t": 1.0, "step": 25, "step_time": 0.1}, T0, watch)
     events.drain(watch)  # the attempt ended: step 24 had rank 0's row, step 25 only rank 1's
-    assert [(x["step"], x["loss"]) for x in lines()] == [(23, 25.0), (24, 26.0)]
+    assert [(x["step"], x["loss"], x["ckpt_wait_s"]) for x in lines()] == [(23, 25.0, 0.23), (24, 26.0, 0.24)]
     events.drain(watch)
     assert len(lines()) == 2 and not watch.agg.pending
+
+
+def test_packed_entries_carry_phase_and_pid(tmp_path: Path) -> None:
+    """A rank busy checkpointing behind its agent is busy at the supervisor (the start-up budget, not the
+    hang timeout, applies), and back in "step" it is not, with that as progress; an unknown pid is no pid."""
+    import json
+
+    from orchestrator.launcher.telemetry_relay import aggregate_payload
+
+    watch = AttemptWatch(LaunchSpec(0, ["n0"], 2, tmp_path, "127.0.0.1:9", tmp_path), T0)
+    events = RunEvents(tmp_path / "metrics.jsonl", RunConfig(), StragglerDetector(window=20, factor=1.5, min_steps=8),
+                       CommSlowdownDetector(), lambda *a: None)
+
+    def agg(seq: int, entries: list[list[Any]]) -> dict[str, Any]:
+        msg = json.loads(aggregate_payload("n0", 0, 0, "s", seq, entries, []))
+        assert unpack_aggregate(msg) == ({}, {})
+        return msg
+
+    events.on_message(agg(1, [[0, 0.5, 3, 100, "step"], [1, 0.25, 3, None, "checkpoint"]]), T0, watch)
+    assert watch.busy == {1: "checkpoint"} and watch.pids == {0: 100}
+    assert watch.last_hb == {0: T0 - 0.5, 1: T0 - 0.25} and 1 not in watch.last_progress
+    events.on_message(agg(2, [[0, 0.0, 4, 100, "step"], [1, 0.0, 4, 101, "step"]]), T0 + 1, watch)
+    assert watch.busy == {} and watch.pids == {0: 100, 1: 101} and watch.last_progress[1] == T0 + 1

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.telemetry_columns import pack_entries, pack_rows
 from orchestrator.telemetry_server import accept_payload
 from trainer.telemetry import MAX_PAYLOAD
 from trainer.telemetry_auth import ReplayGuard, seal, unseal
@@ -38,16 +39,26 @@ BATCHED_MAX = 2048  # a larger step row (many extra fields) is forwarded alone, 
 def aggregate_payload(node: str, attempt: int, rank: int, sid: str, seq: int, entries: list[list[Any]],
                       rows: list[dict[str, Any]], rejected: dict[str, int] | None = None) -> bytes:
     """The aggregate's JSON (to be sealed): ``rank`` is the node's first rank (the replay guard's key with
-    ``sid``); ``entries`` [rank, seconds since last heard, step, pid, phase]; ``rows`` the ranks' step
-    messages in arrival order: rank 0's whole (the run's loss, lr, ...), the others' as [rank, step, compute
-    seconds], which is all the supervisor reads of them (progress, the step's row, stragglers);
-    ``rejected`` what the relay dropped since its last report, by reason."""
-    short = [r if r["rank"] == 0 else [r["rank"], r["step"], r.get("compute_time", r.get("step_time"))] for r in rows]
+    ``sid``); ``ranks`` the entries [rank, seconds since last heard, step, pid] packed
+    (orchestrator.telemetry_columns), ``phases`` their phases when any is not "step"; ``rows`` rank 0's
+    whole step messages (the run's loss, lr, ...); ``cols`` the other ranks' rows packed as [rank, step,
+    compute seconds] in arrival order, which is all the supervisor reads of them (progress, the step's row,
+    stragglers); ``rejected`` what the relay dropped since its last report, by reason."""
+    lead = [r for r in rows if r["rank"] == 0]
+    short = [(r["rank"], r["step"], _secs(r)) for r in rows if r["rank"] != 0]
     msg: dict[str, Any] = {"type": AGGREGATE_TYPE, "rank": rank, "node": node, "attempt": attempt, "t": time.time(),
-                           "sid": sid, "seq": seq, "ranks": entries, "rows": short}
+                           "sid": sid, "seq": seq, "ranks": pack_entries(entries) if entries else "",
+                           "rows": lead, "cols": pack_rows(short) if short else ""}
+    if any(e[4] != "step" for e in entries):
+        msg["phases"] = [e[4] for e in entries]
     if rejected:
         msg["rejected"] = rejected
     return json.dumps(msg, separators=(",", ":"), default=float).encode()
+
+
+def _secs(row: dict[str, Any]) -> float | None:
+    t = row.get("compute_time", row.get("step_time"))
+    return float(t) if type(t) in (int, float) else None
 
 
 class NodeRelay:
