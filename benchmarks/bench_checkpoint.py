@@ -14,6 +14,10 @@ the state lives on the GPU and ``async_save`` copies it out through the trainer'
 pinned host buffers (allocated and pinned at the first save, reused by the next) and, for comparison,
 into pageable memory. ``until_staged_s`` is what the next optimizer step waits for.
 
+``loop_wait_s`` is what the training loop actually waits, as the trainer runs it: the ``async_save`` call
+(background staging), then the next step's forward/backward (``forward_backward_s``, a batch of 16), then
+the wait for the staging copy before the optimizer step; the call plus that last wait.
+
 Usage: .venv/bin/python benchmarks/bench_checkpoint.py [--sizes-mb 10,100,1000] [--repeats 3]
        [--gpu-sizes-gb 1,10] [--gpu-repeats 2] [--no-gpu]
 """
@@ -42,6 +46,7 @@ from benchmarks.common import machine, save_json, table  # noqa: E402
 
 WORLD = 2
 WIDTH = 1024  # each layer is WIDTH x WIDTH fp32 = 4 MiB of weights
+BATCH = 16  # rows of the forward/backward that runs between a save and the wait for its staging copy
 
 
 def build(size_bytes: float, device: torch.device | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -79,6 +84,8 @@ def one_size(size_mb: float, repeats: int, root: Path, ckpt_pg: Any) -> dict[str
     state = {"model": msd, "optim": osd}
     nbytes = sum(p.numel() * 4 * 3 for p in model.parameters())
     sync, block, done, load, staged_call, staged_wait = [], [], [], [], [], []
+    fb, loop_wait = [], []
+    batch = torch.randn(BATCH, next(model.parameters()).shape[1])
     stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
                                           use_async_staging=True, use_non_blocking_copy=False))
     for i in range(repeats):
@@ -96,6 +103,9 @@ def one_size(size_mb: float, repeats: int, root: Path, ckpt_pg: Any) -> dict[str
         resp.staging_completion.result()  # training must wait here before its next optimizer step
         staged_wait.append(t_call + slowest(time.perf_counter() - t0))
         resp.upload_completion.result()
+        fb_s, wait_s = loop_step(model, batch, state, d / "loop", ckpt_pg, stager)
+        fb.append(fb_s)
+        loop_wait.append(wait_s)
         load.append(timed(lambda: dcp.load(state, checkpoint_id=str(d / "sync")))[0])
         dist.barrier()
         if dist.get_rank() == 0:
@@ -107,7 +117,28 @@ def one_size(size_mb: float, repeats: int, root: Path, ckpt_pg: Any) -> dict[str
             "async_block_s": med(block), "async_total_s": med(done), "block_ratio": med(block) / med(sync),
             "load_s": med(load), "write_mb_s": round(nbytes / 1e6 / med(sync), 1),
             "bg_staging_call_s": med(staged_call), "bg_staging_ratio": med(staged_call) / med(sync),
-            "bg_staging_until_staged_s": med(staged_wait)}
+            "bg_staging_until_staged_s": med(staged_wait), "forward_backward_s": med(fb),
+            "loop_wait_s": med(loop_wait), "loop_wait_ratio": med(loop_wait) / med(sync)}
+
+
+def loop_step(model: torch.nn.Module, batch: torch.Tensor, state: dict[str, Any], where: Path, pg: Any,
+              stager: Any) -> tuple[float, float]:
+    """What the trainer's loop does around a checkpoint: ``async_save`` with background staging, the next
+    step's forward/backward, then the wait for the staging copy before the optimizer may change the
+    weights. Returns the slowest rank's (forward/backward seconds, seconds the loop waited in all: the
+    call plus the wait after the forward/backward)."""
+    t_call, resp = timed(lambda: dcp.async_save(state, checkpoint_id=str(where), process_group=pg,
+                                                async_stager=stager))
+    t0 = time.perf_counter()
+    model(batch).square().mean().backward()  # reads the weights, writes only .grad: staging may go on
+    t1 = time.perf_counter()
+    resp.staging_completion.result()
+    waited = t_call + slowest(time.perf_counter() - t1)
+    fb_s = slowest(t1 - t0)
+    resp.upload_completion.result()
+    for p in model.parameters():
+        p.grad = None
+    return fb_s, waited
 
 
 def gpu_one(size_gb: float, pinned: bool, repeats: int, root: Path, pg: Any) -> list[dict[str, Any]]:
@@ -187,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = cpu_rows([float(x) for x in a.sizes_mb.split(",")], a.repeats, a.dir)
         print(table(rows, ["size_mb", "state_mb", "sync_save_s", "async_block_s", "async_total_s", "block_ratio",
                            "load_s", "write_mb_s", "bg_staging_call_s", "bg_staging_ratio",
-                           "bg_staging_until_staged_s"]))
+                           "bg_staging_until_staged_s", "forward_backward_s", "loop_wait_s", "loop_wait_ratio"]))
     gpu: list[dict[str, Any]] = []
     if torch.cuda.is_available() and not a.no_gpu:
         with tempfile.TemporaryDirectory(prefix="bench-ckpt-gpu-", dir=a.dir) as root:
