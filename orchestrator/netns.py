@@ -101,6 +101,10 @@ class NodeNetwork:
     def ns(self, node: str) -> str:
         return f"{NS_PREFIX}{self.token}-n{self.nodes.index(node)}"
 
+    def ns_path(self, node: str) -> str:
+        """The node's namespace file (what ``ip netns add`` made): what ``setns`` joins."""
+        return f"/run/netns/{self.ns(node)}"
+
     def host_if(self, node: str) -> str:
         """The root-namespace end of the node's veth pair, on the bridge."""
         return f"ov{self.token}n{self.nodes.index(node)}"

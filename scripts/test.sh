@@ -18,7 +18,7 @@ bash scripts/install.sh
 bash scripts/install-prometheus.sh
 bash slurm/local-cluster.sh start
 export OMP_NUM_THREADS=1 CI="${CI:-true}"
-PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25)
+PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=40)
 slurm_log="$(mktemp /tmp/orch-slurm-tests.XXXXXX.log)"
 set +e
 namespaced() { grep -q '"netns": true' "${1:-/etc/slurm}/orch-local-cluster.json" 2>/dev/null; }

@@ -472,11 +472,13 @@ def _drain(agent: NodeAgent) -> None:
         time.sleep(0.01)
 
 
-def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible: bool = False) -> int:
-    """Warm up, open the channel (pipes, or the authenticated link to ``connect``), then serve.
+def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible: bool = False,
+              cfg: Any = None) -> int:
+    """Warm up (unless forked warm with ``cfg`` by :mod:`agent_zygote`), open the channel (pipes, or the
+    authenticated link to ``connect``), then serve.
     ``preemptible``: a Slurm task, where SIGTERM is the scheduler's preemption notice."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN if preemptible else signal.SIG_DFL)
-    cfg = warm_up(run_dir)
+    cfg = cfg if cfg is not None else warm_up(run_dir)
     if connect is None:
         channel: PipeChannel | LinkChannel = PipeChannel()
     else:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import netns
+from orchestrator.launcher.local import warm_agents
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent, free_port
 from spec.layout import agent_log_name, rank_map
 
@@ -34,7 +35,7 @@ _said_plain = False
 @dataclass
 class Agent:
     node: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | warm_agents.AgentProc
     buf: bytes = b""
     replies: list[dict[str, Any]] = field(default_factory=list)
     dead_reported: bool = False
@@ -153,11 +154,26 @@ class LocalLauncher(Launcher):
         return Agent(node, proc)
 
     def _ensure_agents(self, run_dir: Path) -> None:
-        """Start every pool node's agent once (spares too: a spare is only useful when warm)."""
-        for node in self._pool:
-            a = self.agents.get(node)
-            if a is None or a.proc.poll() is not None:
+        """Start every pool node's agent once (spares too: a spare is only useful when warm); the first
+        ones fork from one shared warm-up (:mod:`warm_agents`), a later replacement starts cold."""
+        missing = [n for n in self._pool if self.agents.get(n) is None or self.agents[n].proc.poll() is not None]
+        if not self.agents and warm_agents.wanted(len(missing)):
+            self._start_warm(missing, run_dir)
+        for node in missing:
+            if node not in self.agents or self.agents[node].proc.poll() is not None:
                 self.agents[node] = self._start_agent(node, run_dir)
+
+    def _start_warm(self, nodes: list[str], run_dir: Path) -> None:
+        log_dir = run_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        net = self.network()
+        for node in nodes:
+            self.mem_ports[node] = free_port()
+        self.mem_run_dir = run_dir
+        ns = {n: net.ns_path(n) for n in nodes} if net is not None else {}
+        procs = warm_agents.start(nodes, run_dir, log_dir, ns, self.mem_ports)
+        for node, proc in (procs or {}).items():
+            self.agents[node] = Agent(node, proc)
 
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self._ensure_agents(spec.run_dir)
