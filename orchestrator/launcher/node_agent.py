@@ -166,21 +166,28 @@ def exec_rank(rank: int) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "trainer.rank_main"])
 
 
+def become_child(out_fd: int, err_fd: int) -> None:
+    """A process the agent forked (a rank, a probe rank): it dies with the agent (``PR_SET_PDEATHSIG``),
+    takes default signal handling instead of the agent's, reads nothing, and writes to the given fds,
+    which it then owns (they are closed once duplicated)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
+        os.dup2(fd, target)
+    for fd in {devnull, out_fd, err_fd} - {0, 1, 2}:
+        os.close(fd)
+
+
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path, fresh: bool = False) -> None:
     """In the forked child: become rank ``rank`` (``fresh``: by exec'ing a new interpreter) and never return."""
     code = 1
     os.environ["ORCH_FORKED_T"] = str(time.time())  # the rank reports its start-up phases from here
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        become_child(fd, fd)
         os.environ.update(rank_env(spec, rank, local))
         if fresh:
             exec_rank(rank)

@@ -10,7 +10,6 @@ killed here.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -20,7 +19,6 @@ from typing import Any
 
 from health.probes.collective import placed_exit_path
 
-PR_SET_PDEATHSIG = 1
 
 
 class ProbeWorkers:
@@ -60,15 +58,9 @@ class ProbeWorkers:
 def _exec_worker(env: dict[str, str], workdir: Path, rank: int) -> None:
     """In the forked child: become the probe rank, never return."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        from orchestrator.launcher.node_agent import become_child
         err = os.open(workdir / f"rank{rank}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(err, 2)
+        become_child(os.open(os.devnull, os.O_WRONLY), err)
         os.environ.update(env)
         os.execv(sys.executable, [sys.executable, "-m", "health.probes.collective_worker"])
     finally:
