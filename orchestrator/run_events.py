@@ -21,7 +21,7 @@ from health.detectors.straggler import StragglerDetector
 from orchestrator.attempt import AttemptWatch
 from orchestrator.run_facts import (CheckpointSaved, Counted, Done, Fact, FaultFound, Journaled, Replayed, Restored,
                                     RolledBack, Snapshot, SlowComm, StepTimed, Suspect)
-from orchestrator.step_stats import StepRow
+from orchestrator.step_stats import NodeIndex, StepRow
 from orchestrator.telemetry_columns import Rows
 from orchestrator.triage import Candidate
 from spec.config import RunConfig
@@ -40,6 +40,7 @@ class RunEvents:
         self.stale_rejected = 0
         self.tokens_per_s: float | None = None
         self._stale_seen: set[tuple[int, int, str]] = set()
+        self._node_index: tuple[AttemptWatch, NodeIndex] | None = None  # the current attempt's rank → node arrays
 
     # ---- dispatch --------------------------------------------------------------------------------
     def on_message(self, msg: dict[str, Any], now: float, w: AttemptWatch | None) -> list[Fact]:
@@ -152,7 +153,9 @@ class RunEvents:
             self._write_line(row, w)
 
     def _write_line(self, row: StepRow, w: AttemptWatch) -> dict[str, float]:
-        node_times = row.node_times(w.rank_node)
+        if self._node_index is None or self._node_index[0] is not w:
+            self._node_index = (w, NodeIndex(w.rank_node))
+        node_times = row.node_times(w.rank_node, self._node_index[1])
         lead = row.lead
         line = {"step": row.step, "attempt": row.attempt, "t": lead.get("t"), "loss": lead.get("loss"),
                 "grad_norm": lead.get("grad_norm"), "lr": lead.get("lr"),

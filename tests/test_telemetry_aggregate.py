@@ -228,3 +228,14 @@ def test_packed_entries_carry_phase_and_pid(tmp_path: Path) -> None:
     assert watch.last_hb == {0: T0 - 0.5, 1: T0 - 0.25} and 1 not in watch.last_progress
     events.on_message(agg(2, [[0, 0.0, 4, 100, "step"], [1, 0.0, 4, 101, "step"]]), T0 + 1, watch)
     assert watch.busy == {} and watch.pids == {0: 100, 1: 101} and watch.last_progress[1] == T0 + 1
+
+
+def test_per_node_maxima_in_one_pass_match_the_loop() -> None:
+    """The metrics line's node_step_time from the rank → node arrays equals the per-rank loop, a rank of
+    no known node included (as "?")."""
+    from orchestrator.step_stats import NodeIndex, StepRow
+
+    rank_node = {r: f"n{r // 4}" for r in range(64)}
+    row = StepRow(3, 0, {}, {r: 0.1 + 0.013 * ((r * 7) % 11) for r in [*range(0, 64, 3), 70]})
+    fast = row.node_times(rank_node, NodeIndex(rank_node))
+    assert fast == row.node_times(rank_node) and fast["?"] == row.compute[70] and len(fast) == 17
