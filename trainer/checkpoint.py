@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from trainer import packed_state
 from trainer.device import flags_tensor
 from trainer.fence import atomic_write  # torch-free, so the supervisor can use it too
 
@@ -179,7 +180,7 @@ def save(root: Path, step: int, state: dict[str, Any], extra: dict[str, Any], ra
     _fresh_dir(path, rank)
     err: BaseException | None = None
     try:
-        dcp.save(state, checkpoint_id=str(path))
+        dcp.save(packed_state.pack(state), checkpoint_id=str(path))
         if fault == "ckpt_crash":
             os._exit(17)
     except OSError as exc:
@@ -273,7 +274,8 @@ def start_async(root: Path, step: int, state: dict[str, Any], extra: dict[str, A
         return None
     _fresh_dir(path, rank)
     err = _write_small_files(path, rank, extra, fault)
-    resp = dcp.async_save(state, checkpoint_id=str(path), process_group=group, async_stager=stager)
+    resp = dcp.async_save(packed_state.pack(state), checkpoint_id=str(path), process_group=group,
+                          async_stager=stager)
     if fault == "ckpt_crash":
         os._exit(17)
     if stager is None or not hasattr(resp, "upload_completion"):
@@ -317,8 +319,18 @@ def choose_for_load(root: Path, rank: int, on_bad: Any = None,
 
 
 def load(ref: CheckpointRef, state: dict[str, Any], rank: int) -> dict[str, Any]:
-    """Load shards into ``state`` in place (any layout: DCP reshards); return the extra JSON."""
-    dcp.load(state, checkpoint_id=str(ref.path))
+    """Load shards into ``state`` in place (any layout: DCP reshards); return the extra JSON.
+
+    Scalars come from the checkpoint's packed objects (``trainer.packed_state``), or item by item from a
+    checkpoint written before that format.
+    """
+    digests = packed_state.stored_digests(ref.path)
+    if digests is None:
+        dcp.load(state, checkpoint_id=str(ref.path))
+    else:
+        target = packed_state.load_target(state, digests)
+        dcp.load(target, checkpoint_id=str(ref.path))
+        packed_state.unpack_into(state, target)
     rng = ref.path / f"rng-rank{rank}.pt"
     if rng.exists():
         torch.set_rng_state(torch.load(rng))
