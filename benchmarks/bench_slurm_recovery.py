@@ -1,7 +1,7 @@
 """Recovery on the real local Slurm cluster: in-allocation warm agents against one sbatch per attempt.
 
-    .venv/bin/python benchmarks/bench_slurm_recovery.py --repeats 3 --json FILE [--paths in_allocation,resubmit]
-                                                       [--peer | --no-peer] [--memory-tier]
+    .venv/bin/python benchmarks/bench_slurm_recovery.py --repeats 3 --json FILE
+        [--paths in_allocation,in_allocation_memtier,resubmit] [--peer | --no-peer] [--memory-tier]
 
 Each repeat runs the same config once per path (``cluster.slurm.recovery``), with three faults in the
 run: a rank crash (chaos, step 8), a hang (chaos, step 20) and a node failure (the node's slurmd killed
@@ -9,6 +9,12 @@ and its processes frozen, ``slurm/local-cluster.sh kill-node``, once 3 attempts 
 reached; the node is revived after the run). Every latency starts at the fault's injection ground truth:
 the chaos marker the rank fsyncs before acting, or for the node failure a marker this script fsyncs in
 the same format (``RUN_DIR/chaos/fired-N``) just before the kill, so the supervisor pairs it too.
+
+Paths: ``in_allocation`` and ``resubmit`` restore from storage; ``in_allocation_memtier`` is the
+in-allocation path with the memory tier on (``--memory-tier`` turns it on for every path instead), so one
+run compares all three at the same load. A node agent counts as lost after 5 s of silence
+(``health.agent_timeout_s``, as tests/test_slurm_inalloc.py uses): at 2 s a loaded machine's pauses
+were recorded as node losses that never happened.
 
 ``detected_s``: injection -> the fault journaled; ``first_good_step_s``: injection -> the first applied
 step of the attempt that followed; ``phases``: where that time went (detection, relaunch, fork, the
@@ -42,16 +48,20 @@ from tests.conftest import BASE, deep_merge  # noqa: E402
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
 FAULTS = ("rank_crash", "hang", "node_failure")
 PATHS = ("in_allocation", "resubmit")
+MEMTIER = "in_allocation_memtier"  # the in-allocation path with the memory tier on
+AGENT_TIMEOUT_S = 5.0
 NODE_FAILURE_AT = (3, 32)  # (launches made, step reached) before the slurmd is killed
 
 
 def config(path: str, steps: int, memory_tier: bool = False) -> dict[str, Any]:
+    if path == MEMTIER:
+        path, memory_tier = "in_allocation", True
     return deep_merge(BASE, {
         "name": f"bench-{path}", "train": {"steps": steps},
         "checkpoint": {"every_steps": 5, "memory": {"enabled": memory_tier}},
         "cluster": {"backend": "slurm", "spare_nodes": 2,
                     "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": path}},
-        "health": {"startup_timeout_s": 300, "agent_timeout_s": 2.0, "lemon_nodes": False},  # runs independent
+        "health": {"startup_timeout_s": 300, "agent_timeout_s": AGENT_TIMEOUT_S, "lemon_nodes": False},  # runs independent
         "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}, {"fault": "hang", "step": 20, "rank": 2}]})
 
 
@@ -149,7 +159,7 @@ def run_once(path: str, steps: int, work: Path, memory_tier: bool = False) -> di
         t.join(timeout=1)
         if killed.get("node"):
             subprocess.run([str(SCRIPT), "revive-node", killed["node"]], capture_output=True, timeout=180)
-    return {"path": path, "memory_tier": memory_tier, "exit": code, "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
+    return {"path": path, "memory_tier": memory_tier or path == MEMTIER, "exit": code, "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
             "load_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "faults": measure(run_dir)}
 
 
@@ -192,9 +202,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"| {len(r['first_good_step_s']['values'])}/{r['repeats']} |")
     by = {(r["fault"], r["path"]): r["first_good_step_s"]["median"] for r in rows}
     for fault in FAULTS:
-        a, b = by.get((fault, "in_allocation")), by.get((fault, "resubmit"))
-        if a and b:
-            lines.append(f"\n{fault}: resubmit / in_allocation = {b / a:.1f}x (first good step, medians)")
+        for fast in ("in_allocation", MEMTIER):
+            a, b = by.get((fault, fast)), by.get((fault, "resubmit"))
+            if a and b:
+                lines.append(f"\n{fault}: resubmit / {fast} = {b / a:.1f}x (first good step, medians)")
     return "\n".join(lines)
 
 
@@ -202,7 +213,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=45)
-    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"of {', '.join(PATHS + (MEMTIER,))}")
     ap.add_argument("--json", type=Path, help="write the rows and every run here")
     ap.add_argument("--memory-tier", action="store_true",
                     help="checkpoint.memory.enabled: restarts restore from the node's RAM copy when it has one")
