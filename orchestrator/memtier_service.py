@@ -100,7 +100,8 @@ def recv_frame(sock: socket.socket, key: bytes, sink: Path | None = None) -> tup
 class NodeMemory:
     """One node's memory tier: the directory, the replication server and the pusher."""
 
-    def __init__(self, node: str, run_dir: Path, port: int | None, key: bytes | None) -> None:
+    def __init__(self, node: str, run_dir: Path, port: int | None, key: bytes | None,
+                 host: str = "0.0.0.0") -> None:
         self.node, self.run_dir, self.key = node, run_dir, key
         self.base = memstore.node_dir(run_dir, node)
         memstore.wipe(self.base)  # a (re)started node has empty memory
@@ -111,9 +112,12 @@ class NodeMemory:
         self._stop = threading.Event()
         self.busy = threading.Lock()  # held by the pusher and handlers; the agent takes it to fork safely
         self._last_push_error = ""
+        self._pushing: socket.socket | None = None  # the push in flight (cut when the partner changes)
         self.server: socket.socket | None = None
-        if port and key:
-            self.server = socket.create_server(("0.0.0.0", port), reuse_port=False)
+        self.port: int | None = None  # where the replication server listens (0 asked: the kernel chose)
+        if port is not None and key:
+            self.server = socket.create_server((host, port), reuse_port=False)
+            self.port = int(self.server.getsockname()[1])
             threading.Thread(target=self._serve, daemon=True, name="memtier-server").start()
             threading.Thread(target=self._push_loop, daemon=True, name="memtier-pusher").start()
 
@@ -152,15 +156,24 @@ class NodeMemory:
         elif hdr["op"] == "get":
             tmp.unlink(missing_ok=True)
             for rank in hdr["ranks"]:
-                for path in self._copies_of(int(rank)):
-                    send_frame(conn, self.key, {"op": "file", "rank": int(rank), "name": path.name}, path)
+                for path, written in self._copies_of(int(rank)):
+                    send_frame(conn, self.key, {"op": "file", "rank": int(rank), "name": path.name,
+                                                "written_ns": written}, path)
             send_frame(conn, self.key, {"op": "end"})
 
-    def _copies_of(self, rank: int) -> list[Path]:
-        """Every copy this node holds of ``rank``: its own (the rank ran here) and replicas."""
+    def _copies_of(self, rank: int) -> list[tuple[Path, int]]:
+        """Every copy this node holds of ``rank`` (its own: the rank ran here, and replicas from each node
+        it ran on), with when each was written. The receiver keeps the most recently written ones, so
+        the write times travel with them: replicas from a node the rank left long ago must not win."""
         dirs = [memstore.rank_dir(self.base, rank)]
         dirs += [d / f"rank{rank}" for d in (self.base / "replica").glob("*")]
-        return [p for d in dirs for p in memstore.list_copies(d)]
+        out = []
+        for p in (p for d in dirs for p in memstore.list_copies(d)):
+            try:
+                out.append((p, p.stat().st_mtime_ns))
+            except OSError:  # pruned meanwhile
+                continue
+        return sorted(out, key=lambda pw: pw[1])
 
     # ---- pushing to the ring partner -------------------------------------------------------------
     def _push_loop(self) -> None:
@@ -170,6 +183,8 @@ class NodeMemory:
                 continue
             with self.busy:
                 for rdir in self.base.glob("rank*"):
+                    if self.partner != partner:  # a new attempt moved the ring on
+                        break
                     self._push_newest(partner, rdir)
 
     def _push_newest(self, partner: tuple[str, int], rdir: Path) -> None:
@@ -183,6 +198,7 @@ class NodeMemory:
                 return
             header = memstore.read_header(path)
             with socket.create_connection(partner, timeout=30) as s:
+                self._pushing = s
                 send_frame(s, self.key, {"op": "put", "src": self.node, "rank": rank, "step": header.step}, path)
                 recv_frame(s, self.key)
             self._sent[rank] = mark
@@ -190,12 +206,26 @@ class NodeMemory:
             if str(exc) != self._last_push_error:  # once per kind of failure, not every poll
                 self.log(f"push of rank {rank} to {partner} failed: {exc}")
             self._last_push_error = str(exc)
+        finally:
+            self._pushing = None
+
+    def _cut_push_to_old_partner(self, partner: tuple[str, int] | None) -> None:
+        """A partner that stopped answering (a frozen node: Slurm's slurmd killed, its tasks stopped) would
+        hold the pusher, and with it ``busy`` and the next fork, until the socket timeout."""
+        sock = self._pushing
+        if sock is not None and partner != self.partner:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # ---- the agent's hooks ---------------------------------------------------------------------------
     def before_launch(self, spec: dict[str, Any]) -> None:
         """Set the ring partner, and fetch copies of ranks that ran on another node last attempt."""
         mem = spec.get("mem") or {}
-        self.partner = tuple(mem["partner"]) if mem.get("partner") else None  # type: ignore[assignment]
+        partner = tuple(mem["partner"]) if mem.get("partner") else None
+        self._cut_push_to_old_partner(partner)  # type: ignore[arg-type]
+        self.partner = partner  # type: ignore[assignment]
         self._sent.clear()
         for rank, sources in (mem.get("sources") or {}).items():
             for src in sources:
@@ -218,6 +248,8 @@ class NodeMemory:
                     if hdr["op"] == "end":
                         tmp.unlink(missing_ok=True)
                         break
+                    if isinstance(hdr.get("written_ns"), int):  # prune keeps the most recently written
+                        os.utime(tmp, ns=(hdr["written_ns"], hdr["written_ns"]))
                     os.replace(tmp, dest / _safe(hdr["name"]))
                     got += 1
         except (OSError, ValueError, PermissionError, ConnectionError) as exc:
@@ -245,10 +277,12 @@ def _safe(name: str) -> str:
     return base
 
 
-def start(node: str, run_dir: Path) -> NodeMemory:
-    """The agent's memory tier; replication only with a port (``ORCH_MEM_PORT``) and the run key."""
-    port = int(os.environ.get(memstore.ENV_PORT) or 0) or None
-    return NodeMemory(node, Path(run_dir), port, key_from_env({"ORCH_RUN_DIR": str(run_dir)}))
+def start(node: str, run_dir: Path, host: str | None = None) -> NodeMemory:
+    """The agent's memory tier; replication only with the run key and a port (``ORCH_MEM_PORT``, chosen
+    by the local launcher) or a ``host`` to listen on (Slurm: the address the agent reaches the
+    supervisor from, any free port; the agent reports it in its ``ready`` message)."""
+    port = int(os.environ.get(memstore.ENV_PORT) or 0) or (0 if host else None)
+    return NodeMemory(node, Path(run_dir), port, key_from_env({"ORCH_RUN_DIR": str(run_dir)}), host or "0.0.0.0")
 
 
 def plan_launch(nodes: list[str], ranks_per_node: int, prev_owner: dict[int, str],

@@ -70,6 +70,7 @@ class RemoteAgent:
     link: Link
     heard_t: float
     pid: int | None = None
+    mem_port: int | None = None  # its memory tier's replication server (orchestrator.memtier_service)
     inbox: list[dict[str, Any]] = field(default_factory=list)
 
     def read(self, now: float) -> list[dict[str, Any]]:
@@ -79,6 +80,7 @@ class RemoteAgent:
         for m in msgs:
             if m.get("ev") == "ready" and isinstance(m.get("pid"), int):
                 self.pid = m["pid"]
+                self.mem_port = m.get("mem_port") if isinstance(m.get("mem_port"), int) else None
         return msgs
 
 
@@ -118,6 +120,8 @@ class SlurmAllocLauncher(Launcher):
         self.preempted = False  # the agents got Slurm's preemption notice (SIGTERM)
         self.awaiting_requeue = False  # requeue_on_preemption: the same job comes back, same attempt
         self.requeue_t = 0.0
+        self.mem_owner: dict[int, str] = {}  # memory tier: rank → node it last ran on
+        self.mem_partner: dict[str, str] = {}  # node → its ring partner last attempt
 
     # ---- the allocation ---------------------------------------------------------------------------
     def usable(self) -> list[str]:
@@ -224,6 +228,7 @@ class SlurmAllocLauncher(Launcher):
         self.dead_on_launch = [n for n in spec.nodes if n in self.lost or n not in self.agents]  # next poll
         master, source = self.master_addr(spec.nodes)
         port = self._ask(spec.nodes[0], {"cmd": "port"}, "port").get("port") or 29500 + spec.attempt % 1000
+        mem = self._mem_plan(spec)
         for i, node in enumerate(spec.nodes):
             if node in self.dead_on_launch:
                 continue
@@ -232,13 +237,25 @@ class SlurmAllocLauncher(Launcher):
                 "node": node, "node_index": i, "attempt": spec.attempt, "world": spec.world, "ranks": ranks,
                 "master_addr": master, "master_port": port, "run_dir": str(spec.run_dir),
                 "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
-                "host_rank_base": 0, "host_world": spec.ranks_per_node}})  # one node per host
+                "host_rank_base": 0, "host_world": spec.ranks_per_node,  # one node per host
+                "mem": mem.get(node)}})
         spares = [n for n in self.usable() if n not in spec.nodes]
         return {"job_id": self.job_id, "hub": self.hub.address, "master_port": port, "master_addr": master,
                 "master_addr_source": source,
                 "spares": spares,
                 "allocation": list(self.job_nodes), "submitted_t": self.submitted_t,
                 "agent_pids": {n: self.agents[n].pid for n in spec.nodes if n in self.agents}}
+
+    def _mem_plan(self, spec: LaunchSpec) -> dict[str, dict[str, Any]]:
+        """Memory tier, as on the local backend: each node's ring partner, and where the copies of ranks
+        that moved (a spare taking a lost node's place) are; only live agents' servers are asked."""
+        from orchestrator.memtier_service import plan_launch
+        addr: dict[str, tuple[str, int] | None] = {
+            n: (peer_host(a.link.peer), a.mem_port) for n, a in self.agents.items()
+            if a.mem_port and n not in self.lost and n not in self.bad and not a.link.closed}
+        plan, self.mem_owner, self.mem_partner = plan_launch(
+            list(spec.nodes), spec.ranks_per_node, self.mem_owner, self.mem_partner, addr)
+        return plan
 
     def master_addr(self, nodes: list[str]) -> tuple[str, str]:
         """MASTER_ADDR for an attempt on ``nodes``, and where it came from: the address the first node's

@@ -148,6 +148,24 @@ def test_replication_only_under_the_run_key(tmp_path: Path, monkeypatch: pytest.
         assert spare.fetch(2, ("127.0.0.1", port))  # a spare pulls the copy of the rank it takes over
         assert memstore.list_copies(memstore.rank_dir(spare.base, 2))[0].read_bytes() == src.read_bytes()
         spare.close()
+        # rank 2 then ran on node5 (steps 30, 31 pushed later): a second spare keeps those, not node0's
+        # old step 7, whatever order the holder's directories list in (write times travel with copies)
+        for step in (30, 31):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                newer = memstore.write_copy(tmp_path / "src", header(step), b"x" * 64)
+                assert newer is not None
+                memtier_service.send_frame(s, b"k" * 32, {"op": "put", "src": "node5", "rank": 2, "step": step},
+                                           newer)
+                memtier_service.recv_frame(s, b"k" * 32)
+        old = holder.base / "replica" / "node0" / "rank2" / memstore.copy_name(7)
+        os.utime(old, ns=(1, 1))
+        spare = memtier_service.NodeMemory("node6", tmp_path / "run", None, b"k" * 32)
+        assert spare.fetch(2, ("127.0.0.1", port))
+        got = memstore.list_copies(memstore.rank_dir(spare.base, 2))
+        assert [p.name for p in got] == [memstore.copy_name(31), memstore.copy_name(30)]
+        held = holder.base / "replica" / "node5" / "rank2" / memstore.copy_name(31)
+        assert got[0].stat().st_mtime_ns == held.stat().st_mtime_ns
+        spare.close()
     finally:
         holder.close()
 
@@ -204,8 +222,12 @@ def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: 
 
 def test_node_and_partner_lost_resume_from_storage(tmp_path: Path, clean_run: RunResult) -> None:
     chaos = [{"fault": "node_failure", "step": 25, "node": 0}, {"fault": "node_failure", "step": 25, "node": 1}]
-    # async_save: the storage checkpoints are written from the memory tier's copies (no second copy)
+    # async_save: the storage checkpoints are written from the memory tier's copies (no second copy).
+    # No hang is injected here, so the timeouts can be generous: at load 33 a node's ranks went 3 s
+    # without a heartbeat (half the 6 s hang timeout) and were lost in error. The killed agents are
+    # found from their exit, not from silence, so this checks the same thing.
     r = run_submit(tmp_path, {"chaos": chaos, "cluster": {"spare_nodes": 2}, **SLACK,
+                              "health": {"hang_timeout_s": 30.0, "agent_timeout_s": 20.0},
                               "checkpoint": {"async_save": True, "memory": {"enabled": True}}})
     assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
     (fault, load), = loads_after_injections(r)[:1]

@@ -433,6 +433,7 @@ def redial(agent: NodeAgent) -> bool:
             time.sleep(0.5)
             continue
         agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename, reattached=True,
+                    mem_port=agent.mem.port if agent.mem is not None else None,
                     attempt=agent.spec.get("attempt"), ranks=sorted(agent.children.values()))
         unsent, agent.unsent = agent.unsent, []
         for msg in unsent:
@@ -500,8 +501,9 @@ def run_agent(node: str, run_dir: Path, connect: str | None = None, preemptible:
         agent.redial = lambda: dial(connect, key, node, job=job)
         agent.redial_s = max(60.0, float(cfg.health.startup_timeout_s))
     from orchestrator import memtier_service
-    agent.mem = memtier_service.start(node, run_dir)  # the memory tier's directory dies with the agent
-    agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename)
+    host = channel.link.sock.getsockname()[0] if isinstance(channel, LinkChannel) else None  # reaches the others
+    agent.mem = memtier_service.start(node, run_dir, host)  # the memory tier's directory dies with the agent
+    agent.reply(ev="ready", pid=os.getpid(), host=os.uname().nodename, mem_port=agent.mem.port)
     try:
         return serve(agent, cfg.health.heartbeat_interval_s)
     finally:
