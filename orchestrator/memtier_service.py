@@ -1,8 +1,8 @@
 """The memory tier, node side: the node agent's shared-memory directory and its ring replication.
 
-Backend-neutral: it lives in whatever warm per-node agent forks the ranks (the local launcher's node
-agent today, a Slurm warm agent through the same three calls: :func:`start`, ``before_launch(spec)``,
-``close()``). The directory is created empty when the agent starts (a restarted node has lost its
+Backend-neutral: it lives in the warm per-node agent that forks the ranks (the local launcher's, and
+the same agent srun starts on Slurm's in-allocation path), through three calls: :func:`start`,
+``before_launch(spec)``, ``close()``; each launcher plans the ring with :func:`plan_launch`. The directory is created empty when the agent starts (a restarted node has lost its
 memory) and removed when it exits.
 
 Replication: each agent pushes the newest copy of each of its ranks to its ring partner (the next node
