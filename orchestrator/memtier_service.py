@@ -199,6 +199,8 @@ class NodeMemory:
             header = memstore.read_header(path)
             with socket.create_connection(partner, timeout=30) as s:
                 self._pushing = s
+                if self.partner != partner:  # moved on meanwhile (before_launch sets it, then cuts)
+                    return
                 send_frame(s, self.key, {"op": "put", "src": self.node, "rank": rank, "step": header.step}, path)
                 recv_frame(s, self.key)
             self._sent[rank] = mark
@@ -209,11 +211,13 @@ class NodeMemory:
         finally:
             self._pushing = None
 
-    def _cut_push_to_old_partner(self, partner: tuple[str, int] | None) -> None:
+    def _cut_push_to_old_partner(self) -> None:
         """A partner that stopped answering (a frozen node: Slurm's slurmd killed, its tasks stopped) would
-        hold the pusher, and with it ``busy`` and the next fork, until the socket timeout."""
+        hold the pusher, and with it ``busy`` and the next fork, until the socket timeout. Called after
+        ``partner`` changed; the pusher publishes its socket before checking ``partner``, so one of the
+        two always sees the other."""
         sock = self._pushing
-        if sock is not None and partner != self.partner:
+        if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -224,8 +228,9 @@ class NodeMemory:
         """Set the ring partner, and fetch copies of ranks that ran on another node last attempt."""
         mem = spec.get("mem") or {}
         partner = tuple(mem["partner"]) if mem.get("partner") else None
-        self._cut_push_to_old_partner(partner)  # type: ignore[arg-type]
-        self.partner = partner  # type: ignore[assignment]
+        if partner != self.partner:
+            self.partner = partner  # type: ignore[assignment]
+            self._cut_push_to_old_partner()
         self._sent.clear()
         for rank, sources in (mem.get("sources") or {}).items():
             for src in sources:
