@@ -53,6 +53,20 @@ def test_tuner_reports_a_change_once_with_its_inputs() -> None:
     assert t.retune(3, 60.0, (0, 0.0), 5.0) is None  # the same inputs: no change to journal
 
 
+def test_memory_copies_never_rarer_than_storage_checkpoints() -> None:
+    """No failure yet at 4 ranks: the prior's Young/Daly memory interval is the whole run, but a restore
+    takes the newer tier, so the copy interval is capped at the storage interval (10)."""
+    t = IntervalTuner(gpus=4, total_steps=600, memory_enabled=True, auto_memory=True, auto_storage=False,
+                      memory_steps=1, storage_steps=10)
+    for _ in range(10):
+        t.on_step(0.1, 0.005)
+    t.on_checkpoint(0.05)
+    d = t.retune(0, 30.0, (0, 0.0), 5.0)
+    assert d is not None and d["memory_every_steps"] == 10 and d["inputs"]["memory_interval_s"] > 60.0, d
+    d = t.retune(5, 60.0, (0, 0.0), 5.0)  # failures seen: the measured rate sets a shorter interval
+    assert d is not None and d["memory_every_steps"] < 10, d
+
+
 def test_ranks_take_rank0s_intervals_through_the_allreduce(tmp_path: Path) -> None:
     cfg = SimpleNamespace(every_steps="auto", memory=SimpleNamespace(every_steps=2))
     write_intervals(tmp_path, 7, 33)
