@@ -19,7 +19,6 @@ Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.telemetry_auth import ENV_KEY_FILE, key_from_env, key_path
+from orchestrator.launcher.child import become_child
 from spec.layout import checkpoint_root, rank_exit_name, rank_log_name
 from spec.layout import rank_env as layout_rank_env
 
-PR_SET_PDEATHSIG = 1
 RANK_START_ENV = "ORCH_RANK_START"  # "fork" | "exec"; unset: exec where ranks use CUDA, fork elsewhere
 
 
@@ -164,21 +163,6 @@ def exec_rank(rank: int) -> None:
     print(f"rank {rank}: started as a fresh interpreter ({RANK_START_ENV}=exec or a CUDA run)", flush=True)
     os.environ["PYTHONFAULTHANDLER"] = "1"
     os.execv(sys.executable, [sys.executable, "-m", "trainer.rank_main"])
-
-
-def become_child(out_fd: int, err_fd: int) -> None:
-    """A process the agent forked (a rank, a probe rank): it dies with the agent (``PR_SET_PDEATHSIG``),
-    takes default signal handling instead of the agent's, reads nothing, and writes to the given fds,
-    which it then owns (they are closed once duplicated)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    for fd, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
-        os.dup2(fd, target)
-    for fd in {devnull, out_fd, err_fd} - {0, 1, 2}:
-        os.close(fd)
 
 
 def run_rank(spec: dict[str, Any], rank: int, local: int, log: Path, fresh: bool = False) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from health.probes.collective import placed_exit_path
+from orchestrator.launcher.child import become_child
 
 
 
@@ -58,7 +59,6 @@ class ProbeWorkers:
 def _exec_worker(env: dict[str, str], workdir: Path, rank: int) -> None:
     """In the forked child: become the probe rank, never return."""
     try:
-        from orchestrator.launcher.node_agent import become_child
         err = os.open(workdir / f"rank{rank}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         become_child(os.open(os.devnull, os.O_WRONLY), err)
         os.environ.update(env)
