@@ -86,8 +86,9 @@ def one_size(size_mb: float, repeats: int, root: Path, ckpt_pg: Any) -> dict[str
     sync, block, done, load, staged_call, staged_wait = [], [], [], [], [], []
     fb, loop_wait = [], []
     batch = torch.randn(BATCH, next(model.parameters()).shape[1])
-    stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
-                                          use_async_staging=True, use_non_blocking_copy=False))
+    from trainer.checkpoint import ReusableStager
+    stager = ReusableStager(lambda: DefaultStager(StagingOptions(
+        use_pinned_memory=False, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=False)))
     for i in range(repeats):
         d = root / f"{size_mb:g}-{i}"
         sync.append(timed(lambda: dcp.save(state, checkpoint_id=str(d / "sync")))[0])
@@ -144,13 +145,13 @@ def loop_step(model: torch.nn.Module, batch: torch.Tensor, state: dict[str, Any]
 def gpu_one(size_gb: float, pinned: bool, repeats: int, root: Path, pg: Any) -> list[dict[str, Any]]:
     """Async saves of a GPU-resident state of ``size_gb`` with the trainer's stager; a row per repeat
     (the first pays for allocating and pinning the host buffers, later ones reuse them)."""
-    from trainer.checkpoint import background_stager
+    from trainer.checkpoint import ReusableStager, background_stager
     dev = torch.device("cuda", torch.cuda.current_device())
     model, opt = build(size_gb * 1e9, dev)
     state = dict(zip(("model", "optim"), get_state_dict(model, opt)))
     nbytes = sum(p.numel() * 4 * 3 for p in model.parameters())
-    stager = background_stager(cuda=True) if pinned else DefaultStager(StagingOptions(
-        use_pinned_memory=False, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=False))
+    stager = background_stager(cuda=True) if pinned else ReusableStager(lambda: DefaultStager(StagingOptions(
+        use_pinned_memory=False, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=False)))
     rows = []
     for i in range(repeats):
         d = root / f"gpu-{size_gb:g}-{int(pinned)}-{i}"

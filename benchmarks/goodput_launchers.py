@@ -42,7 +42,8 @@ FT_MODES = ("heartbeats", "sections")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keep a caller's site dir
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     env.update(extra or {})
     return env
 

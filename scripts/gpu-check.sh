@@ -115,7 +115,8 @@ kinds_met = all(any(k in seen for k in alt.split("|")) for alt in kinds)  # "a|b
 lines = [l for p in sorted(run.glob("logs/attempt-*/*-rank*.log")) for l in p.read_text(errors="replace").splitlines()
          if ": device " in l]
 loaded = [e["step"] for e in journal if e["event"] == "checkpoint_loaded"]
-ok = status["state"] == "COMPLETED" and kinds_met and lines and all(want_line in l for l in lines)
+ckpt_ok = not any(k.startswith("checkpoint_error") for k in seen)  # every async save must land
+ok = status["state"] == "COMPLETED" and kinds_met and ckpt_ok and lines and all(want_line in l for l in lines)
 detail = (f"{status['state']} step {status.get('step')}, faults {sorted(seen)}, restored from {loaded or '-'}, "
           f"{len(lines)} rank start(s) on '{want_line}'" + ("" if ok else f"; reason: {status.get('reason')}"))
 open(f"{work}/{name}.detail", "w").write(detail + "\n")

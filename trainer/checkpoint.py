@@ -236,8 +236,45 @@ def background_stager(cuda: bool | None = None) -> Any:
     """
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
     cuda = torch.cuda.is_initialized() if cuda is None else cuda
-    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                        use_async_staging=True, use_non_blocking_copy=cuda))
+    return ReusableStager(lambda: DefaultStager(StagingOptions(
+        use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=cuda)))
+
+
+def stager_spent(stager: Any) -> bool:
+    """Whether a DefaultStager can no longer stage: torch 2.11 closes its inner copier at the end of
+    every stage (pytorch#183413, fixed after 2.11), so its second save fails with ``KeyError: <class
+    'type'>`` (seen on an H200 with torch 2.11: every async checkpoint after step 0 failed)."""
+    inner = getattr(stager, "_state_dict_stager", None)
+    return inner is not None and not getattr(inner, "_deepcopy_dispatch", True)
+
+
+class ReusableStager:
+    """One stager for every async save of a run (the AsyncStager protocol), which replaces its
+    DefaultStager when the torch in use has spent it; with a torch that keeps it, nothing changes."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._inner = make()
+        self._last: Any = None
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return bool(self._inner.should_synchronize_after_execute)
+
+    def stage(self, state_dict: dict[str, Any]) -> Any:
+        if hasattr(self._last, "result"):
+            self._last.result()  # torch 2.11 spends the copier at the end of the previous stage
+        if stager_spent(self._inner):
+            self._inner.close()
+            self._inner = self._make()
+        self._last = self._inner.stage(state_dict)
+        return self._last
+
+    def synchronize_staging(self) -> None:
+        self._inner.synchronize_staging()
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class SnapshotStager:
