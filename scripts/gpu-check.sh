@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU path on a machine with one NVIDIA GPU (H100/H200), in at most 8 minutes, as one table:
 #   torch sees CUDA · real NVML probe · 1-rank NCCL training through a NaN, a rank crash and a checkpoint
-#   restore · 2 ranks on the same GPU over gloo with CUDA tensors · async checkpoint staging from GPU
+#   restore · the same crash restored from the memory tier
+#   · 2 ranks on the same GPU over gloo with CUDA tensors · async checkpoint staging from GPU
 #   memory at 1 and 10 GB (pinned vs pageable) · step time with and without the supervisor.
 #   Then the device, GPU-probe, agent-fork and GPU test files under pytest.
-# Every stage has its own timeout (their sum is 9m25s); a failed stage is a FAIL row, the rest still run.
+# Every stage has its own timeout (their sum is 9m05s; H200 run: ~4 min); a failed stage is a FAIL row, the rest still run.
 # On a machine without an NVIDIA GPU it prints "no GPU" and exits 0. Exit 1 if any stage failed.
 # A borrowed GPU machine that cannot reach a package index but has a CUDA build of torch:
 # PYTHON=python3 and the project's other needs as wheels in .whl/ (installed into $WORK/site); the
@@ -133,6 +134,19 @@ nccl_run() {
   check_run "$WORK/nccl" nccl_1rank "device cuda:0, backend nccl" "nan:skip_step|transient_fault:apply_clean" rank_crash:relaunch
 }
 
+memtier_run() {  # the memory tier on CUDA: a crash resumes from the node's RAM copy, not storage
+  $ORCH_STR submit "$WORK/run.yaml" --run-dir "$WORK/memtier" --quiet --set checkpoint.memory.enabled=true \
+    --set 'chaos=[{fault: rank_crash, step: 25, rank: 0}]' || true
+  check_run "$WORK/memtier" memtier_1rank "device cuda:0, backend nccl" rank_crash:relaunch || return 1
+  "$PY" - "$WORK/memtier/journal.jsonl" "$WORK/memtier_1rank.detail" <<'PYEOF'
+import json, sys
+loads = [e for e in map(json.loads, filter(str.strip, open(sys.argv[1]))) if e["event"] == "checkpoint_loaded"]
+ok = bool(loads) and all(e.get("tier") == "memory" and e["step"] >= 24 for e in loads)
+open(sys.argv[2], "a").write(f"loaded {[(e['step'], e.get('tier'), round(e['load_s'], 3)) for e in loads]}\n")
+sys.exit(0 if ok else 1)
+PYEOF
+}
+
 gloo_shared() {
   ORCH_DIST_BACKEND=gloo CUDA_VISIBLE_DEVICES=0 $ORCH_STR submit "$WORK/run.yaml" \
     --run-dir "$WORK/gloo" --quiet --set cluster.nodes=2 --set train.steps=30 \
@@ -173,17 +187,18 @@ gpu_tests() {  # to a file, not a pipe: a process a test leaves behind must not 
   return "$rc"
 }
 
-export -f install gpu_tests torch_cuda nvml_probe check_run nccl_run gloo_shared ckpt_bench step_time
+export -f install gpu_tests torch_cuda nvml_probe check_run nccl_run memtier_run gloo_shared ckpt_bench step_time
 write_config
 [ -d .whl ] && [ "$PY" != .venv/bin/python ] && export PYTHONPATH="$PYTHONPATH:$WORK/site"
-stage install 45 install
+stage install 30 install
 stage torch_cuda 30 torch_cuda
 stage nvml_probe 30 nvml_probe
-stage nccl_1rank 100 nccl_run
-stage gloo_2ranks_1gpu 80 gloo_shared
+stage nccl_1rank 75 nccl_run
+stage memtier_1rank 60 memtier_run
+stage gloo_2ranks_1gpu 50 gloo_shared
 stage gpu_tests 120 gpu_tests
 stage ckpt_staging 90 ckpt_bench
-stage step_time 70 step_time
+stage step_time 60 step_time
 
 echo
 echo "GPU check ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1)); logs in $WORK"
