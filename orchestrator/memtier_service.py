@@ -5,12 +5,24 @@ the same agent srun starts on Slurm's in-allocation path), through three calls: 
 ``before_launch(spec)``, ``close()``; each launcher plans the ring with :func:`plan_launch`. The directory is created empty when the agent starts (a restarted node has lost its
 memory) and removed when it exits.
 
-Replication: each agent pushes the newest copy of each of its ranks to its ring partner (the next node
-of the attempt) over TCP, and, before forking ranks that ran elsewhere in the previous attempt (a spare
+Replication: each agent pushes to its ring partner (the next node of the attempt), over TCP, the newest
+step that all of its ranks have a copy of, the same step for every one of them (a lost node's ranks then
+share a step at the partner), and, before forking ranks that ran elsewhere in the previous attempt (a spare
 taking a lost node's place), fetches their copies from their old node and that node's partner. Every
 frame is authenticated with the run key (HMAC-SHA256, ``trainer.telemetry_auth``) and carries its
 send time (frames older than :data:`MAX_AGE_S` are refused); a copy lands under a dot-name and is
 renamed only after its MAC verified.
+
+Lag-aware retention: a push that is acknowledged is the node's replicated step. Every push frame and
+its acknowledgement carry what the sender knows of each ring node's replicated step (its own clock's
+time with each, so a newer report wins; gossip around the ring). The smallest over the ring is the
+watermark: every copy from it on is kept (``trainer.memstore.prune``, at most MAX_KEEP per rank), so
+whichever node is lost, the step its partner holds is one every other rank still has, however far the
+partner's replicas lagged (up to MAX_KEEP - 1 steps; beyond, storage). Each attempt starts the
+gossip afresh; until every ring node has reported, copies are kept up to MAX_KEEP.
+
+Test hook: ``ORCH_MEM_TEST_PUSH_EVERY=node:K`` makes ``node`` replicate only steps that are multiples of
+K (its partner's replicas lag up to K - 1 steps, deterministically).
 """
 
 from __future__ import annotations
@@ -33,6 +45,13 @@ DOMAIN = b"orchmem-repl1"
 MAX_AGE_S = 120.0
 CHUNK = 1 << 20
 PUSH_POLL_S = 0.02
+ENV_TEST_PUSH_EVERY = "ORCH_MEM_TEST_PUSH_EVERY"
+
+
+def _push_every(node: str) -> int:
+    """The test hook's stride for ``node`` (1: every step may be replicated)."""
+    name, _, k = os.environ.get(ENV_TEST_PUSH_EVERY, "").partition(":")
+    return max(1, int(k)) if name == node and k.isdigit() else 1
 
 
 def _mac(key: bytes, head: bytes) -> Any:
@@ -109,6 +128,14 @@ class NodeMemory:
         os.environ[memstore.ENV_DIR] = str(self.base)  # forked ranks inherit it
         self.partner: tuple[str, int] | None = None
         self._sent: dict[int, tuple[str, int]] = {}  # rank → (copy name, mtime) last pushed
+        self.ranks: list[int] = []  # this attempt's ranks on this node (only theirs are pushed)
+        self.attempt = -1
+        self.ring: list[str] = []  # this attempt's ring (node names): the watermark needs each one's report
+        self.acked: dict[str, tuple[int, float]] = {}  # node → (replicated step, when, by that node's clock)
+        self.retain_from: int | None = None  # the watermark written for the ranks (memstore.RETAIN)
+        self._acks = threading.Lock()
+        self._view_news = False  # the view changed since a frame last carried it to the partner
+        self.push_every = _push_every(node)
         self._stop = threading.Event()
         self.busy = threading.Lock()  # held by the pusher and handlers; the agent takes it to fork safely
         self._last_push_error = ""
@@ -151,8 +178,13 @@ class NodeMemory:
             dest = self.base / "replica" / _safe(hdr["src"]) / f"rank{int(hdr['rank'])}"
             dest.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest / memstore.copy_name(int(hdr["step"])))
-            memstore.prune(dest)
-            send_frame(conn, self.key, {"op": "ok"})
+            self.learn(hdr.get("attempt"), hdr.get("acked") or {})
+            memstore.prune(dest, self.retain_from)
+            send_frame(conn, self.key, {"op": "ok", "attempt": self.attempt, "acked": self.acked_view()})
+        elif hdr["op"] == "acks":  # a view of the ring's replicated steps alone (nothing new to push)
+            tmp.unlink(missing_ok=True)
+            self.learn(hdr.get("attempt"), hdr.get("acked") or {})
+            send_frame(conn, self.key, {"op": "ok", "attempt": self.attempt, "acked": self.acked_view()})
         elif hdr["op"] == "get":
             tmp.unlink(missing_ok=True)
             for rank in hdr["ranks"]:
@@ -182,34 +214,111 @@ class NodeMemory:
             if partner is None:
                 continue
             with self.busy:
-                for rdir in self.base.glob("rank*"):
-                    if self.partner != partner:  # a new attempt moved the ring on
-                        break
-                    self._push_newest(partner, rdir)
+                self._push_common(partner)
+                if self._view_news:
+                    self._send_view(partner)
 
-    def _push_newest(self, partner: tuple[str, int], rdir: Path) -> None:
-        copies = memstore.list_copies(rdir)
-        if not copies:
+    def _newest_common(self) -> int | None:
+        """The most recently written step that every rank here has a copy of (and the hook allows)."""
+        written: dict[int, int] = {}  # step → the oldest write time among the ranks
+        for i, rank in enumerate(self.ranks):
+            mine: dict[int, int] = {}
+            for p in memstore.list_copies(memstore.rank_dir(self.base, rank)):
+                try:
+                    mine[memstore.step_of(p)] = p.stat().st_mtime_ns
+                except (OSError, ValueError):
+                    continue
+            written = mine if i == 0 else {s: min(t, mine[s]) for s, t in written.items() if s in mine}
+        steps = [s for s in written if s % self.push_every == 0]
+        return max(steps, key=lambda s: written[s]) if steps else None
+
+    def _push_common(self, partner: tuple[str, int]) -> None:
+        """Push one step for all ranks here (each copy once); once all are acknowledged it is this node's
+        replicated step."""
+        step = self._newest_common()
+        if step is None:
             return
-        rank, path = int(rdir.name[4:]), copies[0]
+        for rank in self.ranks:
+            if self.partner != partner or not self._push_one(partner, rank, step):
+                return
+        with self._acks:
+            if self.acked.get(self.node, (None,))[0] != step:
+                self.acked[self.node] = (step, time.time())
+                self._view_news = True
+                self._update_retain()
+
+    def _send_view(self, partner: tuple[str, int]) -> None:
+        """Pass on a newer view of the ring when no copy carried it (the run paused, or ended)."""
+        self._view_news = False
+        try:
+            with socket.create_connection(partner, timeout=30) as s:
+                self._pushing = s
+                if self.partner != partner:
+                    return
+                send_frame(s, self.key, {"op": "acks", "attempt": self.attempt, "acked": self.acked_view()})
+                reply, _ = recv_frame(s, self.key)
+            self.learn(reply.get("attempt"), reply.get("acked") or {})
+        except (OSError, ValueError, PermissionError, ConnectionError):
+            self._view_news = True  # the next poll tries again (a failing partner is logged by pushes)
+        finally:
+            self._pushing = None
+
+    def _push_one(self, partner: tuple[str, int], rank: int, step: int) -> bool:
+        path = memstore.rank_dir(self.base, rank) / memstore.copy_name(step)
         try:
             mark = (path.name, path.stat().st_mtime_ns)
             if self._sent.get(rank) == mark:
-                return
-            header = memstore.read_header(path)
+                return True
             with socket.create_connection(partner, timeout=30) as s:
                 self._pushing = s
                 if self.partner != partner:  # moved on meanwhile (before_launch sets it, then cuts)
-                    return
-                send_frame(s, self.key, {"op": "put", "src": self.node, "rank": rank, "step": header.step}, path)
-                recv_frame(s, self.key)
+                    return False
+                self._view_news = False  # this frame carries the view
+                send_frame(s, self.key, {"op": "put", "src": self.node, "rank": rank, "step": step,
+                                         "attempt": self.attempt, "acked": self.acked_view()}, path)
+                reply, _ = recv_frame(s, self.key)
             self._sent[rank] = mark
+            self.learn(reply.get("attempt"), reply.get("acked") or {})
+            return True
         except (OSError, ValueError, PermissionError, ConnectionError) as exc:
             if str(exc) != self._last_push_error:  # once per kind of failure, not every poll
                 self.log(f"push of rank {rank} to {partner} failed: {exc}")
             self._last_push_error = str(exc)
+            return False
         finally:
             self._pushing = None
+
+    # ---- lag-aware retention -------------------------------------------------------------------------
+    def acked_view(self) -> dict[str, tuple[int, float]]:
+        with self._acks:
+            return dict(self.acked)
+
+    def learn(self, attempt: Any, acked: dict[str, Any]) -> None:
+        """Merge another node's view of the ring's replicated steps (this attempt's only; newer wins)."""
+        if attempt != self.attempt:
+            return
+        with self._acks:
+            for node, seen in acked.items():
+                try:
+                    step, t = int(seen[0]), float(seen[1])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if node in self.ring and node != self.node and t > self.acked.get(node, (0, 0.0))[1]:
+                    self.acked[node] = (step, t)
+                    self._view_news = True
+            self._update_retain()
+
+    def _update_retain(self) -> None:
+        """The watermark: the oldest step some ring node's partner may be the only other holder of."""
+        if not self.ring:
+            new = None
+        elif all(n in self.acked for n in self.ring):
+            new = min(self.acked[n][0] for n in self.ring)
+        else:
+            new = memstore.UNKNOWN
+        if new != self.retain_from:
+            self.retain_from = new
+            memstore.write_retain(self.base, new)
 
     def _cut_push_to_old_partner(self) -> None:
         """A partner that stopped answering (a frozen node: Slurm's slurmd killed, its tasks stopped) would
@@ -232,6 +341,11 @@ class NodeMemory:
             self.partner = partner  # type: ignore[assignment]
             self._cut_push_to_old_partner()
         self._sent.clear()
+        self.ranks = [int(r) for r in spec.get("ranks", [])]
+        with self._acks:  # a new attempt: its ring reports afresh (nothing of the old trajectory's steps)
+            self.attempt, self.acked = int(spec.get("attempt", 0)), {}
+            self.ring = [str(n) for n in mem.get("ring", [])] if partner is not None else []
+            self._update_retain()
         for rank, sources in (mem.get("sources") or {}).items():
             for src in sources:
                 if self.fetch(int(rank), (str(src[0]), int(src[1]))):
@@ -259,7 +373,7 @@ class NodeMemory:
                     got += 1
         except (OSError, ValueError, PermissionError, ConnectionError) as exc:
             self.log(f"fetch of rank {rank} from {source} failed: {exc}")
-        memstore.prune(dest)
+        memstore.prune(dest, self.retain_from)
         self.log(f"fetched {got} copies of rank {rank} from {source} in {time.perf_counter() - t0:.3f}s")
         return got > 0
 
@@ -309,5 +423,5 @@ def plan_launch(nodes: list[str], ranks_per_node: int, prev_owner: dict[int, str
             cands = [old, prev_partner.get(old)]
             sources[str(rank)] = [a for c in cands if c and c != node and (a := addr.get(c)) is not None]
         p = partner.get(node)
-        out[node] = {"partner": addr.get(p) if p else None, "sources": sources}
+        out[node] = {"partner": addr.get(p) if p else None, "sources": sources, "ring": list(nodes) if p else []}
     return out, owner, partner

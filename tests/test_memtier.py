@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,52 @@ def test_plan_launch_fetches_moved_ranks_from_old_node_then_partner() -> None:
     assert plan["node2"]["sources"] == {"2": [addr["node0"]], "3": [addr["node0"]]}
 
 
+def test_copies_are_kept_back_to_the_step_every_ring_node_replicated(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """node1's replicas lag (it pushes only every 4th step): both nodes learn, from the push frames and
+    their acknowledgements, that step 4 is the newest replicated by the whole ring, so node0 keeps its
+    own copies 4..7 (not just 6, 7), and node1's ranks share step 4 at node0. Bounded by MAX_KEEP."""
+    monkeypatch.setattr(memstore, "BASE", tmp_path / "shm")
+    monkeypatch.delenv(memstore.ENV_DIR, raising=False)
+    monkeypatch.setenv(memtier_service.ENV_TEST_PUSH_EVERY, "node1:4")
+    ports, key = (_free_port(), _free_port()), b"k" * 32
+    nodes = [memtier_service.NodeMemory(f"node{i}", tmp_path / "run", ports[i], key) for i in (0, 1)]
+    try:
+        for i, mem in enumerate(nodes):
+            for rank in (2 * i, 2 * i + 1):
+                for step in range(1, 8):  # written before the attempt starts: no push mid-way
+                    path = memstore.write_copy(memstore.rank_dir(mem.base, rank), header(step), b"x" * 64)
+                    assert path is not None
+                    os.utime(path, ns=(10**18 + step, 10**18 + step))
+        for i, mem in enumerate(nodes):
+            mem.before_launch({"attempt": 3, "ranks": [2 * i, 2 * i + 1],
+                               "mem": {"partner": ["127.0.0.1", ports[1 - i]], "ring": ["node0", "node1"]}})
+        deadline = time.monotonic() + 60
+        while any(m.retain_from != 4 for m in nodes) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the pushers' progress, bounded by the deadline
+        assert [m.retain_from for m in nodes] == [4, 4], [m.acked for m in nodes]
+        assert nodes[0].acked["node0"][0] == 7 and nodes[1].acked["node1"][0] == 4
+        own = memstore.rank_dir(nodes[0].base, 0)
+        memstore.prune(own, memstore.read_retain(nodes[0].base))  # what the rank's writer does
+        assert [memstore.step_of(p) for p in memstore.list_copies(own)] == [7, 6, 5, 4]
+        for rank in (2, 3):  # node1's ranks: the same step at the partner
+            held = nodes[0].base / "replica" / "node1" / f"rank{rank}"
+            assert [memstore.step_of(p) for p in memstore.list_copies(held)] == [4]
+        nodes[1].learn(2, {"node0": (1, 10**12)})  # another attempt's report is ignored
+        assert nodes[1].acked["node0"][0] == 7
+        memstore.prune(own, memstore.UNKNOWN)  # before every node reported: all, up to MAX_KEEP
+        assert len(memstore.list_copies(own)) == 4
+        for step in range(8, 12):
+            memstore.write_copy(own, header(step), b"x" * 64)
+        memstore.prune(own, 0)
+        assert len(memstore.list_copies(own)) == memstore.MAX_KEEP
+        memstore.prune(own, None)  # no replication: the newest two
+        assert len(memstore.list_copies(own)) == memstore.KEEP
+    finally:
+        for mem in nodes:
+            mem.close()
+
+
 # ---- on the local cluster --------------------------------------------------------------------------
 def _assert_same_losses(r: RunResult, clean: RunResult) -> None:
     want, got = clean.losses(), r.losses()
@@ -204,17 +251,26 @@ def loads_after_injections(r: RunResult) -> list[tuple[dict[str, Any], dict[str,
     return out
 
 
-def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: RunResult) -> None:
+def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: RunResult,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # node1's replicas lag: it replicates only every 4th step (the test hook), so when it is lost after
+    # step 47 its partner holds 44 while node0's ranks wrote 45..47. Lag-aware retention keeps node0's
+    # copies back to 44, the newest step every rank has replicated: the node loss resumes from memory
+    # there (with two copies kept per rank, as before, no step was common and it came from storage at 40).
+    monkeypatch.setenv(memtier_service.ENV_TEST_PUSH_EVERY, "node1:4")
     chaos = [{"fault": "rank_crash", "step": 15, "rank": 3},
              {"fault": "hang", "step": 30, "rank": 2},
-             {"fault": "node_failure", "step": 45, "node": 1}]
+             {"fault": "node_failure", "step": 47, "node": 1}]
     r = run_submit(tmp_path, {"chaos": chaos, **SLACK})
     assert r.code == 0 and r.status["state"] == "COMPLETED", r.status.get("reason")
     pairs = loads_after_injections(r)
     assert [f["kind"] for f, _ in pairs] == ["rank_crash", "hang", "node_failure"], pairs
     for (fault, load), injected in zip(pairs, chaos):  # the fault struck before step F: F steps were done
         assert load["tier"] == "memory", (fault, load)
-        assert injected["step"] - 1 <= load["step"] <= injected["step"], (fault, load)
+        if fault["kind"] == "node_failure":  # node1's newest replicated step, two or more steps back
+            assert load["step"] % 4 == 0 and injected["step"] - 7 <= load["step"] <= injected["step"] - 2, load
+        else:
+            assert injected["step"] - 1 <= load["step"] <= injected["step"], (fault, load)
     assert r.events("launch")[-1]["nodes"] == ["node0", "node2"]  # node1's ranks restored on the spare
     _assert_same_losses(r, clean_run)
     assert not memstore.node_dir(r.run_dir, "node0").exists()  # the agents removed their memory

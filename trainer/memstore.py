@@ -27,6 +27,7 @@ import mmap
 import os
 import shutil
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,10 @@ ALIGN = 64
 ENV_DIR = "ORCH_MEM_DIR"
 ENV_PORT = "ORCH_MEM_PORT"
 BASE = Path(os.environ.get("ORCH_MEM_BASE", "/dev/shm/orch-mem"))
-KEEP = 2  # copies kept per rank: the newest may be half-replicated when a fault strikes
+KEEP = 2  # copies always kept per rank: the newest may be half-replicated when a fault strikes
+MAX_KEEP = 6  # the most kept per rank (own or replica) while replication lags: bounds /dev/shm (see prune)
+UNKNOWN = -1  # retain-from step while some ring node has acknowledged no copy yet: keep up to MAX_KEEP
+RETAIN = "retain.json"  # in a node's directory: the oldest step its copies must keep (the agent writes it)
 
 
 @dataclass(frozen=True)
@@ -201,15 +205,44 @@ def list_copies(directory: Path) -> list[Path]:
     return sorted((p for p in directory.glob("step_*.mem")), reverse=True)
 
 
-def prune(directory: Path, keep: int = KEEP) -> None:
-    """Keep the ``keep`` most recently written copies (not the highest steps: after a rollback the new
-    trajectory's lower steps are the ones to keep)."""
+def step_of(path: Path) -> int:
+    return int(path.name[5:13])
+
+
+def write_retain(base: Path, from_step: int | None) -> None:
+    """The agent's retention watermark for this node's copies (None: no replication, the file goes)."""
+    if from_step is None:
+        (base / RETAIN).unlink(missing_ok=True)
+        return
+    tmp = base / f".{RETAIN}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps({"from_step": from_step}))
+    os.replace(tmp, base / RETAIN)
+
+
+def read_retain(base: Path) -> int | None:
+    """The oldest step to keep (:data:`UNKNOWN`: all, up to MAX_KEEP), or None without replication."""
+    try:
+        return int(json.loads((base / RETAIN).read_text())["from_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prune(directory: Path, keep_from: int | None = None) -> None:
+    """Keep the KEEP most recently written copies (not the highest steps: after a rollback the new
+    trajectory's lower steps are the ones to keep), and, while replication lags, the next ones back to
+    step ``keep_from``: the newest step every ring node has replicated, so whichever node is lost, its
+    partner's replica is a step every other rank still holds. Never more than MAX_KEEP: a partner that
+    stops acknowledging costs at most MAX_KEEP copies per rank, then the storage tier covers it."""
     def written(p: Path) -> int:
         try:
             return p.stat().st_mtime_ns
         except OSError:
             return 0
-    for p in sorted(list_copies(directory), key=written, reverse=True)[keep:]:
+    copies = sorted(list_copies(directory), key=written, reverse=True)
+    kept = KEEP
+    while keep_from is not None and kept < min(len(copies), MAX_KEEP) and step_of(copies[kept]) >= keep_from:
+        kept += 1
+    for p in copies[kept:]:
         p.unlink(missing_ok=True)
 
 

@@ -110,7 +110,7 @@ class MemoryTier:
             header = memstore.sealed(self.key, replace(header, t=time.time()), seg.payload(header.size))
             if memstore.publish(seg.path, header, lambda: self.guard.newer() is None) is not None:
                 self.published_step = header.step
-                memstore.prune(self.dir)
+                memstore.prune(self.dir, memstore.read_retain(self.dir.parent))  # the agent's watermark
         except OSError as exc:  # /dev/shm full: the storage tier still covers us
             seg.discard()
             self.tel.event("memory_copy_failed", step=header.step, detail=str(exc)[:300])
