@@ -6,6 +6,7 @@ as one small unit. Times are the supervisor's receive times (one clock), never t
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class AttemptWatch:
     last_progress_max: float | None = None  # running max of last_progress: O(1) per tick
     busy: dict[int, str] = field(default_factory=dict)  # rank → phase other than "step" (checkpoint...)
     done_t: float | None = None
+    recent_step_s: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # rank 0's step times
 
     def __post_init__(self) -> None:
         self.agg = StepAggregator(self.spec.world, self.spec.attempt)

@@ -174,6 +174,9 @@ class StragglerConfig(Section):
 class HealthConfig(Section):
     heartbeat_interval_s: float = Field(0.5, gt=0)
     hang_timeout_s: float = Field(10.0, gt=0)
+    hang_step_multiple: float = Field(5.0, ge=0, description="the hang limit grows to this many times the "
+                                      "slowest of the last 20 steps when that is longer than hang_timeout_s "
+                                      "(a loaded node or a bigger model steps slower); 0: hang_timeout_s only")
     agent_timeout_s: float | None = Field(None, gt=0, description="a node agent silent this long (it heartbeats "
                                           "every heartbeat_interval_s) is a lost node; default: the larger of "
                                           "5 s and 4 heartbeat intervals")

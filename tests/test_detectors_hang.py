@@ -45,3 +45,17 @@ def test_the_limit_is_the_startup_timeout_before_steps_and_while_busy() -> None:
     hb = {r: NOW - 0.2 for r in NODES}
     assert assess_stall(NOW, NOW - 30.0, hb, NODES, set(), LIMITS, started=True, busy=True) == []
     assert [f.kind for f in assess_stall(NOW, NOW - 61.0, hb, NODES, set(), LIMITS, False, False)] == ["hang"]
+
+
+def test_the_hang_limit_stretches_to_a_multiple_of_the_slowest_recent_step() -> None:
+    """A loaded 2-core machine's 1.5 s steps once read as hangs under a 3 s limit (false relaunches)."""
+    limits = LivenessLimits(hang_timeout_s=3.0, startup_timeout_s=60.0, heartbeat_interval_s=0.5, step_multiple=5.0)
+    assert stall_limit(limits, started=True, busy=False, slowest_step_s=0.2) == 3.0  # fast steps: the floor
+    assert stall_limit(limits, started=True, busy=False, slowest_step_s=1.5) == 7.5
+    assert stall_limit(limits, started=False, busy=False, slowest_step_s=30.0) == 60.0  # start-up unchanged
+    hb = {r: NOW - 0.2 for r in NODES}
+    assert assess_stall(NOW, NOW - 6.0, hb, NODES, set(), limits, True, False, slowest_step_s=1.5) == []
+    (f,) = assess_stall(NOW, NOW - 8.0, hb, NODES, set(), limits, True, False, slowest_step_s=1.5)
+    assert f.kind == "hang" and "(timeout 7.5s)" in f.detail
+    fixed = LivenessLimits(3.0, 60.0, 0.5, step_multiple=0.0)  # 0: the configured timeout only
+    assert [f.kind for f in assess_stall(NOW, NOW - 6.0, hb, NODES, set(), fixed, True, False, 1.5)] == ["hang"]

@@ -3,8 +3,8 @@
 The supervisor's one rule (pure: it passes its receive times and ``now``). Heartbeats come from a thread
 of their own, so a rank blocked in a collective keeps sending them while making no progress; progress is
 a step report, or the end of a checkpoint save, eval or restore. When no rank has progressed for longer
-than the limit (the hang timeout; before the first step, or while a rank is busy saving or restoring,
-the start-up timeout):
+than the limit (the hang timeout, or ``hang_step_multiple`` times the slowest recent step when that is
+longer; before the first step, or while a rank is busy saving or restoring, the start-up timeout):
 - every rank of some node unheard for a while, others heard: those nodes failed (dead or cut off);
 - else some rank still heartbeating: a ``hang`` (stuck in a collective, a dead-locked loader);
 - else nothing heard at all: ``silent``.
@@ -25,6 +25,7 @@ class LivenessLimits:
     hang_timeout_s: float
     startup_timeout_s: float
     heartbeat_interval_s: float
+    step_multiple: float = 0.0  # the hang limit is at least this many times the slowest recent step
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,22 @@ class LivenessFinding:
     detail: str
 
 
-def stall_limit(limits: LivenessLimits, started: bool, busy: bool) -> float:
-    """The hang timeout once steps come, the start-up timeout before (imports, compilation, restore) and
-    while any rank is busy with a save, an eval or a restore."""
-    limit = limits.hang_timeout_s if started else limits.startup_timeout_s
+def stall_limit(limits: LivenessLimits, started: bool, busy: bool, slowest_step_s: float = 0.0) -> float:
+    """The hang timeout once steps come (stretched to ``step_multiple`` slowest recent steps: a fixed
+    limit read a loaded machine's 1-2 s steps as hangs), the start-up timeout before (imports,
+    compilation, restore) and while any rank is busy with a save, an eval or a restore."""
+    hang = max(limits.hang_timeout_s, limits.step_multiple * slowest_step_s)
+    limit = hang if started else limits.startup_timeout_s
     return max(limit, limits.startup_timeout_s) if busy else limit
 
 
 def assess_stall(now: float, last_progress_t: float, last_hb: Mapping[int, float], rank_node: Mapping[int, str],
-                 exited: set[int], limits: LivenessLimits, started: bool, busy: bool) -> list[LivenessFinding]:
+                 exited: set[int], limits: LivenessLimits, started: bool, busy: bool,
+                 slowest_step_s: float = 0.0) -> list[LivenessFinding]:
     """Findings when no rank has progressed since ``last_progress_t`` for longer than the limit; empty
     otherwise. ``last_hb``: rank -> last time anything was heard from it; ``exited``: ranks that ended
-    cleanly (their silence is no fault)."""
-    limit = stall_limit(limits, started, busy)
+    cleanly (their silence is no fault); ``slowest_step_s``: the slowest of the attempt's recent steps."""
+    limit = stall_limit(limits, started, busy, slowest_step_s)
     stalled = now - last_progress_t
     if stalled <= limit:
         return []
@@ -61,4 +65,4 @@ def assess_stall(now: float, last_progress_t: float, last_hb: Mapping[int, float
     silent = {r for r, t in last_hb.items() if now - t > limit and r not in exited}
     alive = [r for r in last_hb if r not in silent]
     return [LivenessFinding("hang" if alive else "silent", since, None,
-                            f"no progress for {stalled:.1f}s (timeout {limit}s); {len(alive)} ranks still heartbeating")]
+                            f"no progress for {stalled:.1f}s (timeout {limit:.1f}s); {len(alive)} ranks still heartbeating")]
