@@ -38,11 +38,24 @@ class AttemptWatch:
     last_progress_max: float | None = None  # running max of last_progress: O(1) per tick
     busy: dict[int, str] = field(default_factory=dict)  # rank → phase other than "step" (checkpoint...)
     done_t: float | None = None
-    recent_step_s: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # rank 0's step times
+    recent_step_s: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # rank 0's, first excluded
+    first_step_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.agg = StepAggregator(self.spec.world, self.spec.attempt)
         self.rank_node = self.spec.rank_map()
+
+    def note_step_time(self, secs: float, first: bool) -> None:
+        if first:
+            self.first_step_s = secs
+        else:
+            self.recent_step_s.append(secs)
+
+    @property
+    def slowest_step_s(self) -> float:
+        """The pace the hang limit stretches to: the slowest of the last 20 steps; the attempt's first
+        step (its first-call costs make it slow) only until a second one comes."""
+        return max(self.recent_step_s, default=self.first_step_s)
 
     def seen(self, msg: dict[str, Any], now: float) -> None:
         rank = int(msg["rank"])

@@ -129,9 +129,9 @@ class RunEvents:
 
     def _lead_step(self, msg: dict[str, Any], now: float, w: AttemptWatch) -> list[Fact]:
         secs = float(msg.get("step_time") or 0.0)
-        if secs > 0:
-            w.recent_step_s.append(secs)
         first = w.first_step_t is None
+        if secs > 0:
+            w.note_step_time(secs, first)
         if first:
             w.first_step_t = now
         skipped = bool(msg.get("skipped"))

@@ -526,7 +526,7 @@ class Supervisor:
         limits = LivenessLimits(h.hang_timeout_s, h.startup_timeout_s, h.heartbeat_interval_s, h.hang_step_multiple)
         for f in assess_stall(now, w.last_progress_max or w.started_t, w.last_hb, w.rank_node, w.exited_ok, limits,
                               started=w.first_step_t is not None, busy=bool(w.busy),
-                              slowest_step_s=max(w.recent_step_s, default=0.0)):
+                              slowest_step_s=w.slowest_step_s):
             w.add_candidate(Candidate(f.kind, f.since_t, None, f.node, {"detail": f.detail}), now)
 
     def classify(self, code: int | None, sig: int | None, tail: str) -> Any:
