@@ -20,7 +20,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ import pytest
 
 from orchestrator.launcher.agent_link import PROTO, AgentHub, Link, LinkError, dial
 from tests.conftest import RunResult, run_submit
+from tests.slurm_faults_helpers import SCRIPT, kill_agent_then_slurmd, killed_nodes  # noqa: F401  (fixture)
+from tests.slurm_faults_helpers import journal as _journal, run_step as _step, when as _when  # noqa: F401
 from tests.test_slurm_cluster import cluster  # noqa: F401  (fixture)
 
 KEY, OTHER = b"k" * 32, b"o" * 32
@@ -138,7 +139,6 @@ class _Tap:
 
 
 # ---- the real cluster -------------------------------------------------------------------------------
-SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.sh"
 INALLOC = {"cluster": {"backend": "slurm", "spare_nodes": 2,
                        "slurm": {"partition": "main", "poll_interval_s": 0.5, "recovery": "in_allocation"}},
            # 2 s was below what this machine guarantees under load: an agent forking its ranks at load ~20
@@ -147,59 +147,13 @@ INALLOC = {"cluster": {"backend": "slurm", "spare_nodes": 2,
            "chaos": [{"fault": "rank_crash", "step": 8, "rank": 1}, {"fault": "hang", "step": 18, "rank": 2}]}
 
 
-def _journal(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def _step(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / "status.json").read_text()).get("step") or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _when(run_dir: Path, launches: int, step: int, deadline: float) -> dict[str, Any] | None:
-    """The latest launch record once the run has made ``launches`` launches and reached ``step``."""
-    while time.monotonic() < deadline:
-        ls = [e for e in _journal(run_dir) if e["event"] == "launch"]
-        if len(ls) >= launches and _step(run_dir) >= step:
-            return ls[-1]
-        time.sleep(0.1)
-    return None
-
-
-def _inject(run_dir: Path, done: dict[str, Any]) -> None:
-    """After the two chaos faults: SIGKILL the agent of the last node, then kill the slurmd of the (new)
-    last node, recording what was hit and when (the killed node is revived by the fixture)."""
-    deadline = time.monotonic() + 600
-    launch = _when(run_dir, 3, 30, deadline)
-    if launch is None:
-        return
-    node = launch["nodes"][-1]
-    done["agent_node"], done["agent_t"] = node, time.time()
-    os.kill(int(launch["agent_pids"][node]), signal.SIGKILL)
-    launch = _when(run_dir, 4, 42, deadline)
-    if launch is None:
-        return
-    node = launch["nodes"][-1]
-    done["slurmd_node"], done["slurmd_t"] = node, time.time()
-    subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def injected() -> Iterator[dict[str, Any]]:
-    done: dict[str, Any] = {}
-    yield done
-    if done.get("slurmd_node"):
-        subprocess.run([str(SCRIPT), "revive-node", done["slurmd_node"]], capture_output=True, timeout=180)
-
-
 @pytest.mark.slurm
-def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, injected: dict[str, Any],
+def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, killed_nodes: dict[str, Any],
                                                 clean_run: RunResult) -> None:
     from slurm import cmd
-    t = threading.Thread(target=_inject, args=(tmp_path / "run", injected), daemon=True)
+    injected = killed_nodes  # after the two chaos faults: the last node's agent, then the new last's slurmd
+    t = threading.Thread(target=kill_agent_then_slurmd, args=(tmp_path / "run", injected, (3, 30), (4, 42)),
+                         daemon=True)
     t.start()
     r = run_submit(tmp_path, INALLOC)
     t.join(timeout=5)

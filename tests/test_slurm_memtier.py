@@ -13,12 +13,7 @@ killed node is revived whatever happens.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +21,9 @@ import pytest
 
 from tests.conftest import RunResult, run_submit
 from tests.test_memtier import _assert_same_losses
+from tests.slurm_faults_helpers import kill_agent_then_slurmd, killed_nodes  # noqa: F401  (fixture)
 from tests.test_slurm_cluster import cluster  # noqa: F401  (fixture)
-from tests.test_slurm_inalloc import INALLOC, SCRIPT, _when
+from tests.test_slurm_inalloc import INALLOC
 from trainer import memstore
 
 MEMTIER = {**INALLOC, "chaos": [],
@@ -38,36 +34,12 @@ MEMTIER = {**INALLOC, "chaos": [],
            "train": {"steps": 60, "step_sleep_s": 0.05}}
 
 
-def _kill_two_nodes(run_dir: Path, done: dict[str, Any]) -> None:
-    """SIGKILL the last node's agent once step 15 is passed, then kill the slurmd of the (new) last node
-    after step 35 (kill-node also SIGSTOPs its tasks)."""
-    deadline = time.monotonic() + 600
-    launch = _when(run_dir, 1, 15, deadline)
-    if launch is None:
-        return
-    node = launch["nodes"][-1]
-    done["agent_node"] = node
-    os.kill(int(launch["agent_pids"][node]), signal.SIGKILL)
-    launch = _when(run_dir, 2, 35, deadline)
-    if launch is None:
-        return
-    node = launch["nodes"][-1]
-    done["slurmd_node"] = node
-    subprocess.run([str(SCRIPT), "kill-node", node], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def killed() -> Iterator[dict[str, Any]]:
-    done: dict[str, Any] = {}
-    yield done
-    if done.get("slurmd_node"):
-        subprocess.run([str(SCRIPT), "revive-node", done["slurmd_node"]], capture_output=True, timeout=180)
-
-
 @pytest.mark.slurm
-def test_lost_node_resumes_from_partner_memory_on_slurm(cluster: None, tmp_path: Path, killed: dict[str, Any],
-                                                        clean_run: RunResult) -> None:
-    t = threading.Thread(target=_kill_two_nodes, args=(tmp_path / "run", killed), daemon=True)
+def test_lost_node_resumes_from_partner_memory_on_slurm(cluster: None, tmp_path: Path,
+                                                        killed_nodes: dict[str, Any], clean_run: RunResult) -> None:
+    killed = killed_nodes  # the last node's agent once step 15 is passed, then the new last's slurmd after 35
+    t = threading.Thread(target=kill_agent_then_slurmd, args=(tmp_path / "run", killed, (1, 15), (2, 35)),
+                         daemon=True)
     t.start()
     r = run_submit(tmp_path, MEMTIER)
     t.join(timeout=5)
