@@ -125,6 +125,9 @@ class NodeMemory:
         self.base = memstore.node_dir(run_dir, node)
         memstore.wipe(self.base)  # a (re)started node has empty memory
         self.base.mkdir(parents=True, exist_ok=True)
+        _claim(self.base)
+        for name in reclaim_dead_agents(self.base.parent):
+            self.log(f"reclaimed the memory a dead agent of this run left behind ({name})")
         os.environ[memstore.ENV_DIR] = str(self.base)  # forked ranks inherit it
         self.partner: tuple[str, int] | None = None
         self._sent: dict[int, tuple[str, int]] = {}  # rank → (copy name, mtime) last pushed
@@ -386,6 +389,46 @@ class NodeMemory:
             self.base.parent.rmdir()  # the run's directory, once the last node of this host left
         except OSError:
             pass
+
+
+OWNER = "agent.json"  # in a node's directory: which process owns it (so a dead owner's copies can go)
+
+
+def _whoami() -> dict[str, Any]:
+    """This process as another agent on this host can check it: pid, pid namespace and host."""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = 0
+    return {"pid": os.getpid(), "pidns": pidns, "host": socket.gethostname()}
+
+
+def _claim(base: Path) -> None:
+    (base / OWNER).write_text(json.dumps(_whoami()))
+
+
+def reclaim_dead_agents(run_base: Path) -> list[str]:
+    """Remove the node directories of this run whose agent died without cleaning up (SIGKILLed, or its
+    host's memory lost only in the simulation): nobody serves or loads them, and /dev/shm is RAM. Only
+    owners provably dead are reclaimed: same host and pid namespace, and no such process (a frozen
+    agent, a reused pid or an owner we cannot judge keeps its directory)."""
+    me, gone = _whoami(), []
+    for d in sorted(run_base.iterdir()) if run_base.is_dir() else []:
+        try:
+            owner = json.loads((d / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("host") != me["host"] or owner.get("pidns") != me["pidns"] or not me["pidns"]:
+            continue
+        try:
+            os.kill(int(owner["pid"]), 0)
+            continue  # alive (or a reused pid: kept)
+        except ProcessLookupError:
+            memstore.wipe(d)
+            gone.append(d.name)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return gone
 
 
 def _safe(name: str) -> str:

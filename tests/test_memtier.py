@@ -10,8 +10,11 @@ whose checkpoints were written from the memory copies.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -225,6 +228,30 @@ def test_copies_are_kept_back_to_the_step_every_ring_node_replicated(tmp_path: P
     finally:
         for mem in nodes:
             mem.close()
+
+
+def test_a_new_agent_reclaims_the_memory_of_dead_agents_of_its_run(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed agent leaves its copies in /dev/shm; the next agent of the run on the host removes
+    them, and only them: a live (or frozen) agent's, another host's, and an unjudgeable one stay."""
+    monkeypatch.setattr(memstore, "BASE", tmp_path / "shm")
+    monkeypatch.delenv(memstore.ENV_DIR, raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    me = memtier_service._whoami()
+    owners = {"node1": {**me, "pid": dead.pid}, "node2": me,  # dead; alive (this test)
+              "node3": {**me, "pid": dead.pid, "host": "elsewhere"}, "node4": None}  # another host; no owner
+    for node, owner in owners.items():
+        d = memstore.node_dir(tmp_path / "run", node)
+        memstore.write_copy(memstore.rank_dir(d, 0), header(3), b"x" * 64)
+        if owner is not None:
+            (d / memtier_service.OWNER).write_text(json.dumps(owner))
+    mem = memtier_service.NodeMemory("node0", tmp_path / "run", None, None)
+    try:
+        left = sorted(p.name for p in mem.base.parent.iterdir())
+        assert left == ["node0", "node2", "node3", "node4"], left
+    finally:
+        mem.close()
 
 
 # ---- on the local cluster --------------------------------------------------------------------------
