@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -67,11 +68,97 @@ def run_submit(tmp: Path, overrides: dict[str, Any], name: str = "run") -> RunRe
     return RunResult(run_dir, code)
 
 
+_SHARED: dict[str, RunResult] = {}
+
+
+def shared_run(factory: pytest.TempPathFactory, key: str, overrides: dict[str, Any]) -> RunResult:
+    """A run of ``BASE`` + ``overrides`` made once per test session and read by every test that asks
+    for ``key``, on whichever xdist worker: the first to ask runs it under a lock, the others wait and
+    read its directory. Why: each run pays its node agents' warm-up (torch, DCP: ~6 s of CPU quiet) on
+    a two-core CI machine; a reference run computed per worker or per test is the same run again.
+    Readers must not write into its directory."""
+    if key not in _SHARED:
+        _SHARED[key] = _run_once(factory, key, overrides)
+    return _SHARED[key]
+
+
+def _run_once(factory: pytest.TempPathFactory, key: str, overrides: dict[str, Any]) -> RunResult:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return run_submit(factory.mktemp(key), overrides, key)
+    root = factory.getbasetemp().parent / "shared-runs"  # this session's, common to its workers
+    root.mkdir(exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the run raises
+        done = root / f"{key}.done"
+        if done.exists():
+            name, code = done.read_text().split()
+            return RunResult(root / name, int(code))
+        name = f"{key}-{worker}"  # never a directory a worker that crashed mid-run left behind
+        r = run_submit(root, overrides, name)
+        done.write_text(f"{name} {r.code}")
+        return r
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """One fault-free run of the base config, shared by every test that compares against it."""
-    return run_submit(tmp_path_factory.mktemp("clean"), {}, "clean")
+    return shared_run(tmp_path_factory, "clean", {})
 
+
+
+# What each heavy file cost the last full CI run (2026-11-30, seconds of setup + call under its load, the
+# `--durations` of scripts/test.sh summed per file; files with runs outside its slowest 40 estimated at
+# ~35 s a run). Only the order of the xdist part depends on it: a stale figure costs balance, not results.
+FILE_SECONDS: dict[str, float] = {
+    "test_local_faults.py": 520, "test_parallel_chaos.py": 280, "test_bench_ftlauncher.py": 258,
+    "test_local_recovery_extra.py": 270, "test_chaos_soak.py": 216, "test_parallel_equivalence.py": 210,
+    "test_memtier.py": 145, "test_replay_local.py": 190, "test_local_netns.py": 130,
+    "test_comm_straggler.py": 130, "test_parallel_reshard.py": 140, "test_agent_heartbeat.py": 101,
+    "test_benchmarks_smoke.py": 110, "test_bench_gpu_step.py": 77, "test_prometheus_training.py": 75,
+    "test_device.py": 70, "test_agent_cuda_fork.py": 65, "test_fencing.py": 60, "test_plan_trains.py": 60,
+    "test_config_fuzz.py": 45, "test_integrity.py": 40, "test_collective_timeout.py": 35,
+    "test_telemetry_forgery.py": 35, "test_interval.py": 35,
+}
+
+
+def order_for_two_workers(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The heavy files split into two equal loads, each half starting with its heaviest file and ending
+    with light ones; each file's tests stay together and in order (its module fixtures run once).
+
+    Why: ``--dist worksteal`` hands the first half of the collection (by count) to one worker and the
+    rest to the other, and a worker that runs dry steals from the tail of the other's queue. In file
+    order a long test could start last and keep one worker busy while the other waits; this way both
+    start on long tests and the steals at the end move only short ones.
+    """
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(str(item.path), []).append(item)
+    weight = {f: FILE_SECONDS.get(Path(f).name, 0.0) for f in files}
+    bins: tuple[list[str], list[str]] = ([], [])
+    load = [0.0, 0.0]
+    for f in sorted((f for f in files if weight[f]), key=lambda f: -weight[f]):  # longest first, to the lighter bin
+        i = load.index(min(load))
+        bins[i].append(f)
+        load[i] += weight[f]
+    first = [it for f in bins[0] for it in files[f]]
+    second = [it for f in bins[1] for it in files[f]]
+    for f in (f for f in files if not weight[f]):  # light files fill the first half up to the split
+        (first if len(first) < len(items) // 2 else second).extend(files[f])
+    return first + second
+
+
+class TwoWorkerOrder:
+    """Orders the tests left after ``-m``/``-k`` deselection (hence ``trylast``) for two xdist workers."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items[:] = order_for_two_workers(items)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        config.pluginmanager.register(TwoWorkerOrder(), "two-worker-order")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
