@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from trainer import packed_state
+from trainer.dcp_reader import OnePassReader
 from trainer.device import flags_tensor
 from trainer.fence import atomic_write  # torch-free, so the supervisor can use it too
 
@@ -359,14 +360,15 @@ def load(ref: CheckpointRef, state: dict[str, Any], rank: int) -> dict[str, Any]
     """Load shards into ``state`` in place (any layout: DCP reshards); return the extra JSON.
 
     Scalars come from the checkpoint's packed objects (``trainer.packed_state``), or item by item from a
-    checkpoint written before that format.
+    checkpoint written before that format; every shard file is read once (``trainer.dcp_reader``).
     """
-    digests = packed_state.stored_digests(ref.path)
+    reader = OnePassReader(str(ref.path))
+    digests = packed_state.stored_digests(reader.read_metadata())
     if digests is None:
-        dcp.load(state, checkpoint_id=str(ref.path))
+        dcp.load(state, storage_reader=reader)
     else:
         target = packed_state.load_target(state, digests)
-        dcp.load(target, checkpoint_id=str(ref.path))
+        dcp.load(target, storage_reader=reader)
         packed_state.unpack_into(state, target)
     rng = ref.path / f"rng-rank{rank}.pt"
     if rng.exists():

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.tensor import DTensor
 
 SCALARS = "packed_scalars"  # top-level key; its presence in a checkpoint is the format's version mark
@@ -54,10 +54,9 @@ def pack(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def stored_digests(path: Path) -> list[str] | None:
+def stored_digests(metadata: Metadata) -> list[str] | None:
     """The packed objects a checkpoint holds; None for a checkpoint in the old, item-per-scalar format."""
-    from torch.distributed.checkpoint import FileSystemReader
-    keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    keys = metadata.state_dict_metadata
     prefix = f"{SCALARS}."
     digests = [k[len(prefix):] for k in keys if k.startswith(prefix)]
     return digests or None
