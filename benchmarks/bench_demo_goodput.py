@@ -55,7 +55,16 @@ def summary(run_dir: Path) -> dict[str, Any]:
            "lost_per_relaunch": relaunch_lost, "first_start_s": first_start,
            "eval_loss": status.get("eval_loss"), "median_step_s": status.get("step_time_median_s")}
     row |= {f"lost_{k}": status["lost"][k] for k in LOST}
+    row["not_injected"] = [f["kind"] for f in status["faults"] if not f.get("injected_t")]  # false alarms
     return row
+
+
+def health_settings(config: Path) -> dict[str, Any]:
+    """The detector limits the demo runs with (what a false hang or a lost node is judged against)."""
+    from orchestrator.config_load import load_config
+    h = load_config(config).health
+    return {"hang_timeout_s": h.hang_timeout_s, "hang_step_multiple": h.hang_step_multiple,
+            "agent_timeout_s": h.agent_timeout, "heartbeat_interval_s": h.heartbeat_interval_s}
 
 
 def spread(xs: list[float], f: str = ".3f") -> str:
@@ -74,6 +83,7 @@ def main() -> int:
     work = Path(args.keep or tempfile.mkdtemp(prefix="demo-goodput-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    print(f"health settings: {health_settings(Path(args.config))}", flush=True)
     for rep in range(args.repeats):
         for i, (name, extra) in enumerate(VARIANTS.items()):
             load0 = os.getloadavg()[0]
@@ -82,6 +92,8 @@ def main() -> int:
                    "load_after": round(os.getloadavg()[0], 1)} | summary(work / f"r{rep}-v{i}")
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print("faults nobody injected (false alarms), per run:",
+          {f"{r['variant']} #{r['repeat']}": r["not_injected"] for r in rows})
     cols = ["goodput", "wall_s"] + [f"lost_{k}" for k in LOST] + ["first_start_s", "median_step_s", "eval_loss"]
     print("| variant | " + " | ".join(cols) + " | steps lost per relaunch | load |")
     print("|---" * (len(cols) + 3) + "|")
