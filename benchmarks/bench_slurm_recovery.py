@@ -1,7 +1,8 @@
 """Recovery on the real local Slurm cluster: in-allocation warm agents against one sbatch per attempt.
 
     .venv/bin/python benchmarks/bench_slurm_recovery.py --repeats 3 --json FILE
-        [--paths in_allocation,in_allocation_memtier,resubmit] [--peer | --no-peer] [--memory-tier]
+        [--paths in_allocation,in_allocation_memtier,resubmit] [--peer | --no-peer] [--peer-watchdog S]
+        [--memory-tier]
 
 Each repeat runs the same config once per path (``cluster.slurm.recovery``), with three faults in the
 run: a rank crash (chaos, step 8), a hang (chaos, step 20) and a node failure (the node's slurmd killed
@@ -20,7 +21,9 @@ were recorded as node losses that never happened.
 step of the attempt that followed; ``phases``: where that time went (detection, relaunch, fork, the
 rank's start, process group, build, restore, first step; medians in the rows), from the journal and the
 ranks' start-up marks. One row per (fault, path), median [min-max] over the repeats, plus the
-peer (``--peer``): ``srun torchrun --max-restarts`` in one allocation (``benchmarks/slurm_torchrun_peer.py``).
+peer (``--peer``, one run per repeat, after the paths unless ``--paths`` places ``peer``): ``srun torchrun --max-restarts`` in one allocation
+(``benchmarks/slurm_torchrun_peer.py``; its hang ends at ``--peer-watchdog``, the collective timeout).
+The JSON is rewritten after every run.
 The machine's load average is recorded with every run: a number measured under load is not a result.
 """
 
@@ -203,9 +206,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     by = {(r["fault"], r["path"]): r["first_good_step_s"]["median"] for r in rows}
     for fault in FAULTS:
         for fast in ("in_allocation", MEMTIER):
-            a, b = by.get((fault, fast)), by.get((fault, "resubmit"))
-            if a and b:
-                lines.append(f"\n{fault}: resubmit / {fast} = {b / a:.1f}x (first good step, medians)")
+            for slow in ("resubmit", "srun torchrun --max-restarts"):
+                a, b = by.get((fault, fast)), by.get((fault, slow))
+                if a and b:
+                    lines.append(f"\n{fault}: {slow} / {fast} = {b / a:.1f}x (first good step, medians)")
     return "\n".join(lines)
 
 
@@ -213,30 +217,34 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=45)
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"of {', '.join(PATHS + (MEMTIER,))}")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"of {', '.join(PATHS + (MEMTIER,))}, and peer")
     ap.add_argument("--json", type=Path, help="write the rows and every run here")
     ap.add_argument("--memory-tier", action="store_true",
                     help="checkpoint.memory.enabled: restarts restore from the node's RAM copy when it has one")
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run srun torchrun --max-restarts in one allocation")
+                    help="also run srun torchrun --max-restarts in one allocation, once per repeat")
+    ap.add_argument("--peer-watchdog", type=float, default=30.0,
+                    help="the peer's collective timeout, s: its only way to end a hang")
     a = ap.parse_args()
-    paths = [p for p in a.paths.split(",") if p]
+    from benchmarks.slurm_torchrun_peer import peer_rows, run_peer
+    order = [p for p in a.paths.split(",") if p]  # "peer" may be placed among the paths; else it runs last
+    order += ["peer"] if a.peer and "peer" not in order else []
+    paths = [p for p in order if p != "peer"]
     work = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
     runs: list[dict[str, Any]] = []
-    for i in range(a.repeats):
-        for path in paths:
-            run = run_once(path, a.steps, work / f"r{i}", a.memory_tier)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for i in range(a.repeats):  # the peer in every repeat: paths and peer see the same load, a cut run keeps all
+        for path in order:
+            run = (run_peer(a.steps, work / "peer" / f"r{i}", a.peer_watchdog) if path == "peer"
+                   else run_once(path, a.steps, work / f"r{i}", a.memory_tier))
             runs.append(run)
             print(json.dumps(run), flush=True)
-    rows = rows_from(runs, paths)
-    if a.peer:
-        from benchmarks.slurm_torchrun_peer import peer_rows
-        rows += peer_rows(a.repeats, a.steps, work / "peer")
-    out = {"rows": rows, "runs": runs, "memory_tier": a.memory_tier, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "cpus": os.cpu_count()}
+            rows = rows_from(runs, paths) + peer_rows(runs)
+            if a.json:  # after every run, so a run stopped at the end of its time slot still has its figures
+                a.json.write_text(json.dumps({"rows": rows, "runs": runs, "memory_tier": a.memory_tier,
+                                              "started": started, "cpus": os.cpu_count(),
+                                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(table(rows))
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
     return 0 if all(r["exit"] == 0 for r in runs) else 1
 
 
