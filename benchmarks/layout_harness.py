@@ -105,11 +105,18 @@ def init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def spawn(world: int, jobs: list[dict[str, Any]], out_dir: str) -> list[list[dict[str, Any]]]:
-    """Run ``jobs`` in one fresh group of ``world`` processes; results[rank][job]."""
+def spawn(world: int, jobs: list[dict[str, Any]], out_dir: str,
+          start_method: str = "spawn") -> list[list[dict[str, Any]]]:
+    """Run ``jobs`` in one fresh group of ``world`` processes; results[rank][job].
+
+    ``start_method="fork"`` (the tests): each process starts from this one's imports instead of a fresh
+    interpreter importing torch and the engines (~3 s of CPU each on two cores); nothing else is inherited
+    that a job uses (each builds its model from ``cfg.train.seed`` and its own process group)."""
     import torch.multiprocessing as mp  # noqa: PLC0415
     os.environ["OMP_NUM_THREADS"] = "1"
-    mp.spawn(worker, args=(world, free_port(), jobs, out_dir), nprocs=world)
+    if start_method == "fork":
+        import benchmarks.layout_scenarios  # noqa: F401, PLC0415 - imported once here, inherited by each fork
+    mp.start_processes(worker, args=(world, free_port(), jobs, out_dir), nprocs=world, start_method=start_method)
     return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
 
 

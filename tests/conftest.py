@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,36 +69,46 @@ def run_submit(tmp: Path, overrides: dict[str, Any], name: str = "run") -> RunRe
     return RunResult(run_dir, code)
 
 
-_SHARED: dict[str, RunResult] = {}
+_SHARED: dict[str, Any] = {}
 
 
-def shared_run(factory: pytest.TempPathFactory, key: str, overrides: dict[str, Any]) -> RunResult:
-    """A run of ``BASE`` + ``overrides`` made once per test session and read by every test that asks
-    for ``key``, on whichever xdist worker: the first to ask runs it under a lock, the others wait and
-    read its directory. Why: each run pays its node agents' warm-up (torch, DCP: ~6 s of CPU quiet) on
-    a two-core CI machine; a reference run computed per worker or per test is the same run again.
-    Readers must not write into its directory."""
+def shared_json(factory: pytest.TempPathFactory, key: str, make: Callable[[Path], Any]) -> Any:
+    """``make(work_dir)``'s JSON result, computed once per test session for every test that asks for
+    ``key``, on whichever xdist worker: the first to ask computes it under a lock, the others wait and
+    read it (and may read ``work_dir``, never write it). Why: runs and spawned process groups cost
+    seconds of CPU each on a two-core CI machine, and worksteal may hand a module's tests to both workers,
+    which then each made the module's fixtures: the same result twice."""
     if key not in _SHARED:
-        _SHARED[key] = _run_once(factory, key, overrides)
+        _SHARED[key] = _make_once(factory, key, make)
     return _SHARED[key]
 
 
-def _run_once(factory: pytest.TempPathFactory, key: str, overrides: dict[str, Any]) -> RunResult:
+def _make_once(factory: pytest.TempPathFactory, key: str, make: Callable[[Path], Any]) -> Any:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if not worker:
-        return run_submit(factory.mktemp(key), overrides, key)
-    root = factory.getbasetemp().parent / "shared-runs"  # this session's, common to its workers
+        return make(factory.mktemp(key))
+    root = factory.getbasetemp().parent / "shared"  # this session's, common to its workers
     root.mkdir(exist_ok=True)
     with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the run raises
-        done = root / f"{key}.done"
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if make raises
+        done = root / f"{key}.json"
         if done.exists():
-            name, code = done.read_text().split()
-            return RunResult(root / name, int(code))
-        name = f"{key}-{worker}"  # never a directory a worker that crashed mid-run left behind
-        r = run_submit(root, overrides, name)
-        done.write_text(f"{name} {r.code}")
-        return r
+            return json.loads(done.read_text())
+        work = root / f"{key}-{worker}"  # never a directory a worker that crashed mid-way left behind
+        work.mkdir()
+        out = make(work)
+        done.write_text(json.dumps(out))
+        return json.loads(done.read_text())  # what the other workers get, to the last float
+
+
+def shared_run(factory: pytest.TempPathFactory, key: str, overrides: dict[str, Any]) -> RunResult:
+    """A run of ``BASE`` + ``overrides`` made once per test session (``shared_json``); readers must
+    not write into its directory."""
+    def make(work: Path) -> list[Any]:
+        r = run_submit(work, overrides, key)
+        return [str(r.run_dir), r.code]
+    run_dir, code = shared_json(factory, f"run-{key}", make)
+    return RunResult(Path(run_dir), code)
 
 
 @pytest.fixture(scope="session")

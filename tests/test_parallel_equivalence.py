@@ -1,7 +1,8 @@
 """Every hybrid layout reproduces the single-process run (real gloo processes on CPU).
 
-Layouts of one world size share one spawned process group (importing torch in 8 processes on 2 cores
-costs seconds): a module-scoped fixture runs all of them, the tests then check each result.
+Layouts of one world size share one process group, forked from this process (importing torch in 8
+fresh processes on 2 cores costs seconds): a fixture runs all of them once per session, also when xdist
+hands this module's tests to both workers (``shared_json``), and the tests then check each result.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.layout_harness import batches, make_cfg, reference_losses, spawn
+from tests.conftest import shared_json
 
 TOL = 1e-4
 STEPS = 5
@@ -43,7 +45,7 @@ def reference() -> list[float]:
 def _run(world: int, layouts: dict[str, dict[str, Any]], tmp: Any,
          extra: list[dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
     jobs = [{"name": n, "cfg": c, "steps": STEPS, "eval": True} for n, c in layouts.items()] + (extra or [])
-    res = spawn(world, jobs, str(tmp))
+    res = spawn(world, jobs, str(tmp), start_method="fork")
     return {job["name"]: [res[r][i] for r in range(world)] for i, job in enumerate(jobs)}
 
 
@@ -57,17 +59,17 @@ EXTRA2 = [
 
 @pytest.fixture(scope="module")
 def world2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return _run(2, WORLD2, tmp_path_factory.mktemp("w2"), EXTRA2)
+    return shared_json(tmp_path_factory, "equivalence-world2", lambda tmp: _run(2, WORLD2, tmp, EXTRA2))
 
 
 @pytest.fixture(scope="module")
 def world4(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return _run(4, WORLD4, tmp_path_factory.mktemp("w4"))
+    return shared_json(tmp_path_factory, "equivalence-world4", lambda tmp: _run(4, WORLD4, tmp))
 
 
 @pytest.fixture(scope="module")
 def world8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return _run(8, WORLD8, tmp_path_factory.mktemp("w8"))
+    return shared_json(tmp_path_factory, "equivalence-world8", lambda tmp: _run(8, WORLD8, tmp))
 
 
 def _check(ranks: list[dict[str, Any]], reference: list[float]) -> None:
