@@ -1,11 +1,13 @@
-"""Storage restore of the demo model on 4 gloo ranks: packed scalars against the old item-per-scalar format.
+"""Storage restore of the demo model on 4 gloo ranks: packed scalars against the old item-per-scalar format,
+and DCP's own reader (one ``torch.load`` per tensor) against ``trainer.dcp_reader``'s one-pass reader.
 
-    .venv/bin/python benchmarks/bench_restore.py [--repeats 3] [--world 4]
+    .venv/bin/python benchmarks/bench_restore.py [--repeats 3] [--world 4] [--no-freeze]
 
 Every rank builds the demo's engine (``examples/local.yaml``), writes one checkpoint with
 ``trainer.checkpoint.save`` (scalars packed, ``trainer.packed_state``) and one as the trainer wrote them
 before (``dcp.save`` of the flat state: one DCP item per hyper-parameter and step counter, per
-parameter), then restores each in turn, alternating, as ``TrainLoop._restore`` does: choose (rank 0
+parameter), then restores in turn, alternating (``old`` and ``packed``: the one-pass reader; ``packed-dcp-reader``:
+the packed checkpoint through DCP's ``FileSystemReader``), as ``TrainLoop._restore`` does: choose (rank 0
 verifies checksums), the engine's state template, ``checkpoint.load``, ``load_state_dict``. Prints rank
 0's seconds per phase, median [min-max], and its ``torch.load`` calls per restore. Run under
 ``flock /tmp/bench.lock`` and quote the ratio within one run: the machine is shared.
@@ -14,6 +16,7 @@ verifies checksums), the engine's state template, ``checkpoint.load``, ``load_st
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -37,6 +40,8 @@ from trainer import checkpoint as ckpt  # noqa: E402
 from trainer.engines import build_engine  # noqa: E402
 
 LOADS = [0]
+ONE_PASS = ckpt.OnePassReader
+FORMATS = ("old", "packed", "packed-dcp-reader")
 
 
 def _counting_load(real: Any) -> Any:
@@ -58,7 +63,8 @@ def _save_old_format(root: Path, step: int, state: dict[str, Any], rank: int) ->
     dist.barrier()
 
 
-def _restore_once(root: Path, eng: Any, rank: int) -> dict[str, float]:
+def _restore_once(root: Path, eng: Any, rank: int, dcp_reader: bool = False) -> dict[str, float]:
+    ckpt.OnePassReader = dcp.FileSystemReader if dcp_reader else ONE_PASS  # type: ignore[misc]
     dist.barrier()
     LOADS[0] = 0
     t: dict[str, float] = {}
@@ -80,7 +86,7 @@ def _restore_once(root: Path, eng: Any, rank: int) -> dict[str, float]:
     return t
 
 
-def worker(rank: int, world: int, root: str, port: int, repeats: int, q: Any) -> None:
+def worker(rank: int, world: int, root: str, port: int, repeats: int, q: Any, freeze: bool) -> None:
     torch.set_num_threads(1)
     torch.load = _counting_load(torch.load)  # type: ignore[assignment]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -90,7 +96,10 @@ def worker(rank: int, world: int, root: str, port: int, repeats: int, q: Any) ->
     eng = build_engine(RunConfig.model_validate(raw), rank, world, torch.device("cpu"))
     ckpt.save(Path(root) / "packed", 10, eng.state_dict(), {"step": 10}, rank)
     _save_old_format(Path(root) / "old", 10, eng.state_dict(), rank)
-    rows = [(fmt, _restore_once(Path(root) / fmt, eng, rank)) for _ in range(repeats) for fmt in ("old", "packed")]
+    if freeze:
+        gc.freeze()  # as trainer.rank_main does: the collector then skips what the rank was started with
+    rows = [(fmt, _restore_once(Path(root) / fmt.split("-")[0], eng, rank, fmt.endswith("dcp-reader")))
+            for _ in range(repeats) for fmt in FORMATS]
     if rank == 0:
         q.put(rows)
     dist.destroy_process_group()
@@ -100,24 +109,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=True,
+                    help="gc.freeze() before the restores, as a trainer rank does (--no-freeze: as before)")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as root:
         port = 20000 + os.getpid() % 20000
-        procs = [ctx.Process(target=worker, args=(r, a.world, root, port, a.repeats, q)) for r in range(a.world)]
+        procs = [ctx.Process(target=worker, args=(r, a.world, root, port, a.repeats, q, a.freeze)) for r in range(a.world)]
         for p in procs:
             p.start()
         rows = q.get()
         for p in procs:
             p.join()
-    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; rank 0 of {a.world}, {a.repeats} restores each")
-    for fmt in ("old", "packed"):
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; rank 0 of {a.world}, {a.repeats} restores each, "
+          f"gc {'frozen' if a.freeze else 'not frozen'}")
+    for fmt in FORMATS:
         mine = [t for f, t in rows if f == fmt]
         cells = [f"{k} {statistics.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]"
                  for k in mine[0] if k != "torch_loads" for v in [[t[k] for t in mine]]]
-        print(f"{fmt:7s} torch.loads {int(mine[0]['torch_loads'])}  " + "  ".join(cells))
+        print(f"{fmt:17s} torch.loads {int(mine[0]['torch_loads'])}  " + "  ".join(cells))
     return 0
 
 
