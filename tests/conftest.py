@@ -118,16 +118,17 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 
 
-# What each heavy file cost the last full CI run (2026-11-30, seconds of setup + call under its load, the
-# `--durations` of scripts/test.sh summed per file; files with runs outside its slowest 40 estimated at
-# ~35 s a run). Only the order of the xdist part depends on it: a stale figure costs balance, not results.
+# What each heavy file costs a full CI run (seconds of setup + call under its load: the `--durations` of
+# scripts/test.sh on 2026-11-30 summed per file, files with runs outside its slowest 40 estimated at ~35 s
+# a run, the files shortened on 2026-12-01 scaled by their measured change). Only the order of the xdist
+# part depends on it: a stale figure costs balance, not results.
 FILE_SECONDS: dict[str, float] = {
-    "test_local_faults.py": 520, "test_parallel_chaos.py": 280, "test_bench_ftlauncher.py": 258,
-    "test_local_recovery_extra.py": 270, "test_chaos_soak.py": 216, "test_parallel_equivalence.py": 210,
-    "test_memtier.py": 145, "test_replay_local.py": 190, "test_local_netns.py": 130,
-    "test_comm_straggler.py": 130, "test_parallel_reshard.py": 140, "test_agent_heartbeat.py": 101,
-    "test_benchmarks_smoke.py": 110, "test_bench_gpu_step.py": 77, "test_prometheus_training.py": 75,
-    "test_device.py": 70, "test_agent_cuda_fork.py": 65, "test_fencing.py": 60, "test_plan_trains.py": 60,
+    "test_local_faults.py": 520, "test_local_recovery_extra.py": 270, "test_bench_ftlauncher.py": 258,
+    "test_parallel_chaos.py": 230, "test_chaos_soak.py": 216, "test_replay_local.py": 190,
+    "test_memtier.py": 145, "test_local_netns.py": 130, "test_comm_straggler.py": 130,
+    "test_benchmarks_smoke.py": 110, "test_parallel_equivalence.py": 100, "test_bench_gpu_step.py": 77,
+    "test_prometheus_training.py": 75, "test_device.py": 70, "test_agent_cuda_fork.py": 65,
+    "test_agent_heartbeat.py": 65, "test_fencing.py": 60, "test_plan_trains.py": 60, "test_parallel_reshard.py": 60,
     "test_config_fuzz.py": 45, "test_integrity.py": 40, "test_collective_timeout.py": 35,
     "test_telemetry_forgery.py": 35, "test_interval.py": 35,
 }
