@@ -26,6 +26,7 @@ class GoodputMeter:
         self.straggling_since = straggling_since
         self._normal: deque[float] = deque(maxlen=NORMAL_WINDOW)
         self._charged: set[int] = set()
+        self._rewound: dict[int, float] = {}  # the last rewind's steps, until the ranks say where they resumed
 
     def on_step(self, step: int, seconds: float, skipped: bool, ckpt_wait_s: float = 0.0,
                 replay_s: float = 0.0) -> None:
@@ -67,10 +68,24 @@ class GoodputMeter:
     def rewind(self, resume_step: int) -> int:
         """Steps from ``resume_step`` on will be redone; returns how many were lost."""
         gone = [s for s in self.kept if s >= resume_step]
+        self._rewound = {}
         for s in gone:
-            self.lost.recomputation += self.kept.pop(s)
+            self._rewound[s] = self.kept.pop(s)
+            self.lost.recomputation += self._rewound[s]
             self._charged.discard(s)
         return len(gone)
+
+    def resumed_at(self, step: int) -> int:
+        """The ranks resumed at ``step``, newer than the last rewind assumed (a memory-tier copy the
+        supervisor had not heard of yet when it decided): the steps below it were never redone, so
+        they are productive again; returns how many."""
+        back = [s for s in self._rewound if s < step]
+        for s in back:
+            secs = self._rewound.pop(s)
+            self.kept[s] = secs
+            self.lost.recomputation -= secs
+        self._rewound = {}
+        return len(back)
 
     @property
     def productive(self) -> float:

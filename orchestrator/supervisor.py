@@ -108,6 +108,7 @@ class Supervisor:
         self.phase = PhaseMachine()
         self.snap = RunSnapshot(name=cfg.name, total_steps=cfg.train.steps)
         self.meter = GoodputMeter(clock(), straggling_since=lambda: self.straggler.episode_since())
+        self.relaunched_for: FaultRecord | None = None  # the last relaunch's fault (its lost steps may shrink)
         self.telemetry = self._open_telemetry()
         s = cfg.health.straggler
         self.straggler = StragglerDetector(s.window, s.factor, s.min_steps)
@@ -221,9 +222,8 @@ class Supervisor:
                     self.auto_interval.tuner.on_checkpoint(save_s)
                 case Restored(tier, _, step):
                     self.auto_interval.tuner.on_restore(tier)
-                    if step is not None:  # restored older than the fault handler assumed: redo more
-                        self.snap.steps_lost_to_rollbacks += self.meter.rewind(step)
-                        self.snap.step = min(self.snap.step, step)
+                    if step is not None:
+                        self._resumed_at(step)
                 case RolledBack(to_step, skipped, c, from_step):
                     lost = self.meter.rewind(to_step)
                     self.snap.steps_lost_to_rollbacks += lost
@@ -561,10 +561,23 @@ class Supervisor:
         resume = self.resume_step()
         lost = self.meter.rewind(resume)
         f = self.record_fault(c, now, d.action, lost_steps=lost)
+        self.relaunched_for = f  # its lost_steps shrink if the ranks restore newer than assumed
         self.meter.lost.detection += f.detected_after_s or 0.0
         self.snap.steps_lost_to_rollbacks += lost
         self.snap.step = resume
         return self._apply(d, c, now)
+
+    def _resumed_at(self, step: int) -> None:
+        """The ranks say where they resumed; the last relaunch's charge follows: a memory copy newer than
+        the supervisor had heard of when it decided means fewer steps redone, an older restore (a copy
+        refused, storage) more."""
+        back = self.meter.resumed_at(step)
+        more = self.meter.rewind(step)
+        self.snap.steps_lost_to_rollbacks = max(0, self.snap.steps_lost_to_rollbacks + more - back)
+        if self.relaunched_for is not None:
+            self.relaunched_for.lost_steps = max(0, self.relaunched_for.lost_steps + more - back)
+            self.relaunched_for = None  # corrected once, by the restore of its own relaunch
+        self.snap.step = min(self.snap.step, step)
 
     def resume_step(self) -> int:
         """Where the next attempt should resume: the newer of the last storage checkpoint and the

@@ -298,6 +298,10 @@ def test_crash_hang_and_node_loss_resume_from_memory(tmp_path: Path, clean_run: 
             assert load["step"] % 4 == 0 and injected["step"] - 7 <= load["step"] <= injected["step"] - 2, load
         else:
             assert injected["step"] - 1 <= load["step"] <= injected["step"], (fault, load)
+    # the ledger charges what was redone: from the step restored to the step the fault struck at, even
+    # when the copy loaded was newer than the one the supervisor had heard of when it relaunched
+    charged = [(f["kind"], f["step"], f["lost_steps"]) for f in r.status["faults"] if f.get("injected_t")]
+    assert charged == [(f["kind"], f["step"], f["step"] - load["step"]) for f, load in pairs], (charged, pairs)
     assert r.events("launch")[-1]["nodes"] == ["node0", "node2"]  # node1's ranks restored on the spare
     _assert_same_losses(r, clean_run)
     assert not memstore.node_dir(r.run_dir, "node0").exists()  # the agents removed their memory

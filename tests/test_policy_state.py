@@ -69,6 +69,21 @@ def test_goodput_meter_moves_redone_steps_to_recomputation() -> None:
     assert m.goodput(now=20.0) == 0.25
 
 
+def test_goodput_meter_gives_back_steps_a_newer_restore_kept() -> None:
+    """A relaunch assumed a resume at 5 (the copies it knew of); the ranks loaded a memory copy of step 8:
+    steps 5..7 were never redone, so they are productive again; an older restore still redoes more."""
+    m = GoodputMeter(t0=0.0)
+    for s in range(10):
+        m.on_step(s, 1.0, skipped=False)
+    assert m.rewind(5) == 5 and m.lost.recomputation == 5.0
+    assert m.resumed_at(8) == 3
+    assert m.productive == 8.0 and m.lost.recomputation == 2.0
+    assert m.resumed_at(9) == 0  # once per rewind
+    assert m.rewind(8) == 0
+    m.rewind(6)  # and a restore older than assumed still moves more to recomputation
+    assert m.resumed_at(3) == 0 and m.productive == 6.0 and m.lost.recomputation == 4.0
+
+
 def test_placement_text_names_nodes_and_coordinates() -> None:
     from pathlib import Path
 
