@@ -28,7 +28,7 @@ def _stop_agent_at(run_dir: Path, step: int, out: dict[str, Any]) -> None:
             pass
         time.sleep(0.05)
     launch = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()
-              if '"launch"' in line][-1]
+              if '"launch"' in line][0]  # attempt 0: never a spare a later launch took
     node = launch["nodes"][-1]
     out["node"], out["pid"], out["t"] = node, int(launch["pids"][node]), time.time()
     os.kill(out["pid"], signal.SIGSTOP)
@@ -51,6 +51,8 @@ def test_silent_local_agent_is_a_lost_node(tmp_path: Path, clean_run: RunResult)
     (fault,) = [f for f in r.events("fault") if f["kind"] == "node_failure"]
     assert fault["node"] == stopped["node"] and "silent" in fault["evidence"]["detail"], fault
     assert 1.5 <= fault["detected_t"] - stopped["t"] < 6, fault  # the timeout, then at most a few ticks
+    (fence,) = [e for e in r.events("fence") if e["t"] <= fault["t"]][-1:]
+    assert fault["t"] - fence["t"] < 4.0, (fence, fault)  # the silent agent is not waited for (was grace + 3 s)
     assert r.status["excluded_nodes"] == [stopped["node"]]
     assert stopped["node"] not in r.events("launch")[-1]["nodes"]
     assert abs(r.final_eval - clean_run.final_eval) < 1e-6

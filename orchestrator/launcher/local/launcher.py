@@ -199,10 +199,17 @@ class LocalLauncher(Launcher):
         from orchestrator.memtier_service import plan_launch
         net = self.net
         addr = {n: (net.addr(n) if net is not None else "127.0.0.1", p) for n, p in self.mem_ports.items()
-                if self.agents.get(n) is not None and self.agents[n].proc.poll() is None}
+                if self._serves(n)}
         plan, self.mem_owner, self.mem_partner = plan_launch(
             list(spec.nodes), spec.ranks_per_node, self.mem_owner, self.mem_partner, addr)  # type: ignore[arg-type]
         return plan
+
+    def _serves(self, node: str) -> bool:
+        """Whether a node's agent can hand out memory copies: running and not a lost node. Why: a spare
+        fetching from a frozen (SIGSTOPped) lost node's port blocked in recv for the socket timeout, its
+        heartbeats stopped, and the spare itself was declared lost."""
+        a = self.agents.get(node)
+        return a is not None and not a.dead_reported and a.proc.poll() is None
 
     def poll(self) -> list[LauncherEvent]:
         events = []
@@ -230,7 +237,10 @@ class LocalLauncher(Launcher):
         waiting = set()
         for node in self.current:
             a = self.agents[node]
-            if a.proc.poll() is None and a.send(cmd="stop", grace_s=grace):
+            if a.dead_reported:  # a lost node (silent or gone): nothing will answer, fencing covers it
+                if a.proc.poll() is None:
+                    a.proc.kill()
+            elif a.proc.poll() is None and a.send(cmd="stop", grace_s=grace):
                 waiting.add(node)
         deadline = time.monotonic() + grace + 3.0
         while waiting and time.monotonic() < deadline:
