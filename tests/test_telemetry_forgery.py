@@ -91,4 +91,5 @@ def test_forged_and_replayed_datagrams_change_nothing(tmp_path: Path) -> None:
         assert by[reason] == n, (reason, by)
     reports = res.events("telemetry_rejected")
     assert reports and sum(sum(r["reasons"].values()) for r in reports) == res.status["telemetry_rejected"]
-    assert len(reports) <= 1 + res.status["wall_s"] / 10  # rate-limited, not one line per datagram
+    # rate-limited, not one line per datagram: the first at once, at most one per 10 s, the rest at the end
+    assert len(reports) <= 2 + res.status["wall_s"] / 10, reports
