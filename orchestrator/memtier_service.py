@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainer import memstore
 from trainer.telemetry_auth import key_from_env
@@ -45,6 +45,8 @@ DOMAIN = b"orchmem-repl1"
 MAX_AGE_S = 120.0
 CHUNK = 1 << 20
 PUSH_POLL_S = 0.02
+FETCH_IDLE_S = 5.0  # a serving agent answers in milliseconds: a source silent this long is frozen or gone
+FETCH_SLICE_S = 0.1  # the fetching agent waits in slices this long and heartbeats between them
 ENV_TEST_PUSH_EVERY = "ORCH_MEM_TEST_PUSH_EVERY"
 
 
@@ -75,29 +77,71 @@ def send_frame(sock: socket.socket, key: bytes, hdr: dict[str, Any], body: Path 
     sock.sendall(_mac(key, head).digest())
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+Recv = Callable[[int], bytes]
+
+
+class PatientReader:
+    """``recv`` for a fetch: waits in short slices, calling ``tick`` between them (the agent sends its
+    heartbeat, so a slow or frozen source does not make the fetching node look lost too), and gives up
+    once the source has been silent for ``idle_s``."""
+
+    def __init__(self, sock: socket.socket, tick: Callable[[], None], idle_s: float = FETCH_IDLE_S,
+                 slice_s: float = FETCH_SLICE_S) -> None:
+        self.sock, self.tick, self.idle_s, self.slice_s = sock, tick, idle_s, slice_s
+        sock.settimeout(slice_s)
+
+    def __call__(self, n: int) -> bytes:
+        quiet = 0.0
+        while True:
+            self.tick()
+            try:
+                return self.sock.recv(n)
+            except socket.timeout:
+                quiet += self.slice_s
+                if quiet >= self.idle_s:
+                    raise TimeoutError(f"source silent for {quiet:.1f}s") from None
+
+
+def connect_patiently(addr: tuple[str, int], tick: Callable[[], None], idle_s: float = FETCH_IDLE_S,
+                      slice_s: float = FETCH_SLICE_S) -> socket.socket:
+    """A connection to ``addr`` tried in short attempts with ``tick`` between them, for ``idle_s``."""
+    deadline = time.monotonic() + idle_s
+    while True:
+        tick()
+        try:
+            return socket.create_connection(addr, timeout=slice_s)
+        except (socket.timeout, TimeoutError):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no connection to {addr} in {idle_s:.1f}s") from None
+
+
+def _recv_exact(sock: socket.socket, n: int, recv: Recv | None = None) -> bytes:
+    recv = recv or sock.recv
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(min(CHUNK, n - len(buf)))
+        chunk = recv(min(CHUNK, n - len(buf)))
         if not chunk:
             raise ConnectionError("peer closed mid-frame")
         buf += chunk
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket, key: bytes, sink: Path | None = None) -> tuple[dict[str, Any], bytes]:
+def recv_frame(sock: socket.socket, key: bytes, sink: Path | None = None,
+               recv: Recv | None = None) -> tuple[dict[str, Any], bytes]:
     """Read one frame; a body goes to ``sink`` (renamed into place by the caller) or memory. Raises
-    PermissionError on a bad MAC or an old frame (and removes what was written)."""
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
+    PermissionError on a bad MAC or an old frame (and removes what was written). ``recv``: how to read
+    (a :class:`PatientReader`), else the socket's own ``recv`` under its timeout."""
+    recv = recv or sock.recv
+    (n,) = struct.unpack(">I", _recv_exact(sock, 4, recv))
     if n > 1 << 16:
         raise PermissionError("header too long")
-    head = _recv_exact(sock, n)
+    head = _recv_exact(sock, n, recv)
     hdr = json.loads(head)
     m, left, body = _mac(key, head), int(hdr["size"]), b""
     out = open(sink, "wb") if sink is not None else None
     try:
         while left:
-            chunk = sock.recv(min(CHUNK, left))
+            chunk = recv(min(CHUNK, left))
             if not chunk:
                 raise ConnectionError("peer closed mid-frame")
             left -= len(chunk)
@@ -108,7 +152,7 @@ def recv_frame(sock: socket.socket, key: bytes, sink: Path | None = None) -> tup
     finally:
         if out is not None:
             out.close()
-    ok = hmac.compare_digest(_recv_exact(sock, 32), m.digest()) and abs(time.time() - float(hdr["t"])) < MAX_AGE_S
+    ok = hmac.compare_digest(_recv_exact(sock, 32, recv), m.digest()) and abs(time.time() - float(hdr["t"])) < MAX_AGE_S
     if not ok:
         if sink is not None:
             sink.unlink(missing_ok=True)
@@ -336,8 +380,9 @@ class NodeMemory:
                 pass
 
     # ---- the agent's hooks ---------------------------------------------------------------------------
-    def before_launch(self, spec: dict[str, Any]) -> None:
-        """Set the ring partner, and fetch copies of ranks that ran on another node last attempt."""
+    def before_launch(self, spec: dict[str, Any], tick: Callable[[], None] = lambda: None) -> None:
+        """Set the ring partner, and fetch copies of ranks that ran on another node last attempt
+        (``tick``: the agent's heartbeat, kept going while a fetch waits)."""
         mem = spec.get("mem") or {}
         partner = tuple(mem["partner"]) if mem.get("partner") else None
         if partner != self.partner:
@@ -351,22 +396,26 @@ class NodeMemory:
             self._update_retain()
         for rank, sources in (mem.get("sources") or {}).items():
             for src in sources:
-                if self.fetch(int(rank), (str(src[0]), int(src[1]))):
+                if self.fetch(int(rank), (str(src[0]), int(src[1])), tick):
                     break
 
-    def fetch(self, rank: int, source: tuple[str, int]) -> bool:
-        """Copy every copy ``source`` holds of ``rank`` into this node's rank directory."""
+    def fetch(self, rank: int, source: tuple[str, int], tick: Callable[[], None] = lambda: None,
+              idle_s: float = FETCH_IDLE_S) -> bool:
+        """Copy every copy ``source`` holds of ``rank`` into this node's rank directory. A source that
+        stops answering (a frozen node not yet declared lost) is given up after ``idle_s`` of silence,
+        with ``tick`` called meanwhile: the caller's next source, or storage, takes over."""
         if self.key is None:
             return False
         dest = memstore.rank_dir(self.base, rank)
         dest.mkdir(parents=True, exist_ok=True)
         got, t0 = 0, time.perf_counter()
         try:
-            with socket.create_connection(source, timeout=30) as s:
+            with connect_patiently(source, tick, idle_s) as s:
+                recv = PatientReader(s, tick, idle_s)
                 send_frame(s, self.key, {"op": "get", "ranks": [rank]})
                 while True:
                     tmp = dest / f".fetch-{os.getpid()}.tmp"
-                    hdr, _ = recv_frame(s, self.key, tmp)
+                    hdr, _ = recv_frame(s, self.key, tmp, recv)
                     if hdr["op"] == "end":
                         tmp.unlink(missing_ok=True)
                         break

@@ -174,6 +174,28 @@ def test_replication_only_under_the_run_key(tmp_path: Path, monkeypatch: pytest.
         holder.close()
 
 
+def test_fetch_from_a_frozen_source_gives_up_and_keeps_heartbeating(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that accepts (its kernel still does: a SIGSTOPped agent, a node not yet declared lost)
+    but never answers: the fetch gives up after its idle limit, calling the agent's heartbeat throughout,
+    so the spare that fetches is not declared lost along with the frozen node."""
+    monkeypatch.setattr(memstore, "BASE", tmp_path / "shm")
+    monkeypatch.delenv(memstore.ENV_DIR, raising=False)
+    frozen = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or replies
+    beats: list[float] = []
+    spare = memtier_service.NodeMemory("node2", tmp_path / "run", None, b"k" * 32)
+    try:
+        t0 = time.monotonic()
+        assert not spare.fetch(2, frozen.getsockname()[:2], lambda: beats.append(time.monotonic()), idle_s=1.0)
+        took = time.monotonic() - t0
+        assert 1.0 <= took < 10.0, took
+        gaps = [b - a for a, b in zip([t0, *beats], [*beats, time.monotonic()])]
+        assert len(beats) >= 5 and max(gaps) < 1.0, gaps  # never silent for long
+    finally:
+        spare.close()
+        frozen.close()
+
+
 def test_plan_launch_fetches_moved_ranks_from_old_node_then_partner() -> None:
     addr = {n: (f"10.0.0.{i}", 9000) for i, n in enumerate(["node0", "node1", "node2"])}
     plan, owner, partner = memtier_service.plan_launch(["node0", "node1"], 2, {}, {}, addr)

@@ -226,6 +226,14 @@ class NodeAgent:
         self.relay: Any = None  # this attempt's telemetry relay (telemetry_relay.NodeRelay), when it has one
         self.sel: selectors.BaseSelector | None = None
         self.heartbeat_s = 0.5
+        self.next_hb = 0.0
+
+    def heartbeat_if_due(self) -> None:
+        """Silence past the supervisor's timeout reads as a lost node: beat on time, also from inside a
+        long step of the main loop (a memory-tier fetch waiting on a slow source)."""
+        if time.monotonic() >= self.next_hb:
+            self.reply(ev="hb", t=time.time(), ranks=len(self.children))
+            self.next_hb = time.monotonic() + self.heartbeat_s
 
     def preempt_notice(self) -> None:
         """Slurm preempts the allocation: ranks checkpoint (SIGTERM, also sent to them by Slurm), and the
@@ -244,7 +252,7 @@ class NodeAgent:
         log_dir = Path(spec["log_dir"])
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.mem is not None:
-            self.mem.before_launch(spec)  # ring partner; copies of ranks that moved here
+            self.mem.before_launch(spec, self.heartbeat_if_due)  # ring partner; copies of ranks that moved here
         with self.mem.busy if self.mem is not None else contextlib.nullcontext():  # no memtier thread mid-I/O
             for local, rank in enumerate(spec["ranks"]):
                 pid = os.fork()
@@ -374,7 +382,6 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
     sel.register(channel_fd, selectors.EVENT_READ)
     sel.register(r, selectors.EVENT_READ)
     agent.sel, agent.heartbeat_s = sel, heartbeat_s
-    next_hb = 0.0
     while True:
         for key, _ in sel.select(timeout=min(0.1, heartbeat_s)):
             if key.fd == r:
@@ -399,9 +406,7 @@ def serve(agent: NodeAgent, heartbeat_s: float) -> int:
         if agent.relay is not None:
             agent.relay.pump()
         agent.reap()
-        if time.monotonic() >= next_hb:  # silence past the supervisor's timeout reads as a lost node
-            agent.reply(ev="hb", t=time.time(), ranks=len(agent.children))
-            next_hb = time.monotonic() + heartbeat_s
+        agent.heartbeat_if_due()
 
 
 def redial(agent: NodeAgent) -> bool:
