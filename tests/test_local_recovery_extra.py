@@ -79,8 +79,8 @@ def test_lemon_node_is_kept_out_of_the_next_run(tmp_path: Path) -> None:
 
 def test_shrink_on_node_loss_continues_with_fewer_nodes(tmp_path: Path, clean_run: RunResult) -> None:
     """No spare left: with policy.shrink_on_node_loss the run goes on at dp=2 with the same global batch,
-    resharded from the memory tier (DDP: each surviving rank's copy holds the whole state; hybrid layouts
-    reshard from storage, tests/test_parallel_chaos.py)."""
+    resharded from the memory tier (DDP: each surviving rank's copy holds the whole state; hybrid layouts:
+    tests/test_parallel_chaos.py)."""
     r = run_submit(tmp_path, {"cluster": {"spare_nodes": 0}, "policy": {"shrink_on_node_loss": True},
                               "health": {"hang_timeout_s": 6.0}, "checkpoint": {"memory": {"enabled": True}},
                               "chaos": [{"fault": "node_failure", "step": 25, "node": 1}]})

@@ -125,6 +125,32 @@ def test_replicated_layout_reshards_from_any_old_ranks_copy(tmp_path: Path) -> N
     assert strict.choose() is None and "layout" in tel.seen[0][1]["reason"]  # sharded layouts: storage
 
 
+def test_hybrid_layout_reshards_over_dp_only_from_the_same_tp_shard(tmp_path: Path) -> None:
+    """dp2 x tp2 (dp replicas hold the same tp shard) shrinks to dp1 x tp2: new rank r loads a copy an old
+    rank with r's tp coordinate wrote, whichever directory it sits in, never the other tp shard's."""
+    def tp_of(rank: int, world: int) -> Any:
+        return (0, rank % 2)  # (pp, tp), tp innermost as trainer.parallel.mesh places it
+
+    for old_rank in (2, 3):  # the node that survived ran old ranks 2 and 3 (tp 0 and 1)
+        old = MemoryTier(tmp_path, old_rank, 4, "L", EpochGuard(None, 0), None, Events())
+        old.snapshot(9, {"w": torch.full((2,), float(old_rank))}, {"step": 9})
+        old.wait()
+    for new_rank, want in ((0, 2.0), (1, 3.0)):
+        mem = MemoryTier(tmp_path, new_rank, 2, "L", EpochGuard(None, 0), None, Events(), replicated=True,
+                         shard_key=tp_of)
+        chosen = mem.choose()
+        assert chosen is not None and chosen.header.rank == int(want), chosen
+        assert torch.equal(load_payload(chosen)["state"]["w"], torch.full((2,), want))
+    # an old copy of the other shard left in a new rank's own directory is passed over, not loaded or removed
+    lone = tmp_path / "lone"
+    old = MemoryTier(lone, 1, 4, "L", EpochGuard(None, 0), None, Events())  # tp 1, in what is now rank 1's dir
+    old.snapshot(9, {"w": torch.ones(2)}, {"step": 9})
+    old.wait()
+    assert MemoryTier(lone, 1, 2, "L", EpochGuard(None, 0), None, Events(), replicated=True,
+                      shard_key=lambda r, w: (0, r % 2 if w == 2 else 0)).choose() is None
+    assert memstore.list_copies(memstore.rank_dir(lone, 1))  # still there for a rank it fits
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

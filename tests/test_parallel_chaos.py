@@ -1,5 +1,6 @@
 """Chaos in hybrid layouts on the local cluster: a crash and a NaN in dp2×tp2 and tp2×pp2, and a node
-loss with no spare that reshards dp2×tp2 → dp1×tp2 from the checkpoint (policy.shrink_on_node_loss).
+loss with no spare that reshards dp2×tp2 → dp1×tp2 (policy.shrink_on_node_loss): from storage under FSDP,
+from the memory tier under DDP.
 
 The fault-free reference is one plain data-parallel run of the same steps, made once per session and
 shared by the three tests (``shared_run``): every hybrid layout reproduces the single-process losses
@@ -50,14 +51,24 @@ def test_chaos_in_hybrid_layout(tmp_path: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.mark.slow
-def test_node_loss_reshards_to_smaller_dp(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("dp_mode,tier", [("fsdp", "storage"), ("ddp", "memory")])
+def test_node_loss_reshards_to_smaller_dp(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                          dp_mode: str, tier: str) -> None:
+    """dp2 x tp2 loses a node with no spare and goes on at dp1 x tp2, memory tier on. FSDP shards the state
+    over dp, so no surviving rank's copy holds a new rank's shard: storage (step 20). DDP over tp keeps
+    each tp shard whole on every dp replica: the surviving node's copies reshard from memory (step 24-25)."""
     clean = clean_of(tmp_path_factory)
-    r = run_submit(tmp_path, {**base("dp2_tp2"), "cluster": {"spare_nodes": 0},
+    r = run_submit(tmp_path, {**base("dp2_tp2"), "parallel": {**LAYOUTS["dp2_tp2"], "dp_mode": dp_mode},
+                              "cluster": {"spare_nodes": 0}, "checkpoint": {"memory": {"enabled": True}},
                               "policy": {"shrink_on_node_loss": True},
                               "chaos": [{"fault": "node_failure", "step": 25, "node": 1}]}, "shrunk")
     assert r.code == 0, r.status["reason"]
     assert r.events("shrink")[0]["world"] == 2
+    load = next(e for e in r.events("checkpoint_loaded") if e["seq"] > r.events("shrink")[0]["seq"])
+    assert load["tier"] == tier and (load["step"] == 20 if tier == "storage" else 24 <= load["step"] <= 25), load
+    if tier == "memory":
+        assert load["from_world"] == 4
     assert abs(r.final_eval - clean.final_eval) < 0.08
     c, s = clean.losses(), r.losses()
-    for step in range(20, STEPS):  # redone after the reshard from the step-20 checkpoint: same trajectory
+    for step in range(load["step"], STEPS):  # redone after the reshard: the same trajectory
         assert abs(c[step] - s[step]) < 1e-3, (step, c[step], s[step])

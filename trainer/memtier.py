@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,14 @@ def copy_into(target: Any, saved: Any) -> Any:
     return saved
 
 
+ShardKey = Callable[[int, int], Hashable]  # (rank, world) -> which shard of the state that rank holds
+
+
+def whole_state(rank: int, world: int) -> Hashable:
+    """Plain data parallelism: every rank holds the same, whole state."""
+    return ()
+
+
 @dataclass
 class Chosen:
     step: int
@@ -47,12 +55,14 @@ class MemoryTier:
     """This rank's copies in ``base/rank<R>`` (a node-agent-owned directory in /dev/shm)."""
 
     def __init__(self, base: Path, rank: int, world: int, layout: str, guard: EpochGuard,
-                 run_dir: Path | None, tel: Any, key: bytes | None = None, replicated: bool = False) -> None:
+                 run_dir: Path | None, tel: Any, key: bytes | None = None, replicated: bool = False,
+                 shard_key: ShardKey = whole_state) -> None:
         self.dir = memstore.rank_dir(base, rank)
         self.rank, self.world, self.layout, self.guard = rank, world, layout, guard
         self.run_dir, self.tel = run_dir, tel
         self.key = key or b""  # the run key: a copy another run or user wrote never verifies
-        self.replicated = replicated  # every rank holds the whole state (DDP): copies reshard to any world
+        self.replicated = replicated  # every dp replica holds the same shard: copies reshard to any dp
+        self.shard_key = shard_key  # which shard a rank holds (its pp and tp coordinates in a hybrid layout)
         self.published_step: int | None = None
         self.rollbacks = 0
         self.lineage = f"{guard.epoch}.0"  # same on every rank: rollbacks are collective
@@ -135,6 +145,8 @@ class MemoryTier:
         fences = read_state(self.run_dir) if self.run_dir is not None else None
         out: dict[tuple[int, str], Chosen] = {}
         for path in memstore.list_copies(self.dir):
+            if not self._same_shard(path):
+                continue  # another shard of the state, written before the world changed: not ours to load
             header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key,
                                                      any_world=self.replicated)
             if reason is None and header is not None:
@@ -147,11 +159,24 @@ class MemoryTier:
             self._add_resharded(out, fences)
         return out
 
+    def _same_shard(self, path: Path) -> bool:
+        """A copy written at another world size holds this rank's shard only if the writer had the same
+        pp and tp coordinates (dp replicas hold the same shard); at this world size it is this rank's."""
+        if not self.replicated:
+            return True  # check() refuses other world sizes, with the reason
+        try:
+            seen = memstore.read_header(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return True  # check() reports it
+        return seen.world == self.world or self.shard_key(seen.rank, seen.world) == self.shard_key(
+            self.rank, self.world)
+
     def _add_resharded(self, out: dict[tuple[int, str], Chosen], fences: Any) -> None:
-        """After a shrink (or growth) of a replicated layout, any old rank's copy on this node holds the
-        whole state: new ranks whose own directory has none load one of those (read only: they are
-        other ranks' files). Copies of this world size are never borrowed (same-world restores stay
-        exact, RNG included)."""
+        """After a shrink (or growth) of the dp dimension of a layout whose dp replicas hold the same
+        shard (DDP: the whole state; DDP over tp/pp: one tp/pp shard), an old rank's copy of the same
+        shard on this node will do: new ranks whose own directory has none load one of those (read only:
+        they are other ranks' files). Copies of this world size are never borrowed (same-world restores
+        stay exact, RNG included)."""
         for d in sorted(self.dir.parent.glob("rank*")):
             if d == self.dir:
                 continue
@@ -160,7 +185,7 @@ class MemoryTier:
                     seen = memstore.read_header(path)
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
-                if seen.world == self.world or (seen.step, seen.lineage) in out:
+                if seen.world == self.world or (seen.step, seen.lineage) in out or not self._same_shard(path):
                     continue
                 header, reason, payload = memstore.check(path, fences, self.world, self.layout, self.key,
                                                          any_world=True)

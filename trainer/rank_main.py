@@ -8,6 +8,7 @@ knows nothing about the scheduler or the metrics stack.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import gc
 import os
 import signal
@@ -32,6 +33,7 @@ from trainer.fence import EpochGuard
 from trainer.ft_heartbeat import attach as attach_ft_heartbeat
 from trainer.loop import TrainLoop
 from trainer.memtier import MemoryTier
+from trainer.parallel.mesh import shard_of
 from trainer.telemetry import Telemetry
 from trainer.telemetry_auth import key_from_env
 from spec.layout import checkpoint_root
@@ -83,8 +85,9 @@ def memory_tier(cfg: RunConfig, ctx: RankContext, guard: EpochGuard, tel: Teleme
         return None
     p = cfg.parallel
     layout = f"tp{p.tp}-pp{p.pp}-{p.dp_mode}"
-    replicated = p.tp == 1 and p.pp == 1 and p.dp_mode == "ddp"  # whole state on every rank: reshardable
-    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel, key_from_env(), replicated)
+    replicated = p.dp_mode in ("ddp", "replicate")  # dp replicas hold the same shard: reshardable over dp
+    return MemoryTier(Path(base), ctx.rank, ctx.world, layout, guard, ctx.run_dir, tel, key_from_env(), replicated,
+                      functools.partial(shard_of, cfg))
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpointed on a preemption/time-limit signal, requeue me

@@ -43,6 +43,15 @@ def coords(rank: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return rank // (pp * tp), (rank // tp) % pp, rank % tp
 
 
+def shard_of(cfg: RunConfig, rank: int, world: int) -> tuple[int, int] | None:
+    """(pp, tp) of ``rank`` in a world of ``world`` ranks: the part of the state it holds when dp
+    replicates (None for a world this layout cannot take)."""
+    try:
+        return coords(rank, mesh_shape(cfg, world))[1:]
+    except ValueError:
+        return None
+
+
 def rank_layout(cfg: RunConfig, world: int | None = None) -> dict[int, tuple[int, int, int]]:
     """rank → (dp, pp, tp) coordinates; the same arithmetic ``init_device_mesh`` uses."""
     world = world if world is not None else cfg.cluster.world_size
