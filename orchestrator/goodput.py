@@ -91,6 +91,12 @@ class GoodputMeter:
     def productive(self) -> float:
         return sum(self.kept.values())
 
+    def settle(self, now: float) -> None:
+        """Set ``lost.other``: what of the wall time from ``t0`` to ``now`` (a step's end, or the run's)
+        neither a kept step nor a named cause explains. Settled only at step ends, it only grows (a step
+        moves its seconds between kept and named causes, never into ``other``), as a counter must."""
+        self.lost.other = max(0.0, (now - self.t0) - self.productive - self.lost.named())
+
     def goodput(self, now: float) -> float:
         wall = max(now - self.t0, 1e-9)
         return min(1.0, self.productive / wall)

@@ -79,7 +79,8 @@ def summary_table(s: RunSnapshot | dict[str, Any]) -> Table:
                  f"  wall {d['wall_s']:.1f}s  restarts {d['restarts']}\n"
                  f"lost: detection {lost['detection']:.1f}s, restart {lost['restart']:.1f}s, "
                  f"recomputation {lost['recomputation']:.1f}s, checkpoint {lost['checkpoint']:.1f}s, "
-                 f"straggler {lost.get('straggler', 0.0):.1f}s, replay {lost.get('replay', 0.0):.1f}s; "
+                 f"straggler {lost.get('straggler', 0.0):.1f}s, replay {lost.get('replay', 0.0):.1f}s, "
+                 f"other {lost.get('other', 0.0):.1f}s; "
                  f"excluded nodes: {', '.join(d['excluded_nodes']) or 'none'}")
     return t
 

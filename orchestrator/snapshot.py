@@ -44,10 +44,16 @@ class LostTime:
     checkpoint: float = 0.0
     straggler: float = 0.0  # the excess of steps held back by a straggler over a normal step
     replay: float = 0.0  # replaying flagged steps to find their cause (trainer.replay)
+    # The rest of the wall time that no kept step and no cause above accounts for (evaluation, the loop's
+    # work between steps, shutdown), so the breakdown always adds up to wall - productive.
+    other: float = 0.0
 
-    def total(self) -> float:
+    def named(self) -> float:
         return (self.detection + self.restart + self.recomputation + self.checkpoint + self.straggler
                 + self.replay)
+
+    def total(self) -> float:
+        return self.named() + self.other
 
 
 @dataclass

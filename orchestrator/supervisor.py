@@ -150,6 +150,8 @@ class Supervisor:
         now = self.clock()
         snap = self.snap
         snap.updated_t, snap.wall_s = now, now - self.meter.t0
+        if self.sm.terminal:  # the tail (last checkpoint, evaluation, shutdown) joins the breakdown
+            self.meter.settle(now)
         snap.productive_s, snap.lost = self.meter.productive, self.meter.lost
         snap.goodput = self.meter.goodput(now)
         self.auto_interval.tick(now)
@@ -247,6 +249,7 @@ class Supervisor:
             self.recovery_started_t = None
         self.meter.on_step(f.step, f.seconds, f.skipped, f.ckpt_wait_s, f.replay_s)
         self.meter.lost.checkpoint += float(f.mem_block_s or 0.0)  # the memory tier's tensor copy
+        self.meter.settle(now)  # at step ends only: a step in progress is not yet anyone's
         if not f.skipped:
             self.auto_interval.tuner.on_step(f.seconds, f.mem_block_s)
 

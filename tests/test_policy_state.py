@@ -84,6 +84,22 @@ def test_goodput_meter_gives_back_steps_a_newer_restore_kept() -> None:
     assert m.resumed_at(3) == 0 and m.productive == 6.0 and m.lost.recomputation == 4.0
 
 
+def test_goodput_breakdown_adds_up_to_the_wall_time() -> None:
+    """``other`` is what no kept step and no named cause explains (evaluation, work between steps): with
+    it the breakdown adds up to wall - productive, and settled at step ends it never shrinks."""
+    m = GoodputMeter(t0=0.0)
+    seen = []
+    for s in range(6):
+        m.on_step(s, 1.0, skipped=False, ckpt_wait_s=0.25 if s == 3 else 0.0)
+        m.settle(now=1.5 * (s + 1))  # each step ends 0.5 s after the previous one's 1.0 s
+        seen.append(m.lost.other)
+        assert abs(m.productive + m.lost.total() - 1.5 * (s + 1)) < 1e-9
+    assert seen == sorted(seen) and abs(seen[-1] - 3.0) < 1e-9 and m.lost.checkpoint == 0.25
+    m.rewind(4)  # a rollback moves kept seconds to recomputation, not into other
+    m.settle(now=9.0)
+    assert abs(m.lost.other - 3.0) < 1e-9 and m.lost.recomputation == 2.0
+
+
 def test_placement_text_names_nodes_and_coordinates() -> None:
     from pathlib import Path
 

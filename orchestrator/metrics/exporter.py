@@ -27,7 +27,7 @@ PREFIX = "orchestrator_"
 STATES = tuple(s.value for s in RunState)
 #: Actions from docs/RUNDIR.md, exported at 0 from the start so increase() sees the first one.
 ACTIONS = ("skip_step", "rollback", "relaunch", "exclude_node", "alert", "abort", "requeue")
-LOST_CAUSES = ("detection", "restart", "recomputation", "checkpoint", "straggler", "replay")
+LOST_CAUSES = ("detection", "restart", "recomputation", "checkpoint", "straggler", "replay", "other")
 #: Why a telemetry datagram was dropped (orchestrator.telemetry_server.REJECT_REASONS), exported at 0.
 REJECT_REASONS = ("no_mac", "bad_mac", "replay", "malformed", "too_large")
 
