@@ -273,6 +273,14 @@ def test_copies_are_kept_back_to_the_step_every_ring_node_replicated(tmp_path: P
         assert len(memstore.list_copies(own)) == memstore.MAX_KEEP
         memstore.prune(own, None)  # no replication: the newest two
         assert len(memstore.list_copies(own)) == memstore.KEEP
+        # a rollback: the ranks discarded their copies and write steps 5, 6, 7 of a new trajectory while
+        # the ring still reports the old one's step 10; those are kept (the old watermark is ignored)
+        for p in memstore.list_copies(own):
+            p.unlink()
+        for step in (5, 6, 7):
+            memstore.write_copy(own, header(step), b"x" * 64)
+            memstore.prune(own, 10)
+        assert [memstore.step_of(p) for p in memstore.list_copies(own)] == [7, 6, 5]
     finally:
         for mem in nodes:
             mem.close()

@@ -239,6 +239,11 @@ def prune(directory: Path, keep_from: int | None = None) -> None:
         except OSError:
             return 0
     copies = sorted(list_copies(directory), key=written, reverse=True)
+    if keep_from is not None and copies and keep_from > step_of(copies[0]):
+        # Within one trajectory the ring's replicated step never passes the newest copy written; one
+        # that does was the trajectory a rollback abandoned (the ring has not reported the new one
+        # yet): keep up to MAX_KEEP until it has, or a node lost now resumes from storage.
+        keep_from = UNKNOWN
     kept = KEEP
     while keep_from is not None and kept < min(len(copies), MAX_KEEP) and step_of(copies[kept]) >= keep_from:
         kept += 1
