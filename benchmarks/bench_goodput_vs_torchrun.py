@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launchers", default=",".join(LAUNCHERS), help="any of " + ",".join(LAUNCHERS))
     ap.add_argument("--repeats", type=int, default=3, help="runs per (scenario, launcher) cell")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps (faults must fit)")
+    ap.add_argument("--step-sleep-s", type=float, default=None,
+                    help="override train.step_sleep_s, the per-step padding (0.15 s by default)")
     ap.add_argument("--max-restarts", type=int, default=6, help="torchrun's and ft_launcher's --max-restarts")
     ap.add_argument("--hang-cap-s", type=float, default=float("inf"))
     ap.add_argument("--collective-timeout-s", type=float, default=300.0,
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="how ft_launcher times ranks: per-step heartbeats, or sections that mirror our phases")
     ap.add_argument("--replace-delay-s", type=float, default=0.0)
     ap.add_argument("--timeout-s", type=float, default=900.0)
+    ap.add_argument("--skip", default="", help="cells to leave out, as launcher:scenario[,...] (e.g. "
+                    "torchrun:hang,torchrun:all, run apart because its watchdog makes them mostly idle waiting)")
     ap.add_argument("--json", default=None, help="append results as JSON lines here")
     args = ap.parse_args(argv)
     launchers = args.launchers.split(",")
@@ -182,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown launcher(s): {','.join(sorted(unknown))}")
     if "ft_launcher" in launchers and not ft_launcher_available():
         ap.error("ft_launcher is not installed: pip install -e '.[bench]' (nvidia-resiliency-ext)")
+    skip = set(filter(None, args.skip.split(",")))
     print("machine:", machine(), flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gvt-") as tmp:
@@ -191,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = dict(BASE, chaos=scenario_chaos(sc),
                            health=dict(BASE["health"], collective_timeout_s=args.collective_timeout_s))
                 if args.steps:
-                    cfg["train"] = dict(BASE["train"], steps=args.steps)
-                for launcher in launchers:
+                    cfg["train"] = dict(cfg["train"], steps=args.steps)
+                if args.step_sleep_s is not None:
+                    cfg["train"] = dict(cfg["train"], step_sleep_s=args.step_sleep_s)
+                for launcher in (x for x in launchers if f"{x}:{sc}" not in skip):
                     r = run_one(launcher, cfg, work, f"{sc}-{launcher}-{rep}", args)
-                    results.append({"scenario": sc, "launcher": launcher, "repeat": rep, **r})
+                    results.append({"scenario": sc, "launcher": launcher, "repeat": rep, **r,
+                                    "load1_after": round(os.getloadavg()[0], 2)})  # the load it ran under
                     print(json.dumps(results[-1]), flush=True)
     summary, comp = summarize(results), comparisons(results)
     print(table(summary, ["scenario", "launcher", "n", "wall_s", "lost_s", "goodput", "recomputed_steps",
