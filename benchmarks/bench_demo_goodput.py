@@ -4,8 +4,9 @@ Runs ``examples/local.yaml`` (every fault once) as ``orchestrator submit`` would
 only (the default) and with ``checkpoint.memory.enabled`` and ``every_steps: auto``, ``--repeats`` times
 each, and prints per run and per variant (median [min-max]) the goodput, wall time, the ledger's lost
 time by cause, steps lost per relaunch and the first start-up, with the load average before and after
-each run. Run under ``flock /tmp/bench.lock``.
-Usage: python benchmarks/bench_demo_goodput.py [--repeats 3] [--keep DIR]
+each run; and per fault kind, from the chaos injector's ground truth (``injected_t``), the detection
+latency and the time to the first step applied after the decision. Run under ``flock /tmp/bench.lock``.
+Usage: python benchmarks/bench_demo_goodput.py [--repeats 3] [--variants storage] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ def summary(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def per_fault(run_dir: Path) -> list[dict[str, Any]]:
+    """Each injected fault: detected after (s, from the injection) and fault -> first good step (s, the
+    first step applied after the decision, from the injection; None for an alert-only straggler)."""
+    status = json.loads((run_dir / "status.json").read_text())
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    out = []
+    for f in status["faults"]:
+        inj, det = f.get("injected_t"), f.get("detected_t")
+        after = [m for m in rows if m.get("t") and det and m["t"] > det and not m.get("skipped")]
+        good = round(after[0]["t"] - inj, 2) if after and inj and f["kind"] != "straggler" else None
+        out.append({"kind": f["kind"], "step": f["step"], "injected": inj is not None,
+                    "detected_after_s": f.get("detected_after_s"), "first_good_step_s": good,
+                    "action": f.get("action"), "lost_steps": f.get("lost_steps")})
+    return out
+
+
 def health_settings(config: Path) -> dict[str, Any]:
     """The detector limits the demo runs with (what a false hang or a lost node is judged against)."""
     from orchestrator.config_load import load_config
@@ -74,22 +91,43 @@ def spread(xs: list[float], f: str = ".3f") -> str:
     return f"{statistics.median(xs):{f}} [{min(xs):{f}}-{max(xs):{f}}]"
 
 
+def print_fault_table(rows: list[dict[str, Any]], variants: dict[str, list[str]]) -> None:
+    """Per variant and injected fault kind: median [min-max] over the repeats."""
+    print("| variant | fault | step | detected after injection s | injection -> first good step s | action "
+          "| steps lost | n |")
+    print("|---" * 8 + "|")
+    for name in variants:
+        faults = [f for r in rows if r["variant"] == name for f in r["faults"] if f["injected"]]
+        for kind in dict.fromkeys(f["kind"] for f in faults):
+            mine = [f for f in faults if f["kind"] == kind]
+            actions = ",".join(sorted({str(f["action"]) for f in mine}))
+            print(f"| {name} | {kind} | {','.join(sorted({str(f['step']) for f in mine}))} | "
+                  f"{spread([f['detected_after_s'] for f in mine], '.2f')} | "
+                  f"{spread([f['first_good_step_s'] for f in mine], '.2f')} | {actions} | "
+                  f"{spread([f['lost_steps'] for f in mine], '.0f')} | {len(mine)} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "examples/local.yaml"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", help="keep the run directories here")
+    ap.add_argument("--variants", default="storage,memory", help="storage (the default config) and/or memory")
+    ap.add_argument("--json", help="write every run's row here (one JSON document)")
     args = ap.parse_args()
+    names = list(VARIANTS)
+    chosen = {n: VARIANTS[n] for key, n in zip(("storage", "memory"), names) if key in args.variants.split(",")}
     work = Path(args.keep or tempfile.mkdtemp(prefix="demo-goodput-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     print(f"health settings: {health_settings(Path(args.config))}", flush=True)
     for rep in range(args.repeats):
-        for i, (name, extra) in enumerate(VARIANTS.items()):
+        for i, (name, extra) in enumerate(chosen.items()):
             load0 = os.getloadavg()[0]
             submit(Path(args.config), work / f"r{rep}-v{i}", extra)
             row = {"variant": name, "repeat": rep, "load_before": round(load0, 1),
                    "load_after": round(os.getloadavg()[0], 1)} | summary(work / f"r{rep}-v{i}")
+            row["faults"] = per_fault(work / f"r{rep}-v{i}")
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("faults nobody injected (false alarms), per run:",
@@ -97,13 +135,16 @@ def main() -> int:
     cols = ["goodput", "wall_s"] + [f"lost_{k}" for k in LOST] + ["first_start_s", "median_step_s", "eval_loss"]
     print("| variant | " + " | ".join(cols) + " | steps lost per relaunch | load |")
     print("|---" * (len(cols) + 3) + "|")
-    for name in VARIANTS:
+    for name in chosen:
         mine = [r for r in rows if r["variant"] == name]
         cells = [spread([r[c] for r in mine], ".3f" if c in ("goodput", "median_step_s", "eval_loss") else ".1f")
                  for c in cols]
         lost = "; ".join(" ".join(r["lost_per_relaunch"]) for r in mine)
         load = ", ".join(f"{r['load_before']}-{r['load_after']}" for r in mine)
         print(f"| {name} | " + " | ".join(cells) + f" | {lost} | {load} |")
+    print_fault_table(rows, chosen)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": args.config, "rows": rows}, indent=1))
     print(f"runs kept in {work}")
     return 0
 

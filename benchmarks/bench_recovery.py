@@ -33,7 +33,8 @@ def rows_of(run_dir: Path) -> list[dict[str, Any]]:
     status = json.loads((run_dir / "status.json").read_text())
     out = []
     for f in (e for e in journal if e["event"] == "fault"):
-        t_fault = f["t"] - (f["detected_after_s"] or 0.0)
+        # from the injection (ground truth) when chaos injected it, else the supervisor's estimate
+        t_fault = f.get("injected_t") or f["t"] - (f["detected_after_s"] or 0.0)
         after = [m for m in metrics if m["t"] and m["t"] > f["t"] and not m["skipped"]]
         step_s = _median_step(metrics)
         out.append({"fault": f["kind"], "step": f["step"], "detect_s": f["detected_after_s"],

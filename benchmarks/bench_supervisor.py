@@ -400,6 +400,7 @@ def overhead(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Median step time, orchestrator vs torchrun, same config, no faults, interleaved repeats."""
     import json
     from benchmarks import bench_goodput_vs_torchrun as g
+    from benchmarks.goodput_launchers import run_elastic, run_orchestrator
     cfg = dict(g.BASE, chaos=[], train=dict(g.BASE["train"], steps=a.steps, step_sleep_s=a.step_sleep_s))
     gargs = argparse.Namespace(max_restarts=0, hang_cap_s=1e9, replace_delay_s=0.0, timeout_s=900.0)
     out: list[dict[str, Any]] = []
@@ -409,13 +410,14 @@ def overhead(a: argparse.Namespace) -> list[dict[str, Any]]:
             for launcher in ("orchestrator", "torchrun"):
                 name = f"{launcher}-{i}"
                 cap: list[dict[str, Any]] = []
-                r = (g.run_orchestrator(cfg, work, name) if launcher == "orchestrator"
-                     else g.run_torchrun(cfg, work, name, gargs, rows_out=cap))
+                r = (run_orchestrator(cfg, work, name) if launcher == "orchestrator"
+                     else run_elastic("torchrun", cfg, work, name, gargs, rows_out=cap))
                 rows = ([json.loads(l) for l in (work / name / "metrics.jsonl").read_text().splitlines()]
                         if launcher == "orchestrator" else cap)
                 times = [float(x["step_time"]) for x in rows if x.get("step") is not None and x["step"] >= 5]
                 out.append({"launcher": launcher, "repeat": i, "median_step_s": round(median(times), 5),
-                            "steps": len(times), "wall_s": r["wall_s"]})
+                            "steps": len(times), "wall_s": r["wall_s"],
+                            "load1_after": round(os.getloadavg()[0], 2)})
                 print(out[-1], flush=True)
     med = {k: median(x["median_step_s"] for x in out if x["launcher"] == k) for k in ("orchestrator", "torchrun")}
     print(table(out))
