@@ -96,6 +96,9 @@ def check_relations(cfg: RunConfig) -> list[ConfigIssue]:
     if cfg.health.agent_timeout < 2 * cfg.health.heartbeat_interval_s:
         out.append(ConfigIssue("health.agent_timeout_s", f"{cfg.health.agent_timeout_s} must be at least twice "
                                f"health.heartbeat_interval_s={cfg.health.heartbeat_interval_s}"))
+    if 0 < cfg.health.agent_gap_multiple < 2:
+        out.append(ConfigIssue("health.agent_gap_multiple", f"{cfg.health.agent_gap_multiple} must be 0 (the "
+                               "fixed agent_timeout_s) or at least 2 (a heartbeat gap is not yet silence)"))
     if cfg.health.heartbeat_interval_s >= cfg.health.hang_timeout_s:
         out.append(ConfigIssue("health.heartbeat_interval_s", f"{cfg.health.heartbeat_interval_s} must be below "
                                f"health.hang_timeout_s={cfg.health.hang_timeout_s}"))

@@ -8,8 +8,9 @@ local cluster: the other tasks of one multi-node ``srun --no-kill`` step keep ru
 ``--no-requeue``. Each task is the local backend's node agent (:class:`slurm.job.AgentTask`): it warms up
 once and dials the supervisor's hub (:mod:`orchestrator.launcher.agent_link`, authenticated with the run's
 key). An attempt is then a ``launch`` command to the chosen agents; a crash, hang or NaN relaunch is a
-re-fork; a node whose agent goes silent past ``health.agent_timeout_s`` (or whose link breaks) is lost
-at once and a spare's agent gets its ranks: the controller's own verdict is looked up later and
+re-fork; a node whose agent goes silent past its limit (``health.detectors.agent_silence``: a few times its
+own largest recent heartbeat gap, at most ``health.agent_timeout_s``) is lost, one whose link breaks (EOF
+or a reset: a killed agent's socket is closed by its kernel) at once, and a spare's agent gets its ranks: the controller's own verdict is looked up later and
 reported as a ``node_verdict`` event, never waited for (fencing makes acting first safe).
 
 A new allocation (excluding every bad node) is asked for only when this one cannot continue: it ended
@@ -28,6 +29,7 @@ from typing import Any
 
 import submitit
 
+from health.detectors.agent_silence import AgentSilence, SilenceRule, rule_for
 from spec.config import RunConfig
 from orchestrator.launcher.agent_link import AgentHub, Link
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent
@@ -69,6 +71,7 @@ class RemoteAgent:
     node: str
     link: Link
     heard_t: float
+    silence: AgentSilence = field(default_factory=lambda: AgentSilence(SilenceRule(5.0, 0.5, 0.0)))
     pid: int | None = None
     mem_port: int | None = None  # its memory tier's replication server (orchestrator.memtier_service)
     inbox: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +80,7 @@ class RemoteAgent:
         msgs = self.link.read()
         if msgs:
             self.heard_t = now
+        self.silence.heard(now, msgs)
         for m in msgs:
             if m.get("ev") == "ready" and isinstance(m.get("pid"), int):
                 self.pid = m["pid"]
@@ -90,6 +94,7 @@ class SlurmAllocLauncher(Launcher):
     def __init__(self, cfg: RunConfig, run_dir: Path, grace_s: float = 3.0) -> None:
         self.cfg, self.run_dir, self.grace_s = cfg, Path(run_dir), grace_s
         self.scfg, self.timeout_s = cfg.cluster.slurm, cfg.health.agent_timeout
+        self.silence_rule = rule_for(cfg.health)
         t = cfg.telemetry
         bind, adv = endpoints("slurm", t.bind_host, t.advertise_host, None)
         self.bind, self.adv = bind, adv
@@ -199,7 +204,7 @@ class SlurmAllocLauncher(Launcher):
             old = self.agents.get(node)
             if old is not None:
                 old.link.close("replaced by a new connection")
-            self.agents[node] = RemoteAgent(node, link, now)
+            self.agents[node] = RemoteAgent(node, link, now, AgentSilence(self.silence_rule, heard_t=now))
             if node in self.lost:  # declared lost (too slow to heartbeat), yet alive and dialing back: its
                 link.send({"cmd": "stop", "grace_s": 0.5})  # fenced ranks would linger to the end of the job
 
@@ -239,6 +244,7 @@ class SlurmAllocLauncher(Launcher):
                 "telemetry": spec.telemetry_addr, "log_dir": str(spec.log_dir),
                 "host_rank_base": 0, "host_world": spec.ranks_per_node,  # one node per host
                 "mem": mem.get(node)}})
+            self.agents[node].silence.working(time.monotonic())  # it forks, maybe fetches copies
         spares = [n for n in self.usable() if n not in spec.nodes]
         return {"job_id": self.job_id, "hub": self.hub.address, "master_port": port, "master_addr": master,
                 "master_addr_source": source,
@@ -433,10 +439,11 @@ class SlurmAllocLauncher(Launcher):
                                   f"into its agents after {now - self.requeue_t:.1f}s")
 
     def _check_alive(self, node: str, a: RemoteAgent, now: float) -> list[LauncherEvent]:
-        silent = now - a.heard_t
-        if a.link.closed is None and silent <= self.timeout_s:
+        """A closed link (EOF, reset, a bad line) is evidence at once; silence past the agent's limit too."""
+        quiet, silent, how = a.silence.lost(now)
+        if a.link.closed is None and not quiet:
             return []
-        why = (f"node agent silent for {silent:.1f}s (timeout {self.timeout_s}s)" if a.link.closed is None
+        why = (f"node agent silent for {silent:.2f}s ({how})" if a.link.closed is None
                else f"node agent link lost: {a.link.closed}")
         self.lost[node] = {"evidence_source": "node agent", "detail": why, "silent_s": round(silent, 2),
                            "lost_mono": now}
@@ -547,6 +554,8 @@ class SlurmAllocLauncher(Launcher):
     def _node_probes(self, nodes: list[str], wait_s: float) -> list[str]:
         asked = [n for n in nodes if n in self.agents and n not in self.lost
                  and self.agents[n].link.send({"cmd": "probe"})]
+        for n in asked:  # the probe runs in the agent's loop (a disk round trip): it works meanwhile
+            self.agents[n].silence.working(time.monotonic())
         verdicts: dict[str, str] = {}
         deadline = time.monotonic() + wait_s
         while len(verdicts) < len(asked) and time.monotonic() < deadline:

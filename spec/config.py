@@ -180,6 +180,10 @@ class HealthConfig(Section):
     agent_timeout_s: float | None = Field(None, gt=0, description="a node agent silent this long (it heartbeats "
                                           "every heartbeat_interval_s) is a lost node; default: the larger of "
                                           "5 s and 4 heartbeat intervals")
+    agent_gap_multiple: float = Field(4.0, ge=0, description="a node agent counts as lost after this many "
+                                      "times its largest recent heartbeat gap (at least 3 heartbeat "
+                                      "intervals and 2 s, at most agent_timeout_s; agent_timeout_s in its "
+                                      "first seconds and after a launch); 0: agent_timeout_s only")
     preflight: bool = True
     probes: list[Literal["node", "gpu", "collective"]] = Field(default_factory=lambda: ["node", "gpu"])
     straggler: StragglerConfig = Field(default_factory=StragglerConfig)

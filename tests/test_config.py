@@ -17,6 +17,8 @@ BAD = [
     ({"train": {"steps": "many"}}, "train.steps", "valid integer"),
     ({"train": {"steps": 10}, "checkpoint": {"every_steps": 50}}, "checkpoint.every_steps", "larger than train.steps"),
     ({"health": {"heartbeat_interval_s": 5, "hang_timeout_s": 2}}, "health.heartbeat_interval_s", "must be below"),
+    ({"health": {"agent_gap_multiple": 1.5}}, "health.agent_gap_multiple", "must be 0"),
+    ({"health": {"agent_gap_multiple": -1}}, "health.agent_gap_multiple", "greater than or equal to 0"),
     ({"chaos": [{"fault": "nan", "step": 5, "rank": 9}]}, "chaos.0.rank", "does not exist"),
     ({"chaos": [{"fault": "meteor", "step": 5}]}, "chaos.0.fault", "Input should be"),
     ({"chaos": [{"fault": "nan", "step": 500}]}, "chaos.0.step", "never reached"),

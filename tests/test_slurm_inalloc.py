@@ -179,6 +179,12 @@ def test_faults_recovered_inside_one_allocation(cluster: None, tmp_path: Path, k
     for f in r.status["faults"]:  # from the injection (chaos marker, or the moment the test acted)
         began = f["injected_t"] or (injected["agent_t"] if f["node"] == a else injected["slurmd_t"])
         assert f["t"] - began < 15, f
+    killed, frozen = r.status["faults"][2:]
+    # a SIGKILLed agent's kernel closes its link: evidence at once, no silence waited out
+    assert "link lost" in killed["detail"] and killed["t"] - injected["agent_t"] < 3.0, killed
+    # a frozen node (slurmd killed, its processes stopped): silence past the agent's own limit (its
+    # heartbeats' pace, at least 2 s), well under the 5 s agent_timeout_s; then the settle window
+    assert frozen["t"] - injected["slurmd_t"] < 4.5, frozen
     from tests.test_fencing import applied_once
     applied_once(r)
     assert abs(r.final_eval - clean_run.final_eval) < 1e-6, (r.final_eval, clean_run.final_eval)

@@ -12,7 +12,8 @@ The channel: stdin/stdout pipes on the local cluster (the supervisor is its pare
 on another host; :mod:`orchestrator.launcher.agent_link`). Same protocol on both, one JSON object a line.
 Commands: ``launch`` {spec}, ``stop`` {grace_s}, ``exit``, ``ping``, ``signal`` {sig}, ``probe``, ``port``,
 ``probe_worker`` {env, deadline_s} (orchestrator.launcher.probe_workers).
-Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means a lost node),
+Replies: ``ready``, ``hb`` (every ``health.heartbeat_interval_s``: silence means a lost node), ``launched``
+(the launch's work is done: health.detectors.agent_silence),
 ``ranks_done`` {attempt, codes}, ``stopped``, ``pong``, ``probe`` {verdict}, ``port`` {port}.
 """
 
@@ -259,6 +260,7 @@ class NodeAgent:
                 if pid == 0:
                     run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank), self.fresh_ranks)
                 self.children[pid] = rank
+        self.reply(ev="launched", attempt=spec["attempt"], t=time.time())  # its silence is judged afresh
 
     def open_relay(self, spec: dict[str, Any]) -> None:
         """The ranks of this attempt report to a relay on this node, which sends the supervisor one

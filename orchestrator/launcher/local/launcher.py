@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from health.detectors.agent_silence import AgentSilence, SilenceRule
 from orchestrator import netns
 from orchestrator.launcher.local import warm_agents
 from orchestrator.launcher.base import LaunchSpec, Launcher, LauncherEvent, free_port
@@ -39,10 +40,10 @@ class Agent:
     buf: bytes = b""
     replies: list[dict[str, Any]] = field(default_factory=list)
     dead_reported: bool = False
-    heard_t: float | None = None  # monotonic time of its last message, from its "ready" on
+    silence: AgentSilence = field(default_factory=lambda: AgentSilence(SilenceRule(5.0, 0.5, 0.0)))
 
     def silent_for(self, now: float) -> float:
-        return 0.0 if self.heard_t is None else now - self.heard_t
+        return self.silence.silent_for(now)
 
     def send(self, **cmd: Any) -> bool:
         try:
@@ -67,8 +68,7 @@ class Agent:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-        if out:
-            self.heard_t = time.monotonic()
+        self.silence.heard(time.monotonic(), out)  # from its "ready" on
         return out
 
 
@@ -76,9 +76,12 @@ class LocalLauncher(Launcher):
     name = "local"
 
     def __init__(self, nodes: int, spare_nodes: int, run_dir: Path | None = None, grace_s: float = 3.0,
-                 agent_timeout_s: float = 5.0) -> None:
+                 agent_timeout_s: float = 5.0, silence: SilenceRule | None = None) -> None:
+        """``silence``: when an agent's silence is a lost node (health.agent_silence); by default the
+        fixed ``agent_timeout_s``."""
         self._pool = [f"node{i}" for i in range(nodes + spare_nodes)]
         self.run_dir, self.grace_s, self.agent_timeout_s = run_dir, grace_s, agent_timeout_s
+        self.silence_rule = silence or SilenceRule(agent_timeout_s, agent_timeout_s / 4, 0.0)
         self.agents: dict[str, Agent] = {}
         self.current: list[str] = []
         self.finished: set[str] = set()
@@ -151,7 +154,7 @@ class LocalLauncher(Launcher):
         log.close()
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
-        return Agent(node, proc)
+        return Agent(node, proc, silence=AgentSilence(self.silence_rule))
 
     def _ensure_agents(self, run_dir: Path) -> None:
         """Start every pool node's agent once (spares too: a spare is only useful when warm); the first
@@ -173,7 +176,7 @@ class LocalLauncher(Launcher):
         ns = {n: net.ns_path(n) for n in nodes} if net is not None else {}
         procs = warm_agents.start(nodes, run_dir, log_dir, ns, self.mem_ports)
         for node, proc in (procs or {}).items():
-            self.agents[node] = Agent(node, proc)
+            self.agents[node] = Agent(node, proc, silence=AgentSilence(self.silence_rule))
 
     def launch(self, spec: LaunchSpec) -> dict[str, Any]:
         self._ensure_agents(spec.run_dir)
@@ -191,6 +194,7 @@ class LocalLauncher(Launcher):
                           "host_rank_base": i * spec.ranks_per_node, "host_world": spec.world,
                           "mem": mem[node]}
             self.agents[node].send(cmd="launch", spec=agent_spec)
+            self.agents[node].silence.working(time.monotonic())  # it forks, maybe fetches copies
         return {"pids": {n: self.agents[n].proc.pid for n in spec.nodes}, "master_port": port,
                 "master_addr": master}
 
@@ -217,13 +221,13 @@ class LocalLauncher(Launcher):
             for r in a.read():
                 if r.get("ev") in ("ranks_done", "stopped") and node in self.current:
                     self.finished.add(node)
-            silent = a.silent_for(time.monotonic())
-            if (a.proc.poll() is not None or silent > self.agent_timeout_s) and not a.dead_reported:
+            quiet, silent, how = a.silence.lost(time.monotonic())
+            if (a.proc.poll() is not None or quiet) and not a.dead_reported:
                 a.dead_reported = True
                 if node in self.current:
                     self.finished.add(node)
                     detail = (f"node agent exited with {a.proc.returncode}" if a.proc.poll() is not None else
-                              f"node agent silent for {silent:.1f}s (timeout {self.agent_timeout_s}s)")
+                              f"node agent silent for {silent:.2f}s ({how})")
                     events.append(LauncherEvent("node_lost", node=node, state="NODE_FAIL", t=time.time(),
                                                 detail=detail, info={"evidence_source": "node agent"}))
         if self.current and self.finished >= set(self.current):

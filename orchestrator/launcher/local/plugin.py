@@ -10,8 +10,10 @@ from orchestrator.launcher.base import Launcher
 
 def make_launcher(cfg: RunConfig, run_dir: Path) -> Launcher:
     """A local cluster of ``cluster.nodes`` + ``spare_nodes`` agents on this host."""
+    from health.detectors.agent_silence import rule_for
     from orchestrator.launcher.local.launcher import LocalLauncher
-    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout)
+    return LocalLauncher(cfg.cluster.nodes, cfg.cluster.spare_nodes, agent_timeout_s=cfg.health.agent_timeout,
+                         silence=rule_for(cfg.health))
 
 
 def net_fault_refusal(fault: str) -> str | None:
