@@ -530,7 +530,8 @@ class Supervisor:
         for f in assess_stall(now, w.last_progress_max or w.started_t, w.last_hb, w.rank_node, w.exited_ok, limits,
                               started=w.first_step_t is not None, busy=bool(w.busy),
                               slowest_step_s=w.slowest_step_s):
-            w.add_candidate(Candidate(f.kind, f.since_t, None, f.node, {"detail": f.detail}), now)
+            # a stall was watched for its whole limit, which was its settle window: recover at once
+            w.add_candidate(Candidate(f.kind, f.since_t, None, f.node, {"detail": f.detail}), now - SETTLE_S)
 
     def classify(self, code: int | None, sig: int | None, tail: str) -> Any:
         return classify_exit(code, sig, tail)
