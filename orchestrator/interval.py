@@ -98,6 +98,20 @@ def plan(c_mem: float | None, c_storage: float, step_s: float, mtbf_s: float, sh
     return Plan(m_steps, s_steps, tm, ts, max(0.0, 1.0 - cost - lost / mtbf_s))
 
 
+def aligned(mem: int, st: int, auto_memory: bool, auto_storage: bool) -> tuple[int, int]:
+    """A storage checkpoint is written from the memory copy of its step (no second copy, no staging wait
+    on the training path) only when the copy interval divides the storage interval: move whichever of
+    the two is automatic, the storage one first (rounded to a multiple of the copy interval), else the
+    copy interval (down to the largest divisor of the storage one). Two fixed intervals stay as set."""
+    if mem <= 0 or st % mem == 0:
+        return mem, st
+    if auto_storage:
+        return mem, max(mem, round(st / mem) * mem)
+    if auto_memory:
+        return max(d for d in range(1, mem + 1) if st % d == 0), st
+    return mem, st
+
+
 def write_intervals(run_dir: Path, memory_steps: int, storage_steps: int) -> None:
     atomic_write(Path(run_dir) / INTERVALS_FILE,
                  json.dumps({"memory": memory_steps, "storage": storage_steps}).encode())
@@ -149,6 +163,8 @@ class IntervalTuner:
         # never used; capped, the first failure (while the prior still says failures are rare) restores
         # from memory at the storage interval instead of from storage (the demo: 10 s against 0.3 s)
         mem = min(p.memory_steps, st) if self.auto_memory and p.memory_steps else self.memory_steps
+        if self.memory_enabled:
+            mem, st = aligned(mem, st, self.auto_memory, self.auto_storage)
         decision = {"memory_every_steps": mem, "storage_every_steps": st,
                     "predicted_goodput": round(p.predicted_goodput, 4),
                     "inputs": {"c_memory_s": c_mem, "c_storage_s": c_st, "step_s": step_s,

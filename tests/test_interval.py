@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from orchestrator.interval import (IntervalTuner, estimate_mtbf, plan, storage_share,
+from orchestrator.interval import (IntervalTuner, aligned, estimate_mtbf, plan, storage_share,
                                    write_intervals)
 from spec.layout import read_intervals
 from orchestrator.plan.reliability import DEFAULT_FAILURE_RATE
@@ -65,6 +65,17 @@ def test_memory_copies_never_rarer_than_storage_checkpoints() -> None:
     assert d is not None and d["memory_every_steps"] == 10 and d["inputs"]["memory_interval_s"] > 60.0, d
     d = t.retune(5, 60.0, (0, 0.0), 5.0)  # failures seen: the measured rate sets a shorter interval
     assert d is not None and d["memory_every_steps"] < 10, d
+    assert 10 % d["memory_every_steps"] == 0, d  # a divisor: every storage step has its memory copy
+
+
+def test_storage_steps_fall_on_memory_copies_when_either_interval_is_automatic() -> None:
+    """Storage is written from the memory copy of its step only when the copy interval divides it."""
+    assert aligned(7, 10, auto_memory=True, auto_storage=False) == (5, 10)
+    assert aligned(7, 10, auto_memory=True, auto_storage=True) == (7, 7)  # storage moves first
+    assert aligned(3, 100, auto_memory=False, auto_storage=True) == (3, 99)
+    assert aligned(4, 10, auto_memory=True, auto_storage=False) == (2, 10)
+    assert aligned(7, 10, auto_memory=False, auto_storage=False) == (7, 10)  # the user's, as set
+    assert aligned(5, 10, auto_memory=True, auto_storage=True) == (5, 10)
 
 
 def test_ranks_take_rank0s_intervals_through_the_allreduce(tmp_path: Path) -> None:
@@ -88,6 +99,7 @@ def test_auto_interval_run_journals_changes(tmp_path: Path) -> None:
     changes = r.events("interval")
     assert changes, "no interval change journaled"
     assert changes[-1]["inputs"]["run_failures"] >= 0 and changes[-1]["inputs"]["c_storage_s"] > 0
+    assert all(c["storage_every_steps"] % c["memory_every_steps"] == 0 for c in changes), changes
     assert r.status["predicted_goodput"] is not None and r.status["intervals"]
     from orchestrator.report.html import write_report
     assert "predicted goodput" in write_report(r.run_dir).read_text()  # the report shows both
