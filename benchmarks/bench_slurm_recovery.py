@@ -13,9 +13,11 @@ the same format (``RUN_DIR/chaos/fired-N``) just before the kill, so the supervi
 
 Paths: ``in_allocation`` and ``resubmit`` restore from storage; ``in_allocation_memtier`` is the
 in-allocation path with the memory tier on (``--memory-tier`` turns it on for every path instead), so one
-run compares all three at the same load. A node agent counts as lost after 5 s of silence
-(``health.agent_timeout_s``, as tests/test_slurm_inalloc.py uses): at 2 s a loaded machine's pauses
-were recorded as node losses that never happened.
+run compares all three at the same load. Every path has the same detector settings, the defaults: a node
+agent counts as lost after 4 times its own largest recent heartbeat gap (``health.agent_gap_multiple``),
+at least 2 s, at most 5 s (``health.agent_timeout_s``, as tests/test_slurm_inalloc.py uses: a fixed 2 s
+recorded node losses that never happened under load); each fault keeps the journal's ``detail`` (the
+limit used).
 
 ``detected_s``: injection -> the fault journaled; ``first_good_step_s``: injection -> the first applied
 step of the attempt that followed; ``phases``: where that time went (detection, relaunch, fork, the
@@ -123,6 +125,7 @@ def measure(run_dir: Path) -> dict[str, dict[str, float | None]]:
         out[name] = {"detected_s": round(f["detected_t"] - f["injected_t"], 3),
                      "first_good_step_s": round(min(good) - f["injected_t"], 3) if good else None,
                      "kind": f["kind"], "jobs": len({x.get("job_id") for x in launches}),
+                     "detail": str((f.get("evidence") or {}).get("detail", ""))[:240],
                      "phases": phases(f, nxt, rec, min(good) if good else None)}
     return out
 
