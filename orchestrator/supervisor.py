@@ -494,8 +494,9 @@ class Supervisor:
         if ev.kind == "node_lost":
             last = (w.node_last_seen.get(ev.node, w.started_t) if ev.node
                     else max(w.node_last_seen.values(), default=w.started_t))
+            settled = SETTLE_S if ev.info.get("silence_limit_s") else 0.0  # silence watched for its limit
             w.add_candidate(Candidate("node_failure", last, None, ev.node,
-                                      {"detail": ev.detail, "state": ev.state, **ev.info}), now)
+                                      {"detail": ev.detail, "state": ev.state, **ev.info}), now - settled)
         elif ev.kind == "job_ended":
             w.ended = True
             if ev.state == "CANCELLED" and w.done is None:

@@ -447,6 +447,8 @@ class SlurmAllocLauncher(Launcher):
                else f"node agent link lost: {a.link.closed}")
         self.lost[node] = {"evidence_source": "node agent", "detail": why, "silent_s": round(silent, 2),
                            "lost_mono": now}
+        if a.link.closed is None:  # watched for its whole limit: the supervisor need not settle on it
+            self.lost[node]["silence_limit_s"] = round(a.silence.limit_at(now)[0], 2)
         self.verdict_pending.add(node)
         a.link.close(why)
         if node not in self.current:

@@ -96,9 +96,13 @@ class AgentSilence:
     def silent_for(self, now: float) -> float:
         return 0.0 if self.heard_t is None else now - self.heard_t
 
+    def limit_at(self, now: float) -> tuple[float, str]:
+        """The silence limit in force at ``now``, and how it was chosen."""
+        return self.rule.limit(self.largest_gap(), busy=now < self.busy_until)
+
     def lost(self, now: float) -> tuple[bool, float, str]:
         """Whether the agent has been silent past its limit; the silence and how the limit was chosen."""
-        limit, how = self.rule.limit(self.largest_gap(), busy=now < self.busy_until)
+        limit, how = self.limit_at(now)
         silent = self.silent_for(now)
         return silent > limit, silent, how
 

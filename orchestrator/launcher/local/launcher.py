@@ -221,15 +221,20 @@ class LocalLauncher(Launcher):
             for r in a.read():
                 if r.get("ev") in ("ranks_done", "stopped") and node in self.current:
                     self.finished.add(node)
-            quiet, silent, how = a.silence.lost(time.monotonic())
+            now = time.monotonic()
+            quiet, silent, how = a.silence.lost(now)
             if (a.proc.poll() is not None or quiet) and not a.dead_reported:
                 a.dead_reported = True
                 if node in self.current:
                     self.finished.add(node)
-                    detail = (f"node agent exited with {a.proc.returncode}" if a.proc.poll() is not None else
+                    exited = a.proc.poll() is not None
+                    detail = (f"node agent exited with {a.proc.returncode}" if exited else
                               f"node agent silent for {silent:.2f}s ({how})")
+                    info: dict[str, Any] = {"evidence_source": "node agent"}
+                    if not exited:  # watched for its whole limit: the supervisor need not settle on it
+                        info["silence_limit_s"] = round(a.silence.limit_at(now)[0], 2)
                     events.append(LauncherEvent("node_lost", node=node, state="NODE_FAIL", t=time.time(),
-                                                detail=detail, info={"evidence_source": "node agent"}))
+                                                detail=detail, info=info))
         if self.current and self.finished >= set(self.current):
             events.append(LauncherEvent("job_ended", state="ENDED", t=time.time()))
             self.current = []
