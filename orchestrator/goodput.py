@@ -93,9 +93,10 @@ class GoodputMeter:
 
     def settle(self, now: float) -> None:
         """Set ``lost.other``: what of the wall time from ``t0`` to ``now`` (a step's end, or the run's)
-        neither a kept step nor a named cause explains. Settled only at step ends, it only grows (a step
-        moves its seconds between kept and named causes, never into ``other``), as a counter must."""
-        self.lost.other = max(0.0, (now - self.t0) - self.productive - self.lost.named())
+        neither a kept step nor a named cause explains. Settled at step ends, and never lowered, as a
+        counter must not be: the wall clock is the supervisor's reading time and a step's seconds the
+        rank's own, so a report read late and the next one on time would otherwise take some back."""
+        self.lost.other = max(self.lost.other, (now - self.t0) - self.productive - self.lost.named())
 
     def goodput(self, now: float) -> float:
         wall = max(now - self.t0, 1e-9)

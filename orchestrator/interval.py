@@ -100,15 +100,19 @@ def plan(c_mem: float | None, c_storage: float, step_s: float, mtbf_s: float, sh
 
 def aligned(mem: int, st: int, auto_memory: bool, auto_storage: bool) -> tuple[int, int]:
     """A storage checkpoint is written from the memory copy of its step (no second copy, no staging wait
-    on the training path) only when the copy interval divides the storage interval: move whichever of
-    the two is automatic, the storage one first (rounded to a multiple of the copy interval), else the
-    copy interval (down to the largest divisor of the storage one). Two fixed intervals stay as set."""
+    on the training path) only when the copy interval divides the storage interval. Move whichever of
+    the two is automatic: the copy interval first (copies are the cheap tier), down to the largest
+    divisor of the storage interval if that is at least half of it; else the storage interval, to the
+    nearest multiple of the copy interval. Two fixed intervals, or no good divisor and a fixed storage
+    interval, stay as they are (storage then stages its own copy)."""
     if mem <= 0 or st % mem == 0:
         return mem, st
+    if auto_memory:
+        divisor = max(d for d in range(1, mem + 1) if st % d == 0)
+        if 2 * divisor >= mem:
+            return divisor, st
     if auto_storage:
         return mem, max(mem, round(st / mem) * mem)
-    if auto_memory:
-        return max(d for d in range(1, mem + 1) if st % d == 0), st
     return mem, st
 
 

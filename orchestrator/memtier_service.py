@@ -408,13 +408,13 @@ class NodeMemory:
             return False
         dest = memstore.rank_dir(self.base, rank)
         dest.mkdir(parents=True, exist_ok=True)
-        got, t0 = 0, time.perf_counter()
+        got, t0, whole = 0, time.perf_counter(), False
+        tmp = dest / f".fetch-{os.getpid()}.tmp"
         try:
             with connect_patiently(source, tick, idle_s) as s:
                 recv = PatientReader(s, tick, idle_s)
                 send_frame(s, self.key, {"op": "get", "ranks": [rank]})
                 while True:
-                    tmp = dest / f".fetch-{os.getpid()}.tmp"
                     hdr, _ = recv_frame(s, self.key, tmp, recv)
                     if hdr["op"] == "end":
                         tmp.unlink(missing_ok=True)
@@ -423,11 +423,15 @@ class NodeMemory:
                         os.utime(tmp, ns=(hdr["written_ns"], hdr["written_ns"]))
                     os.replace(tmp, dest / _safe(hdr["name"]))
                     got += 1
+            whole = True
         except (OSError, ValueError, PermissionError, ConnectionError) as exc:
-            self.log(f"fetch of rank {rank} from {source} failed: {exc}")
+            tmp.unlink(missing_ok=True)  # a half-received copy is /dev/shm (RAM) nobody would free
+            self.log(f"fetch of rank {rank} from {source} failed after {got} copies: {exc}")
         memstore.prune(dest, self.retain_from)
         self.log(f"fetched {got} copies of rank {rank} from {source} in {time.perf_counter() - t0:.3f}s")
-        return got > 0
+        # copies are served oldest first: a source cut off mid-way may have sent only old ones, so the
+        # caller asks the next source too (what came is kept; prune keeps the newest)
+        return got > 0 and whole
 
     def close(self) -> None:
         self._stop.set()

@@ -71,9 +71,11 @@ def test_memory_copies_never_rarer_than_storage_checkpoints() -> None:
 def test_storage_steps_fall_on_memory_copies_when_either_interval_is_automatic() -> None:
     """Storage is written from the memory copy of its step only when the copy interval divides it."""
     assert aligned(7, 10, auto_memory=True, auto_storage=False) == (5, 10)
-    assert aligned(7, 10, auto_memory=True, auto_storage=True) == (7, 7)  # storage moves first
+    assert aligned(7, 10, auto_memory=True, auto_storage=True) == (5, 10)  # the cheap copies move first
     assert aligned(3, 100, auto_memory=False, auto_storage=True) == (3, 99)
     assert aligned(4, 10, auto_memory=True, auto_storage=False) == (2, 10)
+    assert aligned(7, 11, auto_memory=True, auto_storage=False) == (7, 11)  # not a copy every step
+    assert aligned(7, 11, auto_memory=True, auto_storage=True) == (7, 14)
     assert aligned(7, 10, auto_memory=False, auto_storage=False) == (7, 10)  # the user's, as set
     assert aligned(5, 10, auto_memory=True, auto_storage=True) == (5, 10)
 

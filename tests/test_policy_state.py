@@ -98,6 +98,11 @@ def test_goodput_breakdown_adds_up_to_the_wall_time() -> None:
     m.rewind(4)  # a rollback moves kept seconds to recomputation, not into other
     m.settle(now=9.0)
     assert abs(m.lost.other - 3.0) < 1e-9 and m.lost.recomputation == 2.0
+    m.on_step(4, 1.0, skipped=False)
+    m.settle(now=10.3)  # this report was read 0.3 s late ...
+    m.on_step(5, 1.0, skipped=False)
+    m.settle(now=11.0)  # ... the next one on time: other never goes back down
+    assert abs(m.lost.other - 3.3) < 1e-9
 
 
 def test_placement_text_names_nodes_and_coordinates() -> None:

@@ -27,6 +27,7 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,13 +255,27 @@ class NodeAgent:
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.mem is not None:
             self.mem.before_launch(spec, self.heartbeat_if_due)  # ring partner; copies of ranks that moved here
-        with self.mem.busy if self.mem is not None else contextlib.nullcontext():  # no memtier thread mid-I/O
+        with self.memtier_quiet():  # no memtier thread mid-I/O while forking
             for local, rank in enumerate(spec["ranks"]):
                 pid = os.fork()
                 if pid == 0:
                     run_rank(spec, rank, local, log_dir / rank_log_name(self.node, rank), self.fresh_ranks)
                 self.children[pid] = rank
         self.reply(ev="launched", attempt=spec["attempt"], t=time.time())  # its silence is judged afresh
+
+    @contextlib.contextmanager
+    def memtier_quiet(self) -> Iterator[None]:
+        """Hold the memory tier's lock (its pusher may be mid-push for seconds), heartbeating while
+        waiting for it: a spare waiting here is working, not lost."""
+        if self.mem is None:
+            yield
+            return
+        while not self.mem.busy.acquire(timeout=0.1):
+            self.heartbeat_if_due()
+        try:
+            yield
+        finally:
+            self.mem.busy.release()
 
     def open_relay(self, spec: dict[str, Any]) -> None:
         """The ranks of this attempt report to a relay on this node, which sends the supervisor one
