@@ -508,6 +508,8 @@ class Supervisor:
             return self.on_requeue(ev, now)
         elif ev.kind == "job_started" and self.sm.state is RunState.RECOVERING:
             self.transition(RunState.RUNNING, f"job {ev.info.get('job_id')} running again")
+        elif ev.kind == "spare_lost":  # an idle spare: nothing to recover, one spare fewer to offer
+            self.journal.append("spare_lost", node=ev.node, detail=ev.detail)
         elif ev.kind == "node_verdict":  # recorded when it comes; the run moved on without it
             self.journal.append("node_verdict", node=ev.node, state=ev.state, evidence=ev.info)
         elif ev.kind == "rank_exit" and ev.rank is not None:

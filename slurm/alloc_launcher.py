@@ -440,7 +440,7 @@ class SlurmAllocLauncher(Launcher):
 
     def _check_alive(self, node: str, a: RemoteAgent, now: float) -> list[LauncherEvent]:
         """A closed link (EOF, reset, a bad line) is evidence at once; silence past the agent's limit too."""
-        quiet, silent, how = a.silence.lost(now)
+        quiet, silent, how = a.silence.lost(now, idle=node not in self.current)
         if a.link.closed is None and not quiet:
             return []
         why = (f"node agent silent for {silent:.2f}s ({how})" if a.link.closed is None
@@ -451,8 +451,9 @@ class SlurmAllocLauncher(Launcher):
             self.lost[node]["silence_limit_s"] = round(a.silence.limit_at(now)[0], 2)
         self.verdict_pending.add(node)
         a.link.close(why)
-        if node not in self.current:
-            return []  # a spare lost while idle: just no longer offered
+        if node not in self.current:  # a spare lost while idle: no longer offered; journaled mid-attempt
+            return self._event("spare_lost", f"spare-{node}", node=node, state="LOST",
+                               detail=f"{node}: {why}") if self.current else []
         self.finished.add(node)
         self.lost_in_attempt.add(node)
         return self._event("node_lost", f"{node}-{self.attempt}", node=node, state="AGENT_LOST", detail=f"{node}: {why}",

@@ -96,3 +96,14 @@ def test_gap_multiple_zero_keeps_the_fixed_timeout() -> None:
 def test_the_floor_follows_a_long_heartbeat_interval() -> None:
     assert SilenceRule(10.0, 1.0, 4.0).limit(0.2)[0] == 3.0  # 3 heartbeat intervals above FLOOR_S
     assert SilenceRule(1.5, 0.25, 4.0).limit(0.3)[0] == 1.5  # never above the configured timeout
+
+
+def test_an_idle_spare_is_judged_by_the_fixed_timeout() -> None:
+    """An agent that runs no rank of the attempt: nothing waits on it, so a starved host's 3 s pause is
+    not a lost spare (the fast limit would have spent it at the floor)."""
+    s = AgentSilence(RULE)
+    heard = steady(s, 30) + 0.01
+    assert s.lost(heard + 3.0)[0] is True  # running ranks: the floor judges it
+    lost, _, how = s.lost(heard + 3.0, idle=True)
+    assert lost is False and "idle" in how, how
+    assert s.lost(heard + RULE.timeout_s + 0.1, idle=True)[0] is True

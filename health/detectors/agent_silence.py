@@ -96,13 +96,17 @@ class AgentSilence:
     def silent_for(self, now: float) -> float:
         return 0.0 if self.heard_t is None else now - self.heard_t
 
-    def limit_at(self, now: float) -> tuple[float, str]:
-        """The silence limit in force at ``now``, and how it was chosen."""
+    def limit_at(self, now: float, idle: bool = False) -> tuple[float, str]:
+        """The silence limit in force at ``now``, and how it was chosen. ``idle``: the agent runs no rank
+        of the attempt (a spare): nothing waits on it, so only the fixed timeout judges it; the fast
+        limit would spend spares on a starved host's pauses and gain nothing."""
+        if idle:
+            return self.rule.timeout_s, f"timeout {self.rule.timeout_s:g}s for an idle agent"
         return self.rule.limit(self.largest_gap(), busy=now < self.busy_until)
 
-    def lost(self, now: float) -> tuple[bool, float, str]:
+    def lost(self, now: float, idle: bool = False) -> tuple[bool, float, str]:
         """Whether the agent has been silent past its limit; the silence and how the limit was chosen."""
-        limit, how = self.limit_at(now)
+        limit, how = self.limit_at(now, idle)
         silent = self.silent_for(now)
         return silent > limit, silent, how
 

@@ -77,7 +77,7 @@ class LocalLauncher(Launcher):
 
     def __init__(self, nodes: int, spare_nodes: int, run_dir: Path | None = None, grace_s: float = 3.0,
                  agent_timeout_s: float = 5.0, silence: SilenceRule | None = None) -> None:
-        """``silence``: when an agent's silence is a lost node (health.agent_silence); by default the
+        """``silence``: when an agent's silence is a lost node (health.agent_gap_multiple); by default the
         fixed ``agent_timeout_s``."""
         self._pool = [f"node{i}" for i in range(nodes + spare_nodes)]
         self.run_dir, self.grace_s, self.agent_timeout_s = run_dir, grace_s, agent_timeout_s
@@ -222,10 +222,16 @@ class LocalLauncher(Launcher):
                 if r.get("ev") in ("ranks_done", "stopped") and node in self.current:
                     self.finished.add(node)
             now = time.monotonic()
-            quiet, silent, how = a.silence.lost(now)
+            quiet, silent, how = a.silence.lost(now, idle=node not in self.current)
             if (a.proc.poll() is not None or quiet) and not a.dead_reported:
                 a.dead_reported = True
-                if node in self.current:
+                if node not in self.current:  # a spare: no longer offered (pool); journaled mid-attempt
+                    if self.current:
+                        events.append(LauncherEvent("spare_lost", node=node, state="LOST", t=time.time(),
+                                                    detail=f"idle node agent silent for {silent:.2f}s ({how})"
+                                                    if a.proc.poll() is None else
+                                                    f"idle node agent exited with {a.proc.returncode}"))
+                else:
                     self.finished.add(node)
                     exited = a.proc.poll() is not None
                     detail = (f"node agent exited with {a.proc.returncode}" if exited else
