@@ -82,9 +82,6 @@ class AgentSilence:
             sent = m.get("t")
             if m.get("ev") in WORK_DONE:
                 self.busy_until = float("-inf")
-                # the ranks it just forked start up now (process group, model, first step): its host's
-                # heaviest load, which its calm idle gaps say nothing about; its pace is learnt afresh
-                self.gaps.clear()
                 self._last_sent = float(sent) if isinstance(sent, int | float) else self._last_sent
             elif m.get("ev") == "hb" and isinstance(sent, int | float):
                 if self._last_sent is not None and now >= self.busy_until:
