@@ -28,7 +28,7 @@ VARIANTS: dict[str, list[str]] = {
     "+ memory tier (auto)": ["--set", "checkpoint.memory.enabled=true",
                              "--set", "checkpoint.memory.every_steps=auto"],
 }
-LOST = ["detection", "restart", "recomputation", "checkpoint", "straggler", "replay"]
+LOST = ["detection", "restart", "recomputation", "checkpoint", "straggler", "replay", "other"]
 
 
 def submit(config: Path, run_dir: Path, extra: list[str]) -> float:
@@ -55,7 +55,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
            "predicted": status.get("predicted_goodput"), "intervals": status.get("intervals"),
            "lost_per_relaunch": relaunch_lost, "first_start_s": first_start,
            "eval_loss": status.get("eval_loss"), "median_step_s": status.get("step_time_median_s")}
-    row |= {f"lost_{k}": status["lost"][k] for k in LOST}
+    row |= {f"lost_{k}": status["lost"].get(k) for k in LOST}  # other: since #16
     row["not_injected"] = [f["kind"] for f in status["faults"] if not f.get("injected_t")]  # false alarms
     return row
 
