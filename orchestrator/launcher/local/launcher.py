@@ -223,19 +223,17 @@ class LocalLauncher(Launcher):
                     self.finished.add(node)
             now = time.monotonic()
             quiet, silent, how = a.silence.lost(now, idle=node not in self.current)
-            if (a.proc.poll() is not None or quiet) and not a.dead_reported:
+            exited = a.proc.poll() is not None
+            if (exited or quiet) and not a.dead_reported:
                 a.dead_reported = True
+                detail = (f"node agent exited with {a.proc.returncode}" if exited else
+                          f"node agent silent for {silent:.2f}s ({how})")
                 if node not in self.current:  # a spare: no longer offered (pool); journaled mid-attempt
                     if self.current:
                         events.append(LauncherEvent("spare_lost", node=node, state="LOST", t=time.time(),
-                                                    detail=f"idle node agent silent for {silent:.2f}s ({how})"
-                                                    if a.proc.poll() is None else
-                                                    f"idle node agent exited with {a.proc.returncode}"))
+                                                    detail=f"idle {detail}"))
                 else:
                     self.finished.add(node)
-                    exited = a.proc.poll() is not None
-                    detail = (f"node agent exited with {a.proc.returncode}" if exited else
-                              f"node agent silent for {silent:.2f}s ({how})")
                     info: dict[str, Any] = {"evidence_source": "node agent"}
                     if not exited:  # watched for its whole limit: the supervisor need not settle on it
                         info["silence_limit_s"] = round(a.silence.limit_at(now)[0], 2)
